@@ -1,0 +1,137 @@
+"""AWQ on one decoder block: collect input statistics, search scales and clipping, quantize, pack."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from awq_core.architectures import Architecture, ScaleGroup
+from awq_core.config import QuantConfig
+from awq_core.model import run_block
+from awq_core.packing import pack_awq
+from awq_core.quant import dequantize_groups, quantize_groups
+from awq_core.search import ScaleResult, clip_, mse, search_clip, search_scales
+
+
+@dataclass
+class GroupInputs:
+    """What one forward pass tells a scale group about its input."""
+
+    abs_sum: Tensor  # (in,) fp32 sum of |x| over every calibration token
+    tokens: int
+    search: list[Tensor]  # inputs of the first search windows, (n, L, in) each
+    kwargs: dict  # keyword arguments the inspected module was called with
+
+
+@dataclass
+class BlockResult:
+    output: Tensor  # (N, L, C) what the next block receives
+    tensors: dict[str, Tensor]  # the block's checkpoint tensors, packed linears included
+    layers: list[dict]  # one report row per linear
+    output_mse: float  # quantized vs original block output
+
+
+def _collect(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, search_windows: int) -> tuple[Tensor, dict[str, GroupInputs]]:
+    """One forward of the original block; hooks record each group's input statistics."""
+    inputs: dict[str, GroupInputs] = {}
+    handles = []
+    for group in arch.groups:
+        record = inputs[group.prev] = GroupInputs(torch.zeros(block.get_submodule(group.linears[0]).in_features), 0, [], {})
+
+        def on_input(module, args, record=record):
+            x = args[0]
+            record.abs_sum += x.abs().float().sum(dim=(0, 1))
+            record.tokens += x.shape[0] * x.shape[1]
+            if sum(t.shape[0] for t in record.search) < search_windows:
+                record.search.append(x)
+
+        def on_inspect(module, args, kwargs, record=record):
+            record.kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+
+        handles.append(block.get_submodule(group.linears[0]).register_forward_pre_hook(on_input))
+        handles.append(block.get_submodule(group.inspect).register_forward_pre_hook(on_inspect, with_kwargs=True))
+    try:
+        output = run_block(block, hidden, kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return output, inputs
+
+
+def _apply_scales(block: nn.Module, group: ScaleGroup, scales: Tensor) -> None:
+    """Fold 1/s into the previous op's output and s into the linears' input columns: the block's function is unchanged."""
+    prev = block.get_submodule(group.prev)
+    if isinstance(prev, nn.Linear):
+        prev.weight.data.div_(scales.view(-1, 1).to(prev.weight.dtype))
+        if prev.bias is not None:
+            prev.bias.data.div_(scales.to(prev.bias.dtype))
+    else:
+        prev.weight.data.div_(scales.to(prev.weight.dtype))
+    for name in group.linears:
+        linear = block.get_submodule(name)
+        linear.weight.data.mul_(scales.view(1, -1).to(linear.weight.dtype))
+
+
+def _shares_shape(block: nn.Module, group: ScaleGroup) -> bool:
+    prev = block.get_submodule(group.prev)
+    width = prev.out_features if isinstance(prev, nn.Linear) else prev.weight.shape[0]
+    return width == block.get_submodule(group.linears[0]).in_features
+
+
+@torch.no_grad()
+def quantize_block(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, cfg: QuantConfig) -> BlockResult:
+    """hidden: the block's calibration input (N, L, C). The block's weights are replaced by their fake-quantized values."""
+    N, L, _ = hidden.shape
+    search_windows = min(N, max(1, math.ceil(cfg.search_tokens / L)))
+    reference, inputs = _collect(block, arch, hidden, kwargs, search_windows)
+
+    scale_results: dict[str, ScaleResult | None] = {}
+    search_inputs: dict[str, Tensor] = {}
+    for group in arch.groups:
+        record = inputs[group.prev]
+        x = torch.cat(record.search)[:search_windows]  # (n, L, in)
+        if cfg.method == "rtn" or not _shares_shape(block, group):  # GQA: v_proj emits fewer channels than o_proj reads
+            scale_results[group.prev] = None
+        else:
+            names = [name.removeprefix(group.inspect).lstrip(".") for name in group.linears]
+            result = search_scales(block.get_submodule(group.inspect), names, x, record.abs_sum / record.tokens, record.kwargs, cfg)
+            _apply_scales(block, group, result.scales)
+            x = x / result.scales.to(x.dtype)
+            scale_results[group.prev] = result
+        search_inputs[group.prev] = x
+
+    tensors: dict[str, Tensor] = {}
+    layers: list[dict] = []
+    for group in arch.groups:
+        tokens = search_inputs[group.prev].reshape(-1, search_inputs[group.prev].shape[-1])  # (n * L, in)
+        tokens = tokens[:: max(1, tokens.shape[0] // cfg.clip_tokens)][: cfg.clip_tokens]
+        result = scale_results[group.prev]
+        for name in group.linears:
+            linear = block.get_submodule(name)
+            clip_ratio = 1.0
+            if cfg.method == "awq" and name not in arch.no_clip:
+                max_val = search_clip(linear.weight, tokens, cfg)
+                org_max = linear.weight.abs().float().reshape(max_val.shape[0], max_val.shape[1], -1).amax(-1)
+                clip_ratio = (max_val / org_max.clamp(min=1e-12)).mean().item()
+                clip_(linear.weight, max_val, cfg.group_size)
+            q, scales, zeros = quantize_groups(linear.weight, cfg.group_size, cfg.zero_point, cfg.bits)
+            linear.weight.data = dequantize_groups(q, scales, zeros, cfg.group_size).to(linear.weight.dtype)
+            tensors |= {f"{name}.{key}": t for key, t in pack_awq(q, scales, zeros).items()}
+            if linear.bias is not None:
+                tensors[f"{name}.bias"] = linear.bias.data
+            layers.append({
+                "linear": name,
+                "alpha": None if result is None else result.alpha,
+                "scaled": result is not None,
+                "group_mse_rtn": None if result is None else result.loss_rtn,
+                "group_mse_awq": None if result is None else result.loss_awq,
+                "clip_ratio": clip_ratio,
+            })
+
+    for name, t in block.state_dict().items():
+        if name.rsplit(".", 1)[0] not in arch.linears:
+            tensors[name] = t  # norms, with 1/s folded in
+    output = run_block(block, hidden, kwargs)
+    result_output = output if cfg.propagate == "quantized" else reference
+    return BlockResult(result_output, tensors, layers, mse(output, reference))

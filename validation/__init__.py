@@ -1,0 +1,1 @@
+"""Validation stages that compare a quantized candidate with its unquantized baseline."""
