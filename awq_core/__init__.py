@@ -2,6 +2,6 @@
 
 from awq_core.calibration import build_calibration
 from awq_core.config import QuantConfig
-from awq_core.quantize import QuantReport, quantize
+from awq_core.quantizer import QuantReport, quantize
 
 __all__ = ["QuantConfig", "QuantReport", "build_calibration", "quantize"]

@@ -19,3 +19,7 @@ class QuantizationError(ReleaseError):
 
 class CalibrationError(ReleaseError):
     """The calibration texts are missing, malformed or too short."""
+
+
+class ServerError(ReleaseError):
+    """A serving process could not start, answer or stop cleanly."""

@@ -7,6 +7,10 @@ memory once and never written back as FP16. Two schedules, chosen by M:
   - large M: compute-bound; square-ish tiles, one program per output tile.
 Each K tile lies inside one quantization group (BLOCK_K divides group_size), so scales and zeros
 are loaded once per tile as a row vector.
+
+The kernel uses core builtins only (tl.full, not tl.zeros; no tl.cdiv): the tl.standard helpers
+are jitted when Triton is first imported, and the CPU interpreter cannot call them when that
+happened before TRITON_INTERPRET=1 was set (as in a test session).
 """
 
 import os
@@ -28,7 +32,7 @@ def _awq_gemm_kernel(
     HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     pid, pid_k = tl.program_id(0), tl.program_id(1)
-    grid_n = tl.cdiv(N, BLOCK_N)
+    grid_n = (N + BLOCK_N - 1) // BLOCK_N
     offs_m = (pid // grid_n) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = (pid % grid_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -37,7 +41,7 @@ def _awq_gemm_kernel(
     j = offs_n % 8
     shifts = ((j // 2) + (j % 2) * 4) * 4  # (BLOCK_N,)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
     for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
         k = k0 + offs_k
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk, mask=mask_m[:, None], other=0.0)  # (BM, BK)

@@ -1,0 +1,1 @@
+"""Serving and promotion of quantized releases."""

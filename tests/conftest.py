@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random checkpoints of each supported architecture, and the real demo model."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from orchestrator.demo import DemoAssets, demo_assets
+
+MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+@pytest.fixture(scope="session")
+def demo() -> DemoAssets:
+    return demo_assets()
+
+
+def make_tiny_model(path: Path, tokenizer_dir: Path, architecture: str = "LlamaForCausalLM", hidden: int = 128, kv_heads: int = 2, seed: int = 0) -> Path:
+    """A 2-block random model with the demo tokenizer. A few input channels are boosted in every norm,
+    as real LLMs have salient activation channels: that is what AWQ's scales exist for."""
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        MODEL_TYPES[architecture],
+        architectures=[architecture],
+        vocab_size=49152,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // 4,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("layernorm.weight"):
+                param[torch.randperm(hidden)[:4]] *= 12.0
+    model.save_pretrained(path)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, demo) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", demo.model_dir)
+
+
+@pytest.fixture(scope="session")
+def calib_file(tmp_path_factory, demo) -> Path:
+    """Real domain text: a few State of the Union addresses in one .txt."""
+    path = tmp_path_factory.mktemp("calib") / "sotu.txt"
+    path.write_text("\n\n".join(p.read_text() for p in demo.calibration_texts[-6:]))
+    return path

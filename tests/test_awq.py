@@ -1,0 +1,117 @@
+"""AWQ end to end on tiny random models of every supported architecture."""
+
+import json
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import awq_core.quantizer as quantize_module
+from awq_core import QuantConfig, build_calibration, quantize
+from awq_core.architectures import LLAMA
+from awq_core.block import _apply_scales
+from awq_core.loader import load_quantized
+from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
+from tests.conftest import make_tiny_model
+
+FAST = dict(group_size=32, n_grid=10, search_tokens=512, clip_tokens=128)
+
+
+@pytest.fixture(scope="module")
+def calib(tiny_llama, calib_file):
+    return build_calibration(AutoTokenizer.from_pretrained(tiny_llama), [calib_file], n_samples=8, seqlen=128)
+
+
+@pytest.fixture(scope="module")
+def held_out(tiny_llama, demo):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    return tokenizer(demo.domain_eval_texts[0].read_text()[:6000], return_tensors="pt")["input_ids"][:, :256]
+
+
+def logits_mse(model_dir, quantized_dir, ids) -> float:
+    with torch.no_grad():
+        reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)(ids).logits.float()
+        return (load_quantized(quantized_dir)(ids).logits.float() - reference).pow(2).mean().item()
+
+
+def test_scale_folding_keeps_the_block_function(tiny_llama, calib):
+    model, config = meta_model(tiny_llama, torch.float32)
+    from awq_core.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(tiny_llama)
+    block = materialize_block(model, LLAMA, 0, {k: v.float() for k, v in ckpt.load_prefix("model.layers.0.").items()})
+    kwargs = block_kwargs(rotary_embedding(model, LLAMA, config), 16, torch.float32)
+    x = torch.randn(2, 16, config.hidden_size)
+    before = run_block(block, x, kwargs)
+    torch.manual_seed(0)
+    for group in LLAMA.groups[2:]:  # a norm-preceded group and a linear-preceded one
+        _apply_scales(block, group, torch.rand(block.get_submodule(group.linears[0]).in_features) + 0.5)
+    torch.testing.assert_close(run_block(block, x, kwargs), before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture, kv_heads", [("LlamaForCausalLM", 4), ("LlamaForCausalLM", 2), ("MistralForCausalLM", 2), ("Qwen2ForCausalLM", 2), ("Qwen3ForCausalLM", 2)])
+def test_awq_beats_round_to_nearest(tmp_path, demo, calib, held_out, architecture, kv_heads):
+    model_dir = make_tiny_model(tmp_path / "model", demo.model_dir, architecture, kv_heads=kv_heads, seed=1)
+    awq = quantize(model_dir, tmp_path / "awq", calib, QuantConfig(**FAST), progress=False)
+    quantize(model_dir, tmp_path / "rtn", calib, QuantConfig(method="rtn", **FAST), progress=False)
+
+    config = json.loads((tmp_path / "awq" / "config.json").read_text())
+    assert config["quantization_config"] == {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm", "modules_to_not_convert": ["lm_head"]}
+    assert (tmp_path / "awq" / "tokenizer.json").is_file() and (tmp_path / "awq" / "chat_template.jinja").is_file()
+    tensors = {}
+    for shard in (tmp_path / "awq").glob("*.safetensors"):
+        tensors |= load_file(shard)
+    index = json.loads((tmp_path / "awq" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(tensors)
+    assert "lm_head.weight" not in tensors and "model.layers.0.self_attn.q_proj.weight" not in tensors
+    assert tensors["model.layers.1.mlp.down_proj.qweight"].shape == (256, 128 // 8)  # (in, out / 8)
+    assert tensors["model.layers.1.mlp.down_proj.scales"].shape == (256 // 32, 128)
+    if architecture == "Qwen2ForCausalLM":
+        assert "model.layers.0.self_attn.q_proj.bias" in tensors
+
+    report = json.loads((tmp_path / "awq" / "quant_report.json").read_text())
+    assert len(report["layers"]) == 2 * 7 and len(report["block_mse"]) == 2
+    scaled = {row["linear"]: row["scaled"] for row in report["layers"]}
+    assert scaled["self_attn.o_proj"] == (kv_heads == 4)  # GQA skips v_proj -> o_proj
+    assert all(row["group_mse_awq"] <= row["group_mse_rtn"] for row in report["layers"] if row["scaled"])
+    assert awq.resumed_blocks == 0 and awq.peak_rss_mb > 0
+
+    assert logits_mse(model_dir, tmp_path / "awq", held_out) < logits_mse(model_dir, tmp_path / "rtn", held_out)
+
+
+def interrupt_after_first_block(monkeypatch, model_dir, out_dir, calib, config) -> None:
+    """Run quantize() and kill it (as a KeyboardInterrupt) when it starts the second block."""
+    real_block = quantize_module.quantize_block
+    calls = []
+
+    def dies_on_second_block(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_block(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(quantize_module, "quantize_block", dies_on_second_block)
+        with pytest.raises(KeyboardInterrupt):
+            quantize(model_dir, out_dir, calib, config, progress=False)
+    assert not out_dir.exists() and (out_dir.parent / f".{out_dir.name}.partial").is_dir()
+
+
+def test_interrupted_run_resumes_at_first_unfinished_block(tmp_path, tiny_llama, calib, monkeypatch):
+    config = QuantConfig(**FAST)
+    interrupt_after_first_block(monkeypatch, tiny_llama, tmp_path / "out", calib, config)
+    resumed = quantize(tiny_llama, tmp_path / "out", calib, config, progress=False)
+    assert resumed.resumed_blocks == 1 and not (tmp_path / ".out.partial").exists()
+    fresh = quantize(tiny_llama, tmp_path / "fresh", calib, config, progress=False)
+    assert fresh.resumed_blocks == 0
+    for shard in (tmp_path / "fresh").glob("*.safetensors"):
+        expected, got = load_file(shard), load_file(tmp_path / "out" / shard.name)
+        assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.parametrize("change", ["settings", "calibration"])
+def test_partial_run_from_other_inputs_is_discarded(tmp_path, tiny_llama, calib, monkeypatch, change):
+    interrupt_after_first_block(monkeypatch, tiny_llama, tmp_path / "out", calib, QuantConfig(**FAST))
+    config = QuantConfig(**(FAST | {"group_size": 64})) if change == "settings" else QuantConfig(**FAST)
+    report = quantize(tiny_llama, tmp_path / "out", calib if change == "settings" else calib[:, :64], config, progress=False)
+    assert report.resumed_blocks == 0

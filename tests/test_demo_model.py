@@ -1,0 +1,65 @@
+"""The real demo model (SmolLM2-135M-Instruct): AWQ against round-to-nearest, and served by vLLM."""
+
+import json
+import os
+import urllib.request
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from awq_core import QuantConfig, build_calibration, quantize
+from awq_core.calibration import token_stream
+from awq_core.loader import load_quantized
+from deploy.server import serve
+from validation.perplexity import perplexity
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, demo):
+    """AWQ and RTN checkpoints of the demo model, group 64, 16 x 256 calibration tokens of SOTU text."""
+    tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
+    calib = build_calibration(tokenizer, demo.calibration_texts, n_samples=16, seqlen=256)
+    root = tmp_path_factory.mktemp("demo")
+    for method in ("awq", "rtn"):
+        quantize(demo.model_dir, root / method, calib, QuantConfig(method=method, group_size=64), progress=False)
+    return root
+
+
+def test_awq_closes_most_of_the_rtn_perplexity_gap(quantized, demo):
+    tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
+    ids = token_stream(tokenizer, demo.domain_eval_texts[-3:])[:4096]
+    bf16 = perplexity(AutoModelForCausalLM.from_pretrained(demo.model_dir, dtype=torch.bfloat16), ids)
+    awq = perplexity(load_quantized(quantized / "awq"), ids)
+    rtn = perplexity(load_quantized(quantized / "rtn"), ids)
+    assert bf16 < awq < rtn
+    assert awq - bf16 < 0.7 * (rtn - bf16), f"bf16 {bf16:.2f}, awq {awq:.2f}, rtn {rtn:.2f}"
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        return json.loads(reply.read())
+
+
+@pytest.mark.vllm
+def test_vllm_serves_the_awq_checkpoint(quantized, tmp_path):
+    model_dir = quantized / "awq"
+    with serve(model_dir, tmp_path / "vllm.log") as server:
+        completion = post(f"{server.base_url}/v1/completions", {"model": server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0})
+        chat = post(f"{server.base_url}/v1/chat/completions", {"model": server.model, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 24, "temperature": 0})
+    with pytest.raises(ProcessLookupError):
+        os.kill(server.pid, 0)  # stopped, not orphaned
+    assert "Application startup complete" in server.log_path.read_text()
+
+    text = completion["choices"][0]["text"]
+    assert completion["usage"]["completion_tokens"] == 12 and "Paris" in text, text
+    assert "Paris" in chat["choices"][0]["message"]["content"], chat
+
+    # Our own loader reads the same checkpoint to the same greedy continuation's first word.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    ours = load_quantized(model_dir).generate(ids, max_new_tokens=4, do_sample=False)
+    assert tokenizer.decode(ours[0, ids.shape[1] :]).split()[0] == text.split()[0]
