@@ -23,3 +23,7 @@ class CalibrationError(ReleaseError):
 
 class ServerError(ReleaseError):
     """A serving process could not start, answer or stop cleanly."""
+
+
+class ValidationError(ReleaseError):
+    """Validation input that cannot be used: settings, task files, texts, lengths."""

@@ -41,7 +41,8 @@ class QuantReport:
     out_dir: str
     report_path: str
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # the process's peak resident memory
+    start_rss_mb: float  # its peak before quantize() began (interpreter, torch, caller's data)
     resumed_blocks: int
     block_mse: list[float]
     layers: list[dict]
@@ -50,6 +51,10 @@ class QuantReport:
     def summary(self) -> dict:
         """The machine-readable figures the CLI prints with --json."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "layers"}
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def quantization_config(cfg: QuantConfig, arch: Architecture) -> dict:
@@ -115,7 +120,7 @@ def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, group_siz
 
 def quantize(model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: QuantConfig = QuantConfig(), progress: bool = True) -> QuantReport:
     """AWQ-quantize `model_dir` into `out_dir` using calibration token ids `calib` (N, L)."""
-    start = time.perf_counter()
+    start, start_rss_mb = time.perf_counter(), _peak_rss_mb()
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise QuantizationError(f"{out_dir} already exists: remove it or choose another output folder.")
@@ -177,7 +182,8 @@ def quantize(model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: 
         out_dir=str(out_dir),
         report_path=str(out_dir / REPORT_NAME),
         seconds=round(time.perf_counter() - start, 2),
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_mb=_peak_rss_mb(),
+        start_rss_mb=start_rss_mb,
         resumed_blocks=resumed,
         block_mse=block_mse,
         layers=layers,

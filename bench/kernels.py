@@ -1,6 +1,6 @@
 """W4A16 GEMM benchmark: kernels.awq_gemm against a dense half-precision matmul, in the same run.
 
-    .venv/bin/python bench/kernels.py [--group-size 128] [--peak-gbps 3350]
+    .venv/bin/python -m bench.kernels [--group-size 128] [--peak-gbps 3350]
 
 On CUDA it times the Triton kernel against torch's FP16 matmul and reports the achieved bandwidth
 as a fraction of the GPU's peak. On CPU it times the torch reference (dequantize, then matmul)

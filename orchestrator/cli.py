@@ -83,11 +83,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_stage(result) -> None:
+    print(f"\n[{'PASS' if result.passed else 'FAIL'}] {result.stage} ({result.seconds:.0f} s)")
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    for m in result.metrics:
+        print(f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {fmt(m.baseline):>9}  candidate {fmt(m.candidate):>9}  "
+              f"value {fmt(m.value):>9} {'>=' if m.higher_is_better else '<='} {fmt(m.threshold)}")
+    for line in ([result.error] if result.error else []) + [f"warning: {w}" for w in result.warnings]:
+        print(f"  {line}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from validation import load_settings, run_stage
+
+    settings = load_settings(args.config)
+    names = ["perplexity", "tasks", "long-context", "load"] if "all" in args.stage else list(dict.fromkeys(args.stage))
+    results = {}
+    for name in names:
+        results[name] = run_stage(name, args.baseline, args.candidate, settings)
+        if not args.json:
+            _print_stage(results[name])
+    passed = all(r.passed for r in results.values())
+    if args.json:
+        print(json.dumps({"passed": passed, "stages": {n: r.to_dict() for n, r in results.items()}}, indent=1, default=str))
+    else:
+        print(f"\n{'all stages passed' if passed else 'a gate failed'}")
+    return 0 if passed else 1
+
+
 def cmd_fetch_demo(args: argparse.Namespace) -> int:
-    from orchestrator.demo import demo_assets
+    from orchestrator.demo import cache_dir, demo_assets, write_demo_policy
 
     assets = demo_assets()
-    print(f"demo model: {assets.model_dir}\ncalibration texts: {len(assets.calibration_texts)}, held-out: {len(assets.domain_eval_texts)}, general: {len(assets.general_eval_texts)}")
+    policy = write_demo_policy(assets, cache_dir() / "demo-policy.yaml")
+    print(f"demo model: {assets.model_dir}\ncalibration texts: {len(assets.calibration_texts)}, held-out: {len(assets.domain_eval_texts)}, "
+          f"general: {len(assets.general_eval_texts)}, tasks: {', '.join(assets.tasks)}\nvalidation settings: {policy}")
     return 0
 
 
@@ -108,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(n_samples=16)
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("validate", help="compare a quantized candidate with its baseline; exit 0 passed, 1 a gate failed, 2 error")
+    p.add_argument("baseline", type=Path)
+    p.add_argument("candidate", type=Path)
+    p.add_argument("--stage", action="append", required=True, choices=("perplexity", "tasks", "long-context", "load", "all"), help="repeatable")
+    p.add_argument("--config", type=Path, help="YAML or JSON settings and thresholds (see validation/settings.py)")
+    p.add_argument("--json", action="store_true", help='one JSON object: {"passed": ..., "stages": {...}}')
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fetch-demo", help="fetch and convert the demo model and texts (done by scripts/setup.sh)")
     p.set_defaults(func=cmd_fetch_demo)

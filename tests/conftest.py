@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from awq_core import QuantConfig, build_calibration, quantize
 
 from orchestrator.demo import DemoAssets, demo_assets
 
@@ -58,3 +60,15 @@ def calib_file(tmp_path_factory, demo) -> Path:
     path = tmp_path_factory.mktemp("calib") / "sotu.txt"
     path.write_text("\n\n".join(p.read_text() for p in demo.calibration_texts[-6:]))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_quantized(tmp_path_factory, demo) -> Path:
+    """Checkpoints of the demo model, group 64, 16 x 256 calibration tokens of SOTU text:
+    awq/ (honest), rtn/ (round-to-nearest), rtn2/ (2-bit round-to-nearest: deliberately damaged)."""
+    tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
+    calib = build_calibration(tokenizer, demo.calibration_texts, n_samples=16, seqlen=256)
+    root = tmp_path_factory.mktemp("demo")
+    for name, config in {"awq": QuantConfig(), "rtn": QuantConfig(method="rtn"), "rtn2": QuantConfig(method="rtn", bits=2)}.items():
+        quantize(demo.model_dir, root / name, calib, config, progress=False)
+    return root

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.calibration import token_stream
 from awq_core.loader import load_quantized
 from deploy.server import serve
@@ -17,23 +16,12 @@ from validation.perplexity import perplexity
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def quantized(tmp_path_factory, demo):
-    """AWQ and RTN checkpoints of the demo model, group 64, 16 x 256 calibration tokens of SOTU text."""
-    tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
-    calib = build_calibration(tokenizer, demo.calibration_texts, n_samples=16, seqlen=256)
-    root = tmp_path_factory.mktemp("demo")
-    for method in ("awq", "rtn"):
-        quantize(demo.model_dir, root / method, calib, QuantConfig(method=method, group_size=64), progress=False)
-    return root
-
-
-def test_awq_closes_most_of_the_rtn_perplexity_gap(quantized, demo):
+def test_awq_closes_most_of_the_rtn_perplexity_gap(demo_quantized, demo):
     tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
     ids = token_stream(tokenizer, demo.domain_eval_texts[-3:])[:4096]
     bf16 = perplexity(AutoModelForCausalLM.from_pretrained(demo.model_dir, dtype=torch.bfloat16), ids)
-    awq = perplexity(load_quantized(quantized / "awq"), ids)
-    rtn = perplexity(load_quantized(quantized / "rtn"), ids)
+    awq = perplexity(load_quantized(demo_quantized / "awq"), ids)
+    rtn = perplexity(load_quantized(demo_quantized / "rtn"), ids)
     assert bf16 < awq < rtn
     assert awq - bf16 < 0.7 * (rtn - bf16), f"bf16 {bf16:.2f}, awq {awq:.2f}, rtn {rtn:.2f}"
 
@@ -45,8 +33,8 @@ def post(url: str, body: dict) -> dict:
 
 
 @pytest.mark.vllm
-def test_vllm_serves_the_awq_checkpoint(quantized, tmp_path):
-    model_dir = quantized / "awq"
+def test_vllm_serves_the_awq_checkpoint(demo_quantized, tmp_path):
+    model_dir = demo_quantized / "awq"
     with serve(model_dir, tmp_path / "vllm.log") as server:
         completion = post(f"{server.base_url}/v1/completions", {"model": server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0})
         chat = post(f"{server.base_url}/v1/chat/completions", {"model": server.model, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 24, "temperature": 0})

@@ -1,0 +1,99 @@
+"""The release registry folder: atomic promotion, one-step rollback, a `current` pointer per model.
+
+    REGISTRY/MODEL/releases/VERSION/   the quantized model, manifest.json, README.md (model card),
+                                       vllm-config.yaml (engine arguments, startable as is)
+    REGISTRY/MODEL/current -> releases/VERSION
+
+A release is copied into a hidden `.VERSION.partial` folder and renamed into place when whole; the
+`current` symlink is replaced by rename, so readers see the old release or the new one, never a mix.
+"""
+
+import json
+import os
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+
+import yaml
+
+from awq_core.errors import ReleaseError
+
+
+class PromotionError(ReleaseError):
+    """A release could not be published, or rolled back, in the registry."""
+
+
+def safe_name(name: str) -> str:
+    """A folder- and URL-safe slug of a user-supplied name (spaces, '..', unicode): ASCII letters, digits, . _ -."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_name).strip("-.")
+    slug = re.sub(r"\.{2,}", ".", slug)
+    if not slug:
+        raise PromotionError(f"Name {name!r} has no letters or digits to name a release folder by: rename it.")
+    return slug
+
+
+def model_root(registry: Path, model: str) -> Path:
+    return Path(registry) / safe_name(model)
+
+
+def current_version(registry: Path, model: str) -> str | None:
+    link = model_root(registry, model) / "current"
+    return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def point_current(registry: Path, model: str, version: str) -> None:
+    """Swap `current` to releases/VERSION in one rename."""
+    root = model_root(registry, model)
+    if not (root / "releases" / version).is_dir():
+        raise PromotionError(f"Release {version} of {model} is not in the registry ({root / 'releases'}).")
+    tmp = root / f".current.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path("releases") / version)
+    os.replace(tmp, root / "current")
+
+
+def launch_config(release_dir: Path, served_name: str, serving: dict) -> dict:
+    """vLLM engine arguments for `--config`: start with `python -m vllm.entrypoints.openai.api_server --config FILE`."""
+    return {
+        "model": str(release_dir),
+        "served-model-name": served_name,
+        "quantization": "awq",
+        "dtype": serving.get("dtype", "float16"),
+        "max-model-len": serving.get("max_model_len", 4096),
+        "gpu-memory-utilization": serving.get("gpu_memory_utilization", 0.9),
+        "tensor-parallel-size": serving.get("tensor_parallel_size", 1),
+    }
+
+
+def publish(registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: dict) -> Path:
+    """Copy `model_dir` into the registry as MODEL/releases/VERSION and make it current."""
+    releases = model_root(registry, model) / "releases"
+    final = releases / safe_name(version)
+    if final.exists():
+        raise PromotionError(f"Release {version} of {model} already exists at {final}: versions are never overwritten.")
+    releases.mkdir(parents=True, exist_ok=True)
+    partial = releases / f".{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # leftovers of a killed promotion
+    try:
+        shutil.copytree(model_dir, partial, ignore=shutil.ignore_patterns(".*"))
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        (partial / "README.md").write_text(model_card)
+        (partial / "vllm-config.yaml").write_text(yaml.safe_dump(launch_config(final, safe_name(model), serving), sort_keys=False))
+        partial.rename(final)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise PromotionError(f"Could not publish {model} {version} into {releases}: {e}") from e
+    point_current(registry, model, final.name)
+    return final
+
+
+def unpublish(registry: Path, model: str, version: str, previous: str | None) -> None:
+    """Undo publish() when its database record could not be committed: the old pointer, no new folder."""
+    root = model_root(registry, model)
+    if previous:
+        point_current(registry, model, previous)
+    else:
+        (root / "current").unlink(missing_ok=True)
+    shutil.rmtree(root / "releases" / safe_name(version), ignore_errors=True)

@@ -1,0 +1,116 @@
+"""Lineage and metrics: every release traces back to its checkpoint, calibration data and settings."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints, so Alembic's batch mode can alter them on SQLite too.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)  # the dynamic partition key
+    path: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    base_model: Mapped[str | None] = mapped_column(Text)
+    adapter_path: Mapped[str | None] = mapped_column(Text)  # set when a LoRA adapter was merged into base_model
+    architecture: Mapped[str] = mapped_column(String(128))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CalibrationSet(Base):
+    __tablename__ = "calibration_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))
+    source_hashes: Mapped[dict] = mapped_column(JSON)  # file path -> sha256
+    n_samples: Mapped[int] = mapped_column(Integer)
+    seqlen: Mapped[int] = mapped_column(Integer)
+    tokens_path: Mapped[str] = mapped_column(Text)  # the (N, L) token ids, as safetensors
+    tokens_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QuantizationRun(Base):
+    __tablename__ = "quantization_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))
+    calibration_set_id: Mapped[int] = mapped_column(ForeignKey("calibration_sets.id"))
+    settings: Mapped[dict] = mapped_column(JSON)
+    seconds: Mapped[float] = mapped_column(Float)
+    peak_rss_mb: Mapped[float] = mapped_column(Float)
+    layer_errors: Mapped[list] = mapped_column(JSON)  # per linear: alpha, clip ratio, group MSE before/after
+    block_mse: Mapped[list] = mapped_column(JSON)
+    output_path: Mapped[str] = mapped_column(Text)
+    output_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ValidationStage(Base):
+    __tablename__ = "validation_stages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    quantization_run_id: Mapped[int] = mapped_column(ForeignKey("quantization_runs.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    reasons: Mapped[list] = mapped_column(JSON)
+    warnings: Mapped[list] = mapped_column(JSON)
+    report_path: Mapped[str] = mapped_column(Text)  # the stage's full JSON result
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    metrics: Mapped[list["ValidationMetric"]] = relationship(back_populates="stage_row", cascade="all, delete-orphan")
+
+
+class ValidationMetric(Base):
+    __tablename__ = "validation_metrics"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("validation_stages.id"), index=True)
+    metric: Mapped[str] = mapped_column(String(128))
+    baseline: Mapped[float | None] = mapped_column(Float)
+    candidate: Mapped[float] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    stage_row: Mapped[ValidationStage] = relationship(back_populates="metrics")
+
+
+class Release(Base):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("model", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # promoted | rejected | rolled_back
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))
+    quantization_run_id: Mapped[int | None] = mapped_column(ForeignKey("quantization_runs.id"))
+    path: Mapped[str | None] = mapped_column(Text)  # the release folder; None when rejected
+    reason: Mapped[str | None] = mapped_column(Text)
+    manifest: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReleaseEvent(Base):
+    """Every promotion, rejection and rollback, in order: the audit trail behind `status`."""
+
+    __tablename__ = "release_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

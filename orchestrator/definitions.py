@@ -1,0 +1,42 @@
+"""The platform's one Definitions: `dagster dev -w workspace.yaml` loads it.
+
+Folders and the database come from the environment, with a local default under $AWQ_RELEASE_HOME
+(./.platform): checkpoints/ (watched), registry/, work/, policy.yaml, lineage.db.
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from orchestrator.assets import VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.resources import LineageDatabase, Platform
+from orchestrator.sensors import checkpoint_sensor
+
+
+def platform_home() -> Path:
+    return Path(os.environ.get("AWQ_RELEASE_HOME", ".platform")).resolve()
+
+
+def default_resources() -> dict:
+    home = platform_home()
+    return {
+        "platform": Platform(
+            checkpoints_dir=os.environ.get("AWQ_RELEASE_CHECKPOINTS", str(home / "checkpoints")),
+            registry_dir=os.environ.get("AWQ_RELEASE_REGISTRY", str(home / "registry")),
+            work_dir=os.environ.get("AWQ_RELEASE_WORK", str(home / "work")),
+            policy_path=os.environ.get("AWQ_RELEASE_POLICY", str(home / "policy.yaml")),
+        ),
+        "lineage": LineageDatabase(url=os.environ.get("AWQ_RELEASE_DATABASE_URL", f"sqlite:///{home / 'lineage.db'}")),
+    }
+
+
+release_job = dg.define_asset_job("release_job", selection=dg.AssetSelection.groups("release"), description="Ingest, quantize, validate and promote one checkpoint.")
+
+defs = dg.Definitions(
+    assets=[checkpoint, calibration_set, awq_model, *(asset for asset, _ in VALIDATIONS), release],
+    asset_checks=[check for _, check in VALIDATIONS],
+    jobs=[release_job],
+    sensors=[checkpoint_sensor],
+    resources=default_resources(),
+)

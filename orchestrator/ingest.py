@@ -1,0 +1,106 @@
+"""Ingest: check a dropped checkpoint, merge a LoRA adapter into its base, hash it, size it for the GPU."""
+
+import hashlib
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from awq_core.architectures import architecture_for
+from awq_core.checkpoint import Checkpoint
+from awq_core.errors import CheckpointError
+from orchestrator.policy import ReleasePolicy
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class Ingested:
+    model_dir: Path  # the full checkpoint to quantize: the folder itself, or the merged base + adapter
+    content_hash: str
+    architecture: str
+    size_bytes: int
+    base_model: str | None
+    adapter_path: str | None
+    footprint: dict
+
+
+def content_hash(folder: Path) -> str:
+    """sha256 over every file's relative name and bytes, in name order: same content, same hash."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> tuple[Path, str]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_name = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    known = policy.base_models or {}
+    base_dir = known.get(base_name) or (Path(base_name) if Path(base_name).is_dir() else None)
+    if base_dir is None:
+        raise CheckpointError(
+            f"{adapter_dir.name} is a LoRA adapter for base model {base_name!r}, which is not available here: "
+            f"add it to the policy's base_models (known: {sorted(known) or 'none'})."
+        )
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+    try:
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{adapter_dir.name} does not fit base model {base_name!r} at {base_dir}: it was trained for another base ({str(e).splitlines()[0][:200]}).") from e
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tokenizer_dir = adapter_dir if any((adapter_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")) else base_dir
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir, base_name
+
+
+def footprint(ckpt: Checkpoint, policy: ReleasePolicy) -> dict:
+    """Serving memory of the 4-bit release: packed linears, 16-bit everything else, and the KV cache
+    of max_num_seqs sequences of max_model_len tokens, against the target GPU's usable memory."""
+    arch = architecture_for(ckpt.config)
+    linear = re.compile(rf"{re.escape(arch.layers)}\.\d+\.({'|'.join(map(re.escape, arch.linears))})\.weight")
+    group = policy.quantization.group_size
+    weights = 0.0
+    for name, info in ckpt.tensors.items():
+        n = math.prod(info.shape)
+        weights += n * (0.5 + 2.5 / group) if linear.fullmatch(name) else n * 2  # int4 + fp16 scale and packed zero per group
+    c = ckpt.config
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    kv_per_token = 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim * 2
+    kv = kv_per_token * policy.serving.max_model_len * policy.serving.max_num_seqs
+    usable = policy.target_gpu.memory_gib * 2**30 * policy.serving.gpu_memory_utilization * policy.serving.tensor_parallel_size
+    return {"weights_gib": weights / 2**30, "kv_cache_gib": kv / 2**30, "usable_gib": usable / 2**30, "fits": weights + kv <= usable}
+
+
+def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
+    """Everything a checkpoint must pass before the platform spends time on it."""
+    adapter_path, base_model = None, None
+    if (folder / ADAPTER_CONFIG).is_file():
+        adapter_path = str(folder)
+        folder, base_model = _merge_adapter(folder, work_dir / "merged", policy)
+    ckpt = Checkpoint(folder)
+    arch_name = next(n for n in ckpt.config.get("architectures") or ["?"])
+    architecture_for(ckpt.config)
+    ckpt.check_finite()
+    fit = footprint(ckpt, policy)
+    if not fit["fits"]:
+        raise CheckpointError(
+            f"{folder.name} needs {fit['weights_gib']:.1f} GiB of 4-bit weights + {fit['kv_cache_gib']:.1f} GiB of KV cache, more than the "
+            f"{fit['usable_gib']:.1f} GiB usable on the target GPU ({policy.target_gpu.name}): raise tensor_parallel_size, lower max_model_len "
+            "or max_num_seqs, or pick a larger GPU in the policy."
+        )
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    return Ingested(folder, content_hash(Path(adapter_path) if adapter_path else folder), arch_name, size, base_model or ckpt.config.get("_name_or_path"), adapter_path, fit)

@@ -1,0 +1,48 @@
+"""PNG figures for materialization metadata: written to files, embedded in markdown for the UI."""
+
+import base64
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def embed(path: Path, title: str) -> str:
+    return f"![{title}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def layer_errors(block_mse: list[float], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.semilogy(range(len(block_mse)), block_mse, marker="o", markersize=3)
+    ax.set(xlabel="decoder block", ylabel="output MSE vs original", title="Quantization error per block")
+    return _save(fig, path)
+
+
+def perplexity_by_length(by_length: dict[str, dict[int, dict]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for role, figures in by_length.items():
+        lengths = sorted(figures)
+        ax.plot(lengths, [figures[n]["perplexity"] for n in lengths], marker="o", label=role)
+    ax.set(xscale="log", xlabel="context tokens", ylabel="perplexity of final tokens", title="Long context")
+    ax.legend()
+    return _save(fig, path)
+
+
+def latency_percentiles(levels: dict, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    for ax, key in zip(axes, ("ttft_s", "itl_s", "e2e_s")):
+        for c, level in levels.items():
+            ax.plot(["p50", "p90", "p99"], [level[key][p] for p in ("p50", "p90", "p99")], marker="o", label=f"c={c}")
+        ax.set(title=key.removesuffix("_s").upper() + " (s)")
+        ax.legend()
+    return _save(fig, path)

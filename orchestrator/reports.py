@@ -1,0 +1,36 @@
+"""Markdown for the UI and the registry: gate tables and the model card."""
+
+from validation.result import Metric
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def metrics_table(metrics: list[Metric]) -> str:
+    rows = [f"| {m.name} | {_fmt(m.baseline)} | {_fmt(m.candidate)} | {_fmt(m.value)} | {'>=' if m.higher_is_better else '<='} {_fmt(m.threshold)} | {'pass' if m.passed else 'FAIL'} |" for m in metrics]
+    return "\n".join(["| gate | baseline | candidate | value | threshold | result |", "|---|---|---|---|---|---|", *rows])
+
+
+def model_card(manifest: dict) -> str:
+    q = manifest["quantization"]["settings"]
+    lines = [
+        f"# {manifest['model']} {manifest['version']} (AWQ INT4)",
+        "",
+        f"4-bit AWQ of checkpoint `{manifest['checkpoint']['name']}` (sha256 {manifest['checkpoint']['content_hash'][:16]}…), "
+        f"group size {q['group_size']}, {'asymmetric' if q['zero_point'] else 'symmetric'}, "
+        f"calibrated on {manifest['calibration']['n_samples']} × {manifest['calibration']['seqlen']} tokens of the team's domain text.",
+        "",
+        "Serve it as is: `python -m vllm.entrypoints.openai.api_server --config vllm-config.yaml`.",
+        "",
+        "## Validation against the unquantized model",
+        "",
+        "| stage | gate | baseline | candidate | threshold |",
+        "|---|---|---|---|---|",
+    ]
+    for stage, result in manifest["validation"].items():
+        for name, m in result["metrics"].items():
+            lines.append(f"| {stage} | {name} | {_fmt(m['baseline'])} | {_fmt(m['candidate'])} | {_fmt(m['threshold'])} |")
+    lines += ["", "## Lineage", "", f"checkpoint id {manifest['checkpoint']['id']}, calibration set id {manifest['calibration']['id']}, "
+              f"quantization run id {manifest['quantization']['id']}, release id {manifest['release_id']}; file hashes in manifest.json."]  # fmt: skip
+    return "\n".join(lines) + "\n"

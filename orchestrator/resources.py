@@ -1,0 +1,39 @@
+"""Dagster resources: the lineage database and the platform's folders and policy."""
+
+from functools import cache
+from pathlib import Path
+
+import dagster as dg
+from sqlalchemy import Engine
+
+from orchestrator.db import upgrade
+from orchestrator.policy import ReleasePolicy, load_policy
+
+
+class LineageDatabase(dg.ConfigurableResource):
+    """SQLite by default; a postgresql+psycopg:// URL in production. Migrated to head on first use."""
+
+    url: str
+
+    def engine(self) -> Engine:
+        return _migrated_engine(self.url)
+
+
+@cache
+def _migrated_engine(url: str) -> Engine:
+    return upgrade(url)
+
+
+class Platform(dg.ConfigurableResource):
+    checkpoints_dir: str  # watched: one sub-folder per checkpoint (full HF folder or LoRA adapter)
+    registry_dir: str  # promoted releases
+    work_dir: str  # calibration sets, quantized candidates, validation reports
+    policy_path: str  # the release policy YAML
+
+    def policy(self) -> ReleasePolicy:
+        return load_policy(self.policy_path)
+
+    def work(self, partition_key: str) -> Path:
+        path = Path(self.work_dir) / partition_key
+        path.mkdir(parents=True, exist_ok=True)
+        return path

@@ -1,0 +1,165 @@
+"""The lineage database on SQLite and on a real PostgreSQL server; releases, history and rollback."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from awq_core.errors import ReleaseError
+from deploy.registry import current_version, publish
+from deploy.server import free_port
+from orchestrator import releases
+from orchestrator.db import DatabaseError, engine_for, session_scope, upgrade
+from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
+from orchestrator.lineage import record_release, record_stage
+from validation.result import StageResult, gate
+
+TABLES = {"checkpoints", "calibration_sets", "quantization_runs", "validation_stages", "validation_metrics", "releases", "release_events"}
+
+
+def _postgres_bin() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not versions:
+        pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql package.")
+    return versions[-1].parent
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away PostgreSQL cluster on 127.0.0.1, run as the postgres user when we are root."""
+    bindir = _postgres_bin()
+    data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    subprocess.run([*as_postgres, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-o", options, "-l", data / "log", "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lineage.db'}"
+    url = request.getfixturevalue("postgres_url")
+    engine = engine_for(url)
+    with engine.begin() as connection:  # a clean schema for every test
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    engine.dispose()
+    return url
+
+
+def add_lineage(engine, name: str = "ckpt") -> int:
+    """A checkpoint, its calibration set and quantization run: returns the run id."""
+    with session_scope(engine) as session:
+        ckpt = Checkpoint(name=name, path=f"/models/{name}", content_hash=name * 8, architecture="LlamaForCausalLM", size_bytes=300 * 2**30)
+        session.add(ckpt)
+        session.flush()
+        calib = CalibrationSet(checkpoint_id=ckpt.id, source_hashes={"a.txt": "00"}, n_samples=4, seqlen=128, tokens_path="/t", tokens_hash="ab")
+        session.add(calib)
+        session.flush()
+        run = QuantizationRun(checkpoint_id=ckpt.id, calibration_set_id=calib.id, settings={"group_size": 64}, seconds=1.0, peak_rss_mb=1.0,
+                              layer_errors=[{"linear": "q"}], block_mse=[0.1], output_path="/out", output_hash="cd")  # fmt: skip
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def test_migrations_build_the_schema(database_url):
+    engine = upgrade(database_url)
+    assert TABLES <= set(inspect(engine).get_table_names())
+    assert upgrade(database_url).url == engine.url  # idempotent
+
+
+def test_a_failed_write_commits_nothing(database_url):
+    engine = upgrade(database_url)
+    with pytest.raises(RuntimeError), session_scope(engine) as session:
+        session.add(Checkpoint(name="x", path="/x", content_hash="h", architecture="a", size_bytes=1))
+        session.flush()
+        raise RuntimeError("crash between two writes")
+    with session_scope(engine) as session:
+        assert session.scalars(select(Checkpoint)).all() == []
+
+
+def test_history_show_diff_and_rollback(database_url, tmp_path):
+    engine = upgrade(database_url)
+    registry = tmp_path / "registry"
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    versions = []
+    for name, increase in (("a", 0.05), ("b", 0.08)):
+        run_id = add_lineage(engine, name)
+        record_stage(engine, run_id, StageResult("perplexity", [gate("domain perplexity increase", 10.0, 10 * (1 + increase), increase, 0.15)]), "/r.json")
+        with session_scope(engine) as session:
+            row = record_release(session, "bot", "promoted", session.get(QuantizationRun, run_id).checkpoint_id, run_id, {"n": name})
+            row.path = str(publish(registry, "bot", row.version, model_dir, {"n": name}, "# card", {}))
+            versions.append(row.version)
+    assert versions == ["v0001", "v0002"] and current_version(registry, "bot") == "v0002"
+
+    rows = releases.history(engine, "bot")
+    assert [(r["version"], r["status"]) for r in rows] == [("v0001", "promoted"), ("v0002", "promoted")]
+    assert rows[1]["gates"]["perplexity.domain perplexity increase"]["value"] == pytest.approx(0.08)
+    assert releases.diff(engine, "v0001", "v0002", "bot") == {"gate.perplexity.domain perplexity increase": (pytest.approx(10.5), pytest.approx(10.8))}
+
+    assert releases.rollback(engine, registry, "bot") == {"model": "bot", "rolled_back": "v0002", "current": "v0001"}
+    assert current_version(registry, "bot") == "v0001"
+    shown = releases.show(engine, "v0002", "bot")
+    assert shown["status"] == "rolled_back" and [e["action"] for e in shown["events"]] == ["promoted", "rolled_back"]
+    with pytest.raises(ReleaseError, match="nothing earlier to roll back to"):
+        releases.rollback(engine, registry, "bot")
+    assert current_version(registry, "bot") == "v0001"
+
+
+def test_rollback_keeps_registry_and_database_in_step_when_the_commit_fails(tmp_path, monkeypatch):
+    engine = upgrade(f"sqlite:///{tmp_path / 'l.db'}")
+    registry, model_dir = tmp_path / "registry", tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("a", "b"):
+        run_id = add_lineage(engine, name)
+        with session_scope(engine) as session:
+            row = record_release(session, "bot", "promoted", session.get(QuantizationRun, run_id).checkpoint_id, run_id, {})
+            publish(registry, "bot", row.version, model_dir, {}, "", {})
+
+    @contextmanager
+    def commit_fails(engine):  # the body runs, then the commit is lost
+        with Session(engine) as session:
+            yield session
+            session.rollback()
+            raise OperationalError("COMMIT", {}, Exception("database went away"))
+
+    monkeypatch.setattr(releases, "session_scope", commit_fails)
+    with pytest.raises(OperationalError, match="database went away"):
+        releases.rollback(engine, registry, "bot")
+    monkeypatch.undo()
+    assert current_version(registry, "bot") == "v0002"
+    assert [r["status"] for r in releases.history(engine, "bot")] == ["promoted", "promoted"]
+
+
+def test_unreachable_database_is_a_clear_error():
+    with pytest.raises(DatabaseError, match=r"unreachable .* start it or fix database_url"):
+        upgrade(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/lineage")
+
+
+def test_stage_rows_keep_every_metric(database_url):
+    engine = upgrade(database_url)
+    run_id = add_lineage(engine)
+    result = StageResult("load", [gate("c=1 TTFT p90 s", None, 0.5, 0.5, 0.2), gate("c=1 output tokens/s", None, 30.0, 30.0, 1.0, higher_is_better=True)])
+    record_stage(engine, run_id, result, "/load.json")
+    with session_scope(engine) as session:
+        stage = session.scalars(select(ValidationStage)).one()
+        assert stage.passed is False and stage.reasons == result.reasons
+        assert [(m.metric, m.baseline, m.passed) for m in stage.metrics] == [("c=1 TTFT p90 s", None, False), ("c=1 output tokens/s", None, True)]

@@ -1,0 +1,102 @@
+"""The four stages on the demo model: honest AWQ passes, a damaged candidate fails, the CLI reports it."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from validation import load_test
+from validation.settings import SLA
+
+pytestmark = pytest.mark.slow
+CLI = str(Path(sys.executable).parent / "awq-release")
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory, demo) -> dict:
+    """The demo policy, trimmed so each stage takes seconds to a minute on 2 cores."""
+    return {
+        "perplexity": {"domain_texts": [str(p) for p in demo.domain_eval_texts[-4:]], "general_texts": [str(demo.general_eval_texts[0])], "max_tokens": 2048, "max_increase": 0.25},
+        "tasks": {"tasks": [{"path": str(demo.tasks["world_capitals"])}, {"path": str(demo.tasks["capitals_chat"]), "critical": True}], "limit": 96, "max_drop": 0.10, "max_drop_critical": 0.15},
+        "long_context": {"texts": [str(p) for p in demo.domain_eval_texts], "lengths": [512, 2048], "documents": 1, "max_degradation": 0.25, "max_growth": 0.15, "max_retrieval_drop": 1.0},
+        "load": {"prompt_texts": [str(p) for p in demo.domain_eval_texts], "concurrency": [1, 4], "requests_per_level": 6, "prompt_tokens": 96, "output_tokens": 16,
+                 "log_dir": str(tmp_path_factory.mktemp("logs"))},
+    }  # fmt: skip
+
+
+def validate(baseline: Path, candidate: Path, stages: list[str], policy: dict, tmp_path: Path) -> tuple[int, dict, str]:
+    config = tmp_path / "policy.yaml"
+    config.write_text(yaml.safe_dump({"validation": policy}))
+    args = [CLI, "validate", str(baseline), str(candidate), *[a for s in stages for a in ("--stage", s)], "--config", str(config), "--json"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else {}, result.stderr
+
+
+def test_honest_awq_passes_and_damaged_candidate_fails_quality_gates(demo, demo_quantized, policy, tmp_path):
+    code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["perplexity", "tasks"], policy, tmp_path)
+    assert code == 0 and report["passed"] is True, stderr + json.dumps({k: v["reasons"] for k, v in report.get("stages", {}).items()})
+    tasks = report["stages"]["tasks"]
+    capitals = tasks["details"]["world_capitals"]["metrics"]
+    assert capitals["acc"]["baseline"] > 0.5 and capitals["acc_norm"]["n"] == 96  # clearly above the 0.25 of chance
+    assert any("96 items" in w for w in tasks["warnings"])  # fewer than 500: the interval is too wide
+
+    code, report, _ = validate(demo.model_dir, demo_quantized / "rtn2", ["perplexity", "tasks"], policy, tmp_path)
+    assert code == 1 and report["passed"] is False
+    assert report["stages"]["perplexity"]["passed"] is False and report["stages"]["tasks"]["passed"] is False
+    assert any("domain perplexity increase" in r for r in report["stages"]["perplexity"]["reasons"])
+
+
+def test_long_context_stage(demo, demo_quantized, policy, tmp_path):
+    code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["long-context"], policy, tmp_path)
+    stage = report["stages"]["long-context"]
+    assert code == 0, stderr + json.dumps(stage["reasons"])
+    assert stage["details"]["lengths"] == [512, 2048]
+    assert {m["name"] for m in stage["metrics"]} >= {"perplexity increase at 512 tokens", "perplexity increase at 2048 tokens", "degradation growth 512 -> 2048 tokens"}
+
+    code, _, stderr = validate(demo.model_dir, demo_quantized / "awq", ["long-context"], policy | {"long_context": policy["long_context"] | {"lengths": [512, 16384]}}, tmp_path)
+    assert code == 2 and "[16384] exceed the model's 8192 positions" in stderr
+
+
+@pytest.mark.vllm
+def test_load_stage_gates_on_the_sla(demo, demo_quantized, policy, tmp_path):
+    impossible = policy | {"load": policy["load"] | {"sla": {"ttft_p90_s": 0.0001}}}
+    code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["load"], impossible, tmp_path)
+    stage = report["stages"]["load"]
+    assert code == 1 and stage["passed"] is False, stderr
+    assert [r for r in stage["reasons"] if r.startswith("c=1 TTFT p90 s")]
+    levels = {int(c): level for c, level in stage["details"]["levels"].items()}
+    assert set(levels) == {1, 4} and all(level["errors"] == 0 and level["requests"] == 6 for level in levels.values())
+    assert 0 < levels[1]["ttft_s"]["p50"] <= levels[1]["e2e_s"]["p50"] and levels[4]["output_tokens_per_s"] > 0
+    # The same measurements pass a realistic SLA.
+    assert all(m.passed for m in load_test.sla_metrics(levels, SLA()))
+    assert "Application startup complete" in Path(stage["details"]["log"]).read_text()
+
+
+@pytest.mark.vllm
+def test_server_that_cannot_start_fails_cleanly(demo, demo_quantized, policy, tmp_path):
+    broken = policy | {"load": policy["load"] | {"max_model_len": 100000}}  # beyond the model's 8192 positions
+    code, report, _ = validate(demo.model_dir, demo_quantized / "awq", ["load"], broken, tmp_path)
+    stage = report["stages"]["load"]
+    assert code == 1 and stage["passed"] is False and "vLLM exited with status" in stage["error"]
+    assert Path(stage["details"]["log"]).is_file()
+    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1  # nothing left running
+
+
+def test_port_already_in_use_is_a_clear_error(demo, demo_quantized, policy, tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code, _, stderr = validate(demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": policy["load"] | {"port": port}}, tmp_path)
+    assert code == 2 and f"Port {port} on 127.0.0.1 is already in use" in stderr
+
+
+def test_empty_task_set_is_a_clear_error(demo, demo_quantized, policy, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    code, _, stderr = validate(demo.model_dir, demo_quantized / "awq", ["tasks"], policy | {"tasks": {"tasks": [{"path": str(empty)}]}}, tmp_path)
+    assert code == 2 and "has no items" in stderr

@@ -1,0 +1,113 @@
+"""Stage 3: long context. At each length, one forward pass per document measures both:
+
+  [fact: "the secret code is 4827"] [the document's own tokens ...] [question about the code]
+  - perplexity of the document's final `target_tokens` given everything before them;
+  - retrieval: greedy decoding after the question must reproduce the code planted at the start.
+
+Gates: the candidate's perplexity degradation at every length, its growth from the shortest to
+the longest length, and how many retrievals the candidate loses against the baseline.
+"""
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from awq_core.errors import ValidationError
+from validation.models import context_length, load_model, load_tokenizer
+from validation.result import StageResult, gate
+from validation.settings import LongContextSettings
+
+DEFAULT_LENGTHS = (512, 2048, 4096, 8192)
+ANSWER_TOKENS = 8
+
+
+def lengths_for(settings: LongContextSettings, max_positions: int) -> tuple[list[int], list[str]]:
+    """Configured lengths must fit the model; the default ones are capped at its context length."""
+    if settings.lengths:
+        too_long = [n for n in settings.lengths if n > max_positions]
+        if too_long:
+            raise ValidationError(f"Context lengths {too_long} exceed the model's {max_positions} positions: remove them from long_context.lengths.")
+        return sorted(settings.lengths), []
+    kept = [n for n in DEFAULT_LENGTHS if n <= max_positions]
+    dropped = [n for n in DEFAULT_LENGTHS if n > max_positions]
+    return kept, [f"lengths {dropped} skipped: the model has {max_positions} positions."] if dropped else []
+
+
+FACT = "Remember this: the secret code is {code}.\n\n"
+QUESTION = "\n\nQuestion: What is the secret code?\nAnswer: The secret code is"
+
+
+@dataclass(frozen=True)
+class Probe:
+    ids: Tensor  # (length,) fact + document + question
+    code: str
+    target: tuple[int, int]  # the scored document tokens: ids[target[0] : target[1]]
+
+
+def build_probe(tokenizer, document: list[int], length: int, target_tokens: int, rng: random.Random) -> Probe:
+    code = str(rng.randint(1000, 9999))
+    fact = tokenizer(FACT.format(code=code), add_special_tokens=False)["input_ids"]
+    question = tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
+    body = document[: length - len(fact) - len(question)]
+    if len(body) < target_tokens + 1:
+        raise ValidationError(f"Length {length} leaves no room for {target_tokens} scored tokens: raise the length or lower target_tokens.")
+    end = len(fact) + len(body)
+    return Probe(torch.tensor(fact + body + question), code, (end - target_tokens, end))
+
+
+@torch.no_grad()
+def evaluate_probe(model: nn.Module, tokenizer, probe: Probe) -> tuple[float, bool]:
+    """One prefill: mean NLL of the target tokens, then greedy decoding of the answer from the cache."""
+    device = next(model.parameters()).device
+    start, end = probe.target
+    keep = probe.ids.numel() - start + 1  # logits from the position that predicts ids[start]
+    out = model(probe.ids[None].to(device), use_cache=True, logits_to_keep=keep)
+    logits = out.logits[0].float()  # (keep, V); row j predicts ids[start + j]
+    nll = F.cross_entropy(logits[: end - start], probe.ids[start:end].to(device)).item()
+    answer, past, next_token = [], out.past_key_values, logits[-1].argmax()
+    for _ in range(ANSWER_TOKENS):
+        answer.append(int(next_token))
+        step = model(next_token.view(1, 1), past_key_values=past, use_cache=True)
+        past, next_token = step.past_key_values, step.logits[0, -1].argmax()
+    return nll, probe.code in tokenizer.decode(answer)
+
+
+def run(baseline: str | Path, candidate: str | Path, settings: LongContextSettings = LongContextSettings()) -> StageResult:
+    start = time.perf_counter()
+    if not settings.texts:
+        raise ValidationError("The long-context stage has no documents: set long_context.texts to long texts of your domain.")
+    lengths, warnings = lengths_for(settings, context_length(candidate))
+    tokenizer = load_tokenizer(candidate)
+    documents = sorted((tokenizer(Path(p).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"] for p in settings.texts), key=len, reverse=True)
+    probes = {}
+    rng = random.Random(0)
+    for length in lengths:
+        fitting = [d for d in documents if len(d) >= length][: settings.documents]
+        if not fitting:
+            raise ValidationError(f"No long_context text reaches {length} tokens (the longest has {len(documents[0])}): add longer documents or drop that length.")
+        probes[length] = [build_probe(tokenizer, d, length, settings.target_tokens, rng) for d in fitting]
+
+    figures: dict[str, dict[int, dict]] = {}
+    for role, path in (("baseline", baseline), ("candidate", candidate)):
+        model = load_model(path)
+        figures[role] = {}
+        for length in tqdm(lengths, desc=f"{role} long context", leave=False):
+            results = [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
+            figures[role][length] = {"perplexity": math.exp(sum(r[0] for r in results) / len(results)), "retrieved": sum(r[1] for r in results), "probes": len(results)}
+        del model
+
+    degradation = {n: figures["candidate"][n]["perplexity"] / figures["baseline"][n]["perplexity"] - 1 for n in lengths}
+    metrics = [gate(f"perplexity increase at {n} tokens", figures["baseline"][n]["perplexity"], figures["candidate"][n]["perplexity"], degradation[n], settings.max_degradation) for n in lengths]
+    growth = degradation[lengths[-1]] - degradation[lengths[0]]
+    metrics.append(gate(f"degradation growth {lengths[0]} -> {lengths[-1]} tokens", degradation[lengths[0]], degradation[lengths[-1]], growth, settings.max_growth))
+    total = sum(f["probes"] for f in figures["baseline"].values())
+    retrieved = {role: sum(f["retrieved"] for f in figures[role].values()) / total for role in figures}
+    metrics.append(gate("retrieval accuracy lost", retrieved["baseline"], retrieved["candidate"], retrieved["baseline"] - retrieved["candidate"], settings.max_retrieval_drop))
+    return StageResult("long_context", metrics, warnings, {"lengths": lengths, "by_length": figures, "degradation": degradation}, time.perf_counter() - start)

@@ -1,0 +1,50 @@
+"""What every stage returns: metrics for both models, thresholds, pass or fail, and why."""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Metric:
+    """One gated figure. `value` is what the threshold limits (e.g. a relative increase); the
+    baseline and candidate figures it comes from are kept beside it."""
+
+    name: str
+    baseline: float | None
+    candidate: float
+    value: float
+    threshold: float
+    passed: bool
+    higher_is_better: bool = False  # of `value`: False means value <= threshold passes
+
+
+def gate(name: str, baseline: float | None, candidate: float, value: float, threshold: float, higher_is_better: bool = False) -> Metric:
+    passed = value >= threshold if higher_is_better else value <= threshold
+    return Metric(name, baseline, candidate, value, threshold, passed, higher_is_better)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    metrics: list[Metric]
+    warnings: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # per-item, per-length or per-level figures for reports
+    seconds: float = 0.0
+    error: str | None = None  # the stage could not measure (a server that never started): a failure
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(m.passed for m in self.metrics)
+
+    @property
+    def reasons(self) -> list[str]:
+        """One sentence per failed gate."""
+        return ([self.error] if self.error else []) + [
+            f"{m.name}: {m.value:.4g} {'<' if m.higher_is_better else '>'} threshold {m.threshold:.4g} "
+            f"(baseline {m.baseline if m.baseline is None else f'{m.baseline:.4g}'}, candidate {m.candidate:.4g})"
+            for m in self.metrics
+            if not m.passed
+        ]
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "passed": self.passed, "reasons": self.reasons} | dataclasses.asdict(self)

@@ -1,0 +1,164 @@
+"""Each stage's settings and thresholds (the user's, with defaults), read from one YAML or JSON file.
+
+    perplexity:   {domain_texts: [a.txt], general_texts: [b.txt], max_increase: 0.15}
+    tasks:        {tasks: [{path: capitals.jsonl, critical: true}], max_drop: 0.03}
+    long_context: {texts: [long.txt], lengths: [512, 2048, 4096, 8192]}
+    load:         {concurrency: [1, 4], sla: {ttft_p90_s: 2.0}}
+"""
+
+import dataclasses
+import glob
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from awq_core.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class PerplexitySettings:
+    domain_texts: tuple[Path, ...] = ()  # the user's held-out domain text (not the calibration set)
+    general_texts: tuple[Path, ...] = ()
+    max_tokens: int = 8192  # per text
+    seqlen: int = 512
+    stride: int = 256
+    max_increase: float = 0.15  # relative perplexity increase over the baseline, per text
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    path: Path
+    critical: bool = False
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    tasks: tuple[TaskSpec, ...] = ()
+    max_drop: float = 0.03  # relative accuracy drop
+    max_drop_critical: float = 0.01
+    min_items: int = 500  # fewer: the confidence interval is wider than the threshold, so warn
+    max_new_tokens: int = 24
+    batch_size: int = 16
+    limit: int | None = None  # items per task, for quick runs
+
+
+@dataclass(frozen=True)
+class LongContextSettings:
+    texts: tuple[Path, ...] = ()  # long documents; each length uses the documents that reach it
+    lengths: tuple[int, ...] = ()  # empty: 512, 2K, 4K and 8K capped at the model's context; set ones must fit it
+    target_tokens: int = 128  # final tokens scored at each length
+    documents: int = 2  # per length, each also carries one retrieval probe
+    max_degradation: float = 0.15  # relative perplexity increase at any length
+    max_growth: float = 0.10  # degradation at the longest length minus at the shortest
+    max_retrieval_drop: float = 0.5  # fraction of probes the candidate may lose against the baseline
+
+
+@dataclass(frozen=True)
+class SLA:
+    ttft_p90_s: float = 5.0
+    itl_p90_s: float = 0.5
+    e2e_p99_s: float = 60.0
+    min_output_tokens_per_s: float = 1.0
+    max_error_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    prompt_texts: tuple[Path, ...] = ()  # prompts are cut from these
+    concurrency: tuple[int, ...] = (1, 4)
+    requests_per_level: int = 8
+    prompt_tokens: int = 256
+    output_tokens: int = 64
+    sla: SLA = SLA()
+    compare_baseline: bool = False  # also serve the baseline, to report the speed-up
+    port: int | None = None
+    max_model_len: int = 2048
+    startup_timeout_s: float = 300.0
+    request_timeout_s: float = 120.0
+    log_dir: Path = Path("validation-logs")
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    perplexity: PerplexitySettings = PerplexitySettings()
+    tasks: TaskSettings = TaskSettings()
+    long_context: LongContextSettings = LongContextSettings()
+    load: LoadSettings = LoadSettings()
+
+
+def _convert(kind, value, where: str):
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if isinstance(value, kind):
+            return value
+        if not isinstance(value, dict):
+            raise ValidationError(f"{where}: expected a mapping, got {value!r}.")
+        return from_dict(kind, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValidationError(f"{where}: expected a list, got {value!r}.")
+        item = typing.get_args(kind)[0]
+        if item is Path:
+            return tuple(path for i, v in enumerate(value) for path in _expand(v, f"{where}[{i}]"))
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is typing.Literal:
+        if value not in typing.get_args(kind):
+            raise ValidationError(f"{where}: expected one of {list(typing.get_args(kind))}, got {value!r}.")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValidationError(f"{where}: expected a mapping, got {value!r}.")
+        key_kind, value_kind = typing.get_args(kind)
+        return {_convert(key_kind, k, where): _convert(value_kind, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _convert(next(a for a in typing.get_args(kind) if a is not type(None)), value, where)
+    if kind is Path:
+        return Path(value).expanduser()
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValidationError(f"{where}: expected {kind.__name__}, got {value!r}.")
+    return value
+
+
+def _expand(pattern, where: str) -> list[Path]:
+    """A path, with ~ and glob patterns (a/*.txt) expanded; a pattern must match something."""
+    if not isinstance(pattern, (str, Path)):
+        raise ValidationError(f"{where}: expected a path, got {pattern!r}.")
+    path = Path(pattern).expanduser()
+    if not glob.has_magic(str(path)):
+        return [path]
+    matches = sorted(Path(p) for p in glob.glob(str(path)))
+    if not matches:
+        raise ValidationError(f"{where}: {pattern} matches no file.")
+    return matches
+
+
+def from_dict(cls, data: dict, where: str = "settings"):
+    """Build a settings dataclass from plain data, refusing unknown keys and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValidationError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}.")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
+
+
+def load_settings(path: str | Path | None) -> ValidationSettings:
+    if path is None:
+        return ValidationSettings()
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(f"Settings file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValidationError(f"{path} is not valid YAML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValidationError(f"{path} must hold a mapping of stage names to settings.")
+    return from_dict(ValidationSettings, data.get("validation", data), str(path))

@@ -1,0 +1,213 @@
+"""Stage 2: accuracy on the user's task sets, item by item, candidate against baseline.
+
+A task is a JSONL file, one item a line:
+  multiple choice {"question": str, "choices": [str, ...], "answer": index}
+      scored by log-likelihood as lm-evaluation-harness does: context "Question: ...\\nAnswer:",
+      continuation " " + choice; acc takes the highest total log-likelihood, acc_norm the highest
+      log-likelihood per character of the choice.
+  generation      {"prompt": str, "answer": str or [str, ...], "match": "exact" | "contains"}
+      the prompt goes through the model's chat template, greedy decoding, then the match.
+"""
+
+import json
+import math
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from awq_core.errors import ValidationError
+from validation.models import load_model, load_tokenizer
+from validation.result import StageResult, gate
+from validation.settings import TaskSettings
+
+TARGET_DELIMITER = " "
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+
+    @property
+    def context(self) -> str:
+        return f"Question: {self.question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    answers: tuple[str, ...]
+    match: str  # "exact" or "contains"
+
+
+Item = MultipleChoice | Generation
+
+
+def _parse_item(record, where: str) -> Item:
+    if not isinstance(record, dict):
+        raise ValidationError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+    if "choices" in record:
+        choices, answer = record.get("choices"), record.get("answer")
+        if not isinstance(record.get("question"), str) or not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise ValidationError(f"{where}: a multiple-choice item needs a 'question' string and at least two 'choices' strings.")
+        if not isinstance(answer, int) or not 0 <= answer < len(choices):
+            raise ValidationError(f"{where}: 'answer' must be the index of the right choice (0..{len(choices) - 1}), got {answer!r}.")
+        return MultipleChoice(record["question"], tuple(choices), answer)
+    if "prompt" in record:
+        answers = record.get("answer")
+        answers = [answers] if isinstance(answers, str) else answers
+        match = record.get("match", "contains")
+        if not isinstance(record["prompt"], str) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise ValidationError(f"{where}: a generation item needs a 'prompt' string and a non-empty 'answer' (string or list of strings).")
+        if match not in ("exact", "contains"):
+            raise ValidationError(f"{where}: 'match' must be 'exact' or 'contains', got {match!r}.")
+        return Generation(record["prompt"], tuple(answers), match)
+    raise ValidationError(f"{where}: an item needs 'choices' (multiple choice) or 'prompt' (generation); found keys {sorted(record)}.")
+
+
+def load_task(path: str | Path) -> list[Item]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(f"Task file {path} does not exist.")
+    items = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValidationError(f"{path}:{lineno} is not valid JSON ({e.msg}).") from e
+            items.append(_parse_item(record, f"{path}:{lineno}"))
+    if not items:
+        raise ValidationError(f"Task file {path} has no items.")
+    return items
+
+
+def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """As lm-evaluation-harness: trailing spaces move to the continuation; the continuation's tokens
+    are what the whole string adds after the context's tokens."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    return context_ids, whole[len(context_ids) :]
+
+
+@torch.no_grad()
+def token_loglikelihoods(model: nn.Module, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+    """Sum of log p(continuation | context) for each pair of token lists; only the continuation's
+    positions get logits (logits_to_keep), so long contexts cost no vocabulary-sized activations."""
+    device = next(model.parameters()).device
+    results = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        inputs = [(ctx + cont)[:-1] for ctx, cont in chunk]
+        width = max(map(len, inputs))
+        ids = torch.zeros(len(inputs), width, dtype=torch.long)
+        mask = torch.zeros(len(inputs), width, dtype=torch.long)
+        for row, seq in enumerate(inputs):  # right padding: real tokens keep their positions
+            ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+        keep = width - min(len(ctx) for ctx, _ in chunk) + 1  # from the earliest continuation position on
+        logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits  # (B, keep, V)
+        logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
+        for row, (ctx, cont) in enumerate(chunk):
+            first = len(ctx) - 1 - (width - keep)  # the continuation's first predicting position, in kept coordinates
+            positions = torch.arange(first, first + len(cont))
+            results.append(logprobs[row, positions, torch.tensor(cont)].sum().item())
+    return results
+
+
+def loglikelihoods(model: nn.Module, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> list[float]:
+    """Sum of log p(continuation | context) for each (context, continuation) string pair."""
+    return token_loglikelihoods(model, [_encode_pair(tokenizer, c, x) for c, x in pairs], batch_size)
+
+
+def score_multiple_choice(model: nn.Module, tokenizer, items: list[MultipleChoice], batch_size: int) -> dict[str, list[int]]:
+    pairs = [(item.context, TARGET_DELIMITER + choice) for item in items for choice in item.choices]
+    lls = iter(loglikelihoods(model, tokenizer, pairs, batch_size))
+    acc, acc_norm = [], []
+    for item in items:
+        ll = [next(lls) for _ in item.choices]
+        normed = [v / len(choice) for v, choice in zip(ll, item.choices)]
+        acc.append(int(max(range(len(ll)), key=ll.__getitem__) == item.answer))
+        acc_norm.append(int(max(range(len(normed)), key=normed.__getitem__) == item.answer))
+    return {"acc": acc, "acc_norm": acc_norm}
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.casefold().split()).strip(string.punctuation + " ")
+
+
+@torch.no_grad()
+def score_generation(model: nn.Module, tokenizer, items: list[Generation], batch_size: int, max_new_tokens: int) -> dict[str, list[int]]:
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    correct = []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": item.prompt}], add_generation_prompt=True, tokenize=False) for item in chunk]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+        for item, tokens in zip(chunk, out[:, batch["input_ids"].shape[1] :]):
+            reply = _normalise(tokenizer.decode(tokens, skip_special_tokens=True))
+            answers = [_normalise(a) for a in item.answers]
+            correct.append(int(any(reply == a if item.match == "exact" else a in reply for a in answers)))
+    return {"match": correct}
+
+
+def score(model: nn.Module, tokenizer, items: list[Item], settings: TaskSettings) -> dict[str, list[int]]:
+    """Per-item 0/1 correctness for every metric of the task (a task holds one kind of item)."""
+    if all(isinstance(i, MultipleChoice) for i in items):
+        return score_multiple_choice(model, tokenizer, items, settings.batch_size)
+    if all(isinstance(i, Generation) for i in items):
+        return score_generation(model, tokenizer, items, settings.batch_size, settings.max_new_tokens)
+    raise ValidationError("A task file mixes multiple-choice and generation items: split it into one file per kind.")
+
+
+def paired_drop(baseline: list[int], candidate: list[int], z: float = 1.96) -> dict[str, float]:
+    """Accuracy drop (baseline - candidate) with a 95% interval from the per-item differences."""
+    n = len(baseline)
+    diffs = [b - c for b, c in zip(baseline, candidate)]
+    drop = sum(diffs) / n
+    sd = math.sqrt(sum((d - drop) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
+    half = z * sd / math.sqrt(n)
+    base_acc = sum(baseline) / n
+    return {"n": n, "baseline": base_acc, "candidate": sum(candidate) / n, "drop": drop, "ci_low": drop - half, "ci_high": drop + half,
+            "relative_drop": drop / base_acc if base_acc else drop, "relative_ci_half_width": half / base_acc if base_acc else half}  # fmt: skip
+
+
+def run(baseline: str | Path, candidate: str | Path, settings: TaskSettings = TaskSettings()) -> StageResult:
+    start = time.perf_counter()
+    if not settings.tasks:
+        raise ValidationError("The tasks stage has no task sets: list JSONL files under tasks.tasks.")
+    tasks = {Path(spec.path).stem: (spec, load_task(spec.path)[: settings.limit]) for spec in settings.tasks}
+    tokenizer = load_tokenizer(candidate)
+    scores: dict[str, dict[str, dict[str, list[int]]]] = {}
+    for role, path in (("baseline", baseline), ("candidate", candidate)):
+        model = load_model(path)
+        scores[role] = {name: score(model, tokenizer, items, settings) for name, (_, items) in tqdm(tasks.items(), desc=f"{role} tasks", leave=False)}
+        del model
+
+    metrics, warnings, details = [], [], {}
+    for name, (spec, items) in tasks.items():
+        per_metric = {m: paired_drop(scores["baseline"][name][m], scores["candidate"][name][m]) for m in scores["baseline"][name]}
+        gated = "acc" if "acc" in per_metric else "match"
+        stats = per_metric[gated]
+        threshold = settings.max_drop_critical if spec.critical else settings.max_drop
+        metrics.append(gate(f"{name} {gated} relative drop{' (critical)' if spec.critical else ''}", stats["baseline"], stats["candidate"], stats["relative_drop"], threshold))
+        if len(items) < settings.min_items:
+            warnings.append(
+                f"{name}: {len(items)} items; the 95% interval of the relative drop is ±{stats['relative_ci_half_width']:.1%}, "
+                f"too wide to resolve a {threshold:.0%} threshold: use at least {settings.min_items} items."
+            )
+        details[name] = {"critical": spec.critical, "items": len(items), "metrics": per_metric,
+                         "per_item": {role: scores[role][name] for role in scores}}  # fmt: skip
+    return StageResult("tasks", metrics, warnings, details, time.perf_counter() - start)
