@@ -29,7 +29,6 @@ class Architecture:
     groups: tuple[ScaleGroup, ...]
     layers: str = "model.layers"
     embed: str = "model.embed_tokens"
-    final_norm: str = "model.norm"
     rotary: str = "model.rotary_emb"
     lm_head: str = "lm_head"
     no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")  # q·k is too sensitive to clip

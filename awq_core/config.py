@@ -26,7 +26,6 @@ class QuantConfig:
     # What the next block sees: outputs of the quantized block (errors compound as at inference,
     # llm-compressor) or of the original one (AutoAWQ). bench/quantize.py measures both.
     propagate: Propagation = "quantized"
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in ("awq", "rtn"):

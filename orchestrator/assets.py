@@ -116,11 +116,6 @@ def awq_model(context: dg.AssetExecutionContext, platform: Platform, lineage: Li
     })  # fmt: skip
 
 
-def _stage_settings(platform: Platform, key: str, attribute: str):
-    settings = getattr(platform.policy().validation, attribute)
-    return dataclasses.replace(settings, log_dir=platform.work(key) / "logs") if attribute == "load" else settings
-
-
 def _stage_plot(result, directory: Path) -> dict:
     if result.stage == "long_context" and result.metrics:
         figure = plots.perplexity_by_length(result.details["by_length"], directory / "long_context.png")
@@ -142,7 +137,8 @@ def validation_asset(stage: str, attribute: str) -> tuple[dg.AssetsDefinition, d
             run = latest_quantization(session, key)
             baseline, candidate, run_id = session.get(Checkpoint, run.checkpoint_id).path, run.output_path, run.id
         settings = platform.policy().validation
-        result = run_stage(stage, baseline, candidate, dataclasses.replace(settings, **{attribute: _stage_settings(platform, key, attribute)}))
+        settings = dataclasses.replace(settings, load=dataclasses.replace(settings.load, log_dir=platform.work(key) / "logs"))  # server logs beside the reports
+        result = run_stage(stage, baseline, candidate, settings)
         report = platform.work(key) / "validation" / f"{attribute}-{run_id}.json"
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result.to_dict(), indent=1, default=str))

@@ -111,6 +111,81 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def _platform():
+    """The lineage engine and registry folder the Dagster definitions use."""
+    from orchestrator.definitions import default_resources
+
+    resources = default_resources()
+    return resources["lineage"].engine(), Path(resources["platform"].registry_dir)
+
+
+def _print_history(rows: list[dict]) -> None:
+    print(f"{'model':28} {'version':8} {'status':12} {'created (UTC)':20} gates")
+    for r in rows:
+        failed = [k for k, g in r["gates"].items() if not g["passed"]]
+        gates = f"{len(r['gates']) - len(failed)}/{len(r['gates'])} passed" + (f"; failed: {', '.join(failed)}" if failed else "")
+        print(f"{r['model']:28} {r['version']:8} {r['status']:12} {r['created_at'][:19]:20} {gates}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.demo import demo_assets
+    from orchestrator.main_job import run_demo
+    from orchestrator.releases import history
+
+    outcomes = run_demo(demo_assets())
+    engine, _ = _platform()
+    rows = history(engine)
+    if not outcomes:
+        print("No new checkpoint to release (its content was released before); history:")
+    for outcome in outcomes:
+        latest = next((r for r in reversed(rows) if r["status"] != "rolled_back"), None)
+        print(f"run {outcome.run_id} for checkpoint {outcome.partition_key}: {'succeeded' if outcome.success else 'FAILED'}")
+        if latest:
+            print(f"release {latest['model']} {latest['version']}: {latest['status']}" + (f" at {latest['path']}" if latest["path"] else f" ({latest['reason']})"))
+            for name, g in latest["gates"].items():
+                print(f"  {'ok  ' if g['passed'] else 'FAIL'} {name:60} {g['value']:.4g} (threshold {g['threshold']:.4g})")
+    print()
+    _print_history(rows)
+    return 0 if all(o.success for o in outcomes) else 1
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from orchestrator.releases import history
+
+    rows = history(_platform()[0], args.model)
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+    else:
+        _print_history(rows)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from orchestrator.releases import show
+
+    print(json.dumps(show(_platform()[0], args.version, args.model), indent=1, default=str))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from orchestrator.releases import diff
+
+    changes = diff(_platform()[0], args.a, args.b, args.model)
+    print(f"{'':60} {args.a:>14} {args.b:>14}")
+    for key, (a, b) in changes.items():
+        print(f"{key:60} {str(a):>14.14} {str(b):>14.14}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from orchestrator.releases import rollback
+
+    engine, registry = _platform()
+    result = rollback(engine, registry, args.model)
+    print(f"{result['model']}: {result['rolled_back']} rolled back; {result['current']} is current")
+    return 0
+
+
 def cmd_fetch_demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import cache_dir, demo_assets, write_demo_policy
 
@@ -146,6 +221,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML or JSON settings and thresholds (see validation/settings.py)")
     p.add_argument("--json", action="store_true", help='one JSON object: {"passed": ..., "stages": {...}}')
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="the main job: release the demo checkpoint through the whole platform, in process")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("history", help="releases, newest last")
+    p.add_argument("--model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("show", help="one release: manifest, settings, gates, events")
+    p.add_argument("version")
+    p.add_argument("--model")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("diff", help="settings and gate metrics of two releases side by side")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--model")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("rollback", help="make the previous promoted release of MODEL current again")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("fetch-demo", help="fetch and convert the demo model and texts (done by scripts/setup.sh)")
     p.set_defaults(func=cmd_fetch_demo)

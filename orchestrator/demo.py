@@ -171,19 +171,25 @@ def _build_tasks(dest: Path) -> None:
         (dest / f"{name}.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
 
 
-def write_demo_policy(assets: DemoAssets, path: Path) -> Path:
-    """Validation settings for the demo model, sized to run all four stages in minutes on a CPU."""
-    policy = {
-        "perplexity": {"domain_texts": [str(p) for p in assets.domain_eval_texts], "general_texts": [str(p) for p in assets.general_eval_texts],
-                       "max_tokens": 4096, "max_increase": 0.20},
+def demo_validation_settings(assets: DemoAssets) -> dict:
+    """Validation settings for the demo model, sized to run all four stages in minutes on a CPU.
+    Task thresholds are looser than the defaults: a 135M model loses more at 4 bits than the
+    billion-parameter models the defaults are meant for, and these task sets are small."""
+    domain = [str(p) for p in assets.domain_eval_texts]
+    return {
+        "perplexity": {"domain_texts": domain, "general_texts": [str(p) for p in assets.general_eval_texts], "max_tokens": 4096, "max_increase": 0.20},
         "tasks": {"tasks": [{"path": str(assets.tasks["world_capitals"]), "critical": False},
                             {"path": str(assets.tasks["element_symbols"]), "critical": True},
-                            {"path": str(assets.tasks["capitals_chat"])}]},
-        "long_context": {"texts": [str(p) for p in assets.domain_eval_texts], "documents": 1},
-        "load": {"prompt_texts": [str(p) for p in assets.domain_eval_texts], "concurrency": [1, 4], "requests_per_level": 8,
-                 "prompt_tokens": 128, "output_tokens": 32, "log_dir": str(cache_dir() / "logs")},
+                            {"path": str(assets.tasks["capitals_chat"])}], "max_drop": 0.15, "max_drop_critical": 0.10},
+        "long_context": {"texts": domain, "documents": 1},
+        "load": {"prompt_texts": domain, "concurrency": [1, 4], "requests_per_level": 8, "prompt_tokens": 128, "output_tokens": 32,
+                 "log_dir": str(cache_dir() / "logs")},
     }  # fmt: skip
-    path.write_text(yaml.safe_dump({"validation": policy}, sort_keys=False))
+
+
+def write_demo_policy(assets: DemoAssets, path: Path) -> Path:
+    """The demo's validation settings as a file for `awq-release validate --config`."""
+    path.write_text(yaml.safe_dump({"validation": demo_validation_settings(assets)}, sort_keys=False))
     return path
 
 

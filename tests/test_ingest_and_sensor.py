@@ -1,0 +1,113 @@
+"""The sensor's choice of checkpoints, and ingest's checks: LoRA merge, footprint, hostile names."""
+
+import json
+import logging
+
+import dagster as dg
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from awq_core.errors import CheckpointError
+from deploy.registry import PromotionError, safe_name
+from orchestrator.definitions import defs
+from orchestrator.ingest import content_hash, ingest
+from orchestrator.policy import ReleasePolicy, TargetGPU
+from orchestrator.resources import Platform
+from orchestrator.sensors import checkpoint_sensor, scan
+from tests.conftest import make_tiny_model
+
+log = logging.getLogger("test")
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert keys == {"checkpoint", "calibration_set", "awq_model", "perplexity_validation", "tasks_validation", "long_context_validation", "load_validation", "release"}
+    job = defs.resolve_job_def("release_job")
+    assert job.partitions_def is not None and defs.resolve_sensor_def("checkpoint_sensor").job_name == "release_job"
+    checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
+    assert checks == {"perplexity_gate", "tasks_gate", "long_context_gate", "load_gate"}
+
+
+def write(folder, files: dict[str, str]):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_sensor_requests_exactly_one_run(tmp_path):
+    watched = tmp_path / "checkpoints"
+    write(watched / "complete model", {"config.json": "{}", "model.safetensors": "x" * 100})
+    write(watched / "half-written", {"config.json": "{}"})
+    write(watched / "seen-before", {"config.json": "{}", "model.safetensors": "y"})
+    write(watched / ".copy-in-progress", {"config.json": "{}"})
+    platform = Platform(checkpoints_dir=str(watched), registry_dir=str(tmp_path / "r"), work_dir=str(tmp_path / "w"), policy_path=str(tmp_path / "p.yaml"))
+    with dg.instance_for_test() as instance:
+        first = checkpoint_sensor(dg.build_sensor_context(instance=instance, cursor=json.dumps({"requested": [content_hash(watched / "seen-before")]}), resources={"platform": platform}))
+        assert first.run_requests == []  # nothing has been stable for two ticks yet
+        (watched / "half-written" / "model.safetensors").write_text("still copying")
+        second = checkpoint_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"platform": platform}))
+    (request,) = second.run_requests
+    assert request.partition_key == "complete-model" and request.run_key == content_hash(watched / "complete model")
+    assert [r.partition_keys for r in second.dynamic_partitions_requests] == [["complete-model"]]
+    third_requests, _, _ = scan(watched, json.loads(second.cursor), {"complete-model"}, log)
+    assert [r.partition_key for r in third_requests] == ["half-written"]  # stable now; the first is not requested again
+
+
+@pytest.mark.parametrize("name, key", [("my model v2", "my-model-v2"), ("fine..tune", "fine.tune"), ("modèle-ünïcode", "modele-unicode"), ("..", None), ("🤖", None)])
+def test_hostile_names_become_safe_partition_keys(name, key):
+    if key is None:
+        with pytest.raises(PromotionError, match="no letters or digits"):
+            safe_name(name)
+    else:
+        assert safe_name(name) == key
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tmp_path_factory, tiny_llama):
+    """A real LoRA adapter trained for tiny_llama (one update, so it changes the weights)."""
+    root = tmp_path_factory.mktemp("lora")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = "tiny-base"
+    peft_model.save_pretrained(root / "adapter")
+    return root / "adapter"
+
+
+def test_lora_adapter_is_merged_into_its_base(tmp_path, tiny_llama, lora_adapter):
+    found = ingest(lora_adapter, tmp_path, ReleasePolicy(base_models={"tiny-base": tiny_llama}))
+    assert found.adapter_path == str(lora_adapter) and found.base_model == "tiny-base"
+    merged = {}
+    for shard in found.model_dir.glob("*.safetensors"):
+        merged |= load_file(shard)
+    base = load_file(tiny_llama / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[key].float(), base[key].float())  # the adapter's update is in
+    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    assert (found.model_dir / "tokenizer.json").is_file()
+
+
+def test_lora_adapter_for_another_base_is_refused(tmp_path, demo, lora_adapter):
+    with pytest.raises(CheckpointError, match="not available here"):
+        ingest(lora_adapter, tmp_path, ReleasePolicy())
+    with pytest.raises(CheckpointError, match="does not fit base model 'tiny-base'.*trained for another base"):
+        ingest(lora_adapter, tmp_path, ReleasePolicy(base_models={"tiny-base": demo.model_dir}))
+    assert not (tmp_path / "merged").exists()
+
+
+def test_checkpoint_too_big_for_the_gpu(tmp_path, demo):
+    with pytest.raises(CheckpointError, match=r"more than the .* GiB usable on the target GPU \(tiny\)"):
+        ingest(demo.model_dir, tmp_path, ReleasePolicy(target_gpu=TargetGPU(name="tiny", memory_gib=0.05)))
+    found = ingest(demo.model_dir, tmp_path, ReleasePolicy())
+    assert found.footprint["fits"] and 0.05 < found.footprint["weights_gib"] < 0.15  # 135M: ~28M embedding params in 16-bit, the rest 4-bit
+
+
+def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
+    bad = make_tiny_model(tmp_path / "bad", demo.model_dir)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps(config | {"architectures": ["GPTNeoXForCausalLM"]}))
+    with pytest.raises(Exception, match="Supported: LlamaForCausalLM"):
+        ingest(bad, tmp_path, ReleasePolicy())

@@ -1,0 +1,101 @@
+"""The whole release chain materialized in process on the demo model, with settings sized for CI:
+an honest checkpoint is promoted with every lineage row; a damaged quantization is rejected, with
+why, and the previous release stays current."""
+
+import json
+import shutil
+
+import dagster as dg
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from deploy.registry import current_version
+from orchestrator.assets import CHECKPOINTS, VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.db import session_scope
+from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, Release, ReleaseEvent, ValidationMetric, ValidationStage
+from orchestrator.resources import LineageDatabase, Platform
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+ASSETS = [checkpoint, calibration_set, awq_model, *(a for a, _ in VALIDATIONS), release, *(c for _, c in VALIDATIONS)]
+
+
+def policy(demo, work, quantization: dict) -> dict:
+    tasks = work / "capitals.jsonl"
+    tasks.write_text("".join(line + "\n" for line in demo.tasks["world_capitals"].read_text().splitlines()[:24]))
+    domain = [str(p) for p in demo.domain_eval_texts]
+    return {
+        "model_name": "demo-bot",
+        "calibration": {"texts": [str(p) for p in demo.calibration_texts[-8:]], "n_samples": 4, "seqlen": 256},
+        "quantization": {"group_size": 64, "search_tokens": 1024, "n_grid": 10, "clip_tokens": 256} | quantization,
+        "validation": {
+            "perplexity": {"domain_texts": domain[-2:], "max_tokens": 1024, "seqlen": 256, "stride": 128, "max_increase": 0.3},
+            "tasks": {"tasks": [{"path": str(tasks)}], "max_drop": 0.3},
+            "long_context": {"texts": domain, "lengths": [512], "documents": 1, "max_degradation": 0.5, "max_growth": 1.0, "max_retrieval_drop": 1.0},
+            "load": {"prompt_texts": domain, "concurrency": [2], "requests_per_level": 4, "prompt_tokens": 64, "output_tokens": 8, "max_model_len": 512},
+        },
+        "target_gpu": {"name": "L4 24GB", "memory_gib": 24},
+        "serving": {"max_model_len": 2048, "max_num_seqs": 8, "dtype": "bfloat16"},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def platform_root(tmp_path_factory, demo):
+    root = tmp_path_factory.mktemp("platform")
+    (root / "work").mkdir()
+    for name, quantization in (("honest", {}), ("damaged", {"method": "rtn", "bits": 2})):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(policy(demo, root / "work", quantization)))
+    return root
+
+
+def materialize(root, folder_name: str, policy_name: str, instance) -> dg.ExecuteInProcessResult:
+    platform = Platform(checkpoints_dir=str(root / "checkpoints"), registry_dir=str(root / "registry"), work_dir=str(root / "work"), policy_path=str(root / f"{policy_name}.yaml"))
+    key = folder_name.replace(" ", "-")
+    instance.add_dynamic_partitions(CHECKPOINTS.name, [key])
+    return dg.materialize(ASSETS, partition_key=key, instance=instance, raise_on_error=False,
+                          resources={"platform": platform, "lineage": LineageDatabase(url=f"sqlite:///{root / 'lineage.db'}")})  # fmt: skip
+
+
+def count(session, model) -> int:
+    return session.scalar(select(func.count()).select_from(model))
+
+
+def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, demo):
+    root = platform_root
+    shutil.copytree(demo.model_dir, root / "checkpoints" / "demo bot")
+    damaged = shutil.copytree(demo.model_dir, root / "checkpoints" / "demo bot 2")
+    (damaged / "NOTES.md").write_text("another fine-tune")  # other content, other hash
+    engine = LineageDatabase(url=f"sqlite:///{root / 'lineage.db'}").engine()
+
+    with dg.instance_for_test() as instance:
+        result = materialize(root, "demo bot", "honest", instance)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        metadata = {m.asset_key.to_user_string(): m.metadata for m in (e.event_specific_data.materialization for e in result.get_asset_materialization_events())}
+        assert "layer_errors" in metadata["awq_model"] and "footprint" in metadata["checkpoint"] and "plot" in metadata["load_validation"]
+        assert all(check.passed for check in result.get_asset_check_evaluations())
+
+        with session_scope(engine) as session:
+            assert [count(session, m) for m in (Checkpoint, CalibrationSet, QuantizationRun)] == [1, 1, 1]
+            assert count(session, ValidationStage) == 4 and count(session, ValidationMetric) >= 10
+            (promoted,) = session.scalars(select(Release)).all()
+            assert (promoted.model, promoted.version, promoted.status) == ("demo-bot", "v0001", "promoted")
+        release_dir = root / "registry" / "demo-bot" / "releases" / "v0001"
+        manifest = json.loads((release_dir / "manifest.json").read_text())
+        assert manifest["checkpoint"]["name"] == "demo-bot" and manifest["quantization"]["settings"]["group_size"] == 64
+        assert set(manifest["validation"]) == {"perplexity", "tasks", "long_context", "load"}
+        assert manifest["files"]["config.json"] and (release_dir / "README.md").read_text().startswith("# demo-bot v0001")
+        launch = yaml.safe_load((release_dir / "vllm-config.yaml").read_text())
+        assert launch["quantization"] == "awq" and launch["model"] == str(release_dir) and launch["max-model-len"] == 2048
+        assert current_version(root / "registry", "demo-bot") == "v0001"
+
+        result = materialize(root, "demo bot 2", "damaged", instance)
+        assert not result.success
+        assert not [c for c in result.get_asset_check_evaluations() if c.check_name == "perplexity_gate" and c.passed]
+
+    with session_scope(engine) as session:
+        rejected = session.scalars(select(Release).where(Release.status == "rejected")).all()
+        assert len(rejected) >= 1 and all(r.path is None for r in rejected)
+        assert "perplexity gate failed" in " ".join(r.reason for r in rejected)
+        assert count(session, ReleaseEvent) == 1 + len(rejected)
+    assert current_version(root / "registry", "demo-bot") == "v0001"
+    assert sorted(p.name for p in (root / "registry" / "demo-bot" / "releases").iterdir()) == ["v0001"]
