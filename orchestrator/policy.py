@@ -3,11 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from awq_core.config import QuantConfig
-from awq_core.errors import ValidationError
-from validation.settings import ValidationSettings, from_dict
+from validation.settings import ValidationSettings, from_dict, read_mapping
 
 
 @dataclass(frozen=True)
@@ -44,11 +41,4 @@ class ReleasePolicy:
 
 
 def load_policy(path: str | Path) -> ReleasePolicy:
-    path = Path(path)
-    if not path.is_file():
-        raise ValidationError(f"Release policy {path} does not exist: write one (see README, 'Release policy').")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValidationError(f"Release policy {path} is not valid YAML: {e}") from e
-    return from_dict(ReleasePolicy, data, str(path))
+    return from_dict(ReleasePolicy, read_mapping(path, "Release policy"), str(path))

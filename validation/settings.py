@@ -149,16 +149,23 @@ def from_dict(cls, data: dict, where: str = "settings"):
     return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
 
 
-def load_settings(path: str | Path | None) -> ValidationSettings:
-    if path is None:
-        return ValidationSettings()
+def read_mapping(path: str | Path, what: str) -> dict:
+    """A YAML (or JSON) file holding a mapping, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
-        raise ValidationError(f"Settings file {path} does not exist.")
+        raise ValidationError(f"{what} {path} does not exist.")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValidationError(f"{path} is not valid YAML/JSON: {e}") from e
+        raise ValidationError(f"{what} {path} is not valid YAML/JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ValidationError(f"{path} must hold a mapping of stage names to settings.")
+        raise ValidationError(f"{what} {path} must hold a mapping, not {type(data).__name__}.")
+    return data
+
+
+def load_settings(path: str | Path | None) -> ValidationSettings:
+    """Validation settings from a file: top-level stage keys, or under `validation:` as in a release policy."""
+    if path is None:
+        return ValidationSettings()
+    data = read_mapping(path, "Settings file")
     return from_dict(ValidationSettings, data.get("validation", data), str(path))
