@@ -173,15 +173,16 @@ def _build_tasks(dest: Path) -> None:
 
 def demo_validation_settings(assets: DemoAssets) -> dict:
     """Validation settings for the demo model, sized to run all four stages in minutes on a CPU.
-    Task thresholds are looser than the defaults: a 135M model loses more at 4 bits than the
-    billion-parameter models the defaults are meant for, and these task sets are small."""
+    Thresholds are looser than the defaults, which are meant for billion-parameter models: a 135M
+    model loses more at 4 bits (about +13% perplexity with AWQ, +27% with RTN), and the chat task
+    has 48 items, whose 95% interval is about +-20%."""
     domain = [str(p) for p in assets.domain_eval_texts]
     return {
         "perplexity": {"domain_texts": domain, "general_texts": [str(p) for p in assets.general_eval_texts], "max_tokens": 4096, "max_increase": 0.20},
         "tasks": {"tasks": [{"path": str(assets.tasks["world_capitals"]), "critical": False},
                             {"path": str(assets.tasks["element_symbols"]), "critical": True},
-                            {"path": str(assets.tasks["capitals_chat"])}], "max_drop": 0.15, "max_drop_critical": 0.10},
-        "long_context": {"texts": domain, "documents": 1},
+                            {"path": str(assets.tasks["capitals_chat"])}], "max_drop": 0.30, "max_drop_critical": 0.10},
+        "long_context": {"texts": domain, "documents": 2, "target_tokens": 256, "max_degradation": 0.30, "max_growth": 0.15},
         "load": {"prompt_texts": domain, "concurrency": [1, 4], "requests_per_level": 8, "prompt_tokens": 128, "output_tokens": 32,
                  "log_dir": str(cache_dir() / "logs")},
     }  # fmt: skip

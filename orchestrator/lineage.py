@@ -55,12 +55,14 @@ def record_release(session: Session, model: str, status: str, checkpoint_id: int
 
 
 def record_rejection(engine: Engine, model: str, key: str, reason: str) -> str:
-    """A gate failed: the checkpoint's quantization run becomes a rejected release, with why."""
+    """A gate failed: the checkpoint's quantization run becomes one rejected release; each further
+    failed gate adds its reason and an event to it."""
     with session_scope(engine) as session:
         run = latest_quantization(session, key)
-        release = record_release(session, model, "rejected", run.checkpoint_id, run.id, {"checkpoint": key}, reason=reason)
-        return release.version
+        rejected = session.scalars(select(Release).where(Release.quantization_run_id == run.id, Release.status == "rejected")).first()
+        if rejected is None:
+            return record_release(session, model, "rejected", run.checkpoint_id, run.id, {"checkpoint": key}, reason=reason).version
+        rejected.reason = f"{rejected.reason}; {reason}"
+        session.add(ReleaseEvent(release_id=rejected.id, action="rejected", detail=reason))
+        return rejected.version
 
-
-__all__ = ["CalibrationSet", "Checkpoint", "MissingUpstream", "QuantizationRun", "latest", "latest_checkpoint", "latest_quantization",
-           "record_rejection", "record_release", "record_stage"]  # fmt: skip
