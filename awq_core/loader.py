@@ -26,7 +26,7 @@ def load_quantized(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16, d
             block.get_submodule(parent).set_submodule(child, AWQLinear(linear.in_features, linear.out_features, qcfg["group_size"], linear.bias is not None, dtype, device="meta"))
 
     state = {}
-    for name, info in ckpt.tensors.items():
+    for name in ckpt.tensors:
         t = ckpt.get(name)
         state[name] = t.to(dtype) if t.is_floating_point() and not name.endswith(".scales") else t
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

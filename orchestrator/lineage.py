@@ -5,7 +5,7 @@ from sqlalchemy.orm import Session
 
 from awq_core.errors import ReleaseError
 from orchestrator.db import session_scope
-from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, Release, ReleaseEvent, ValidationMetric, ValidationStage
+from orchestrator.db.models import Checkpoint, QuantizationRun, Release, ReleaseEvent, ValidationMetric, ValidationStage
 from validation.result import StageResult
 
 

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from awq_core.packing import pack_awq  # noqa: E402
 from awq_core.quant import quantize_groups  # noqa: E402
-from kernels import AWQLinear, awq_gemm  # noqa: E402
+from kernels import AWQLinear  # noqa: E402
 from kernels.reference import awq_gemm_reference  # noqa: E402
 
 
