@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random checkpoints of each supported architecture, and the real demo model."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from awq_core import QuantConfig, build_calibration, quantize
 
 from orchestrator.demo import DemoAssets, demo_assets
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use local folders only
 
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")

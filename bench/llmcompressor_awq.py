@@ -1,0 +1,36 @@
+"""llm-compressor's AWQModifier on a model folder and calibration ids: the peer that bench.compare times.
+
+Runs in llm-compressor's own environment (it pins other versions than ours), so it imports nothing
+of this project:
+    LLMC/bin/python bench/llmcompressor_awq.py MODEL_DIR CALIB_IDS.safetensors GROUP_SIZE
+Prints one JSON line: {"seconds": ...}.
+"""
+
+import json
+import sys
+import time
+
+import torch
+from datasets import Dataset
+from llmcompressor import oneshot
+from llmcompressor.modifiers.quantization import QuantizationModifier
+from llmcompressor.modifiers.transform.awq import AWQModifier
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+
+def main() -> None:
+    model_dir, calib_path, group_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self  # on CPU it fails with "Cannot access accelerator device"
+    ids = load_file(calib_path)["input_ids"]  # (N, L): the very windows our quantizer used
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": group_size}
+    recipe = [AWQModifier(duo_scaling=True), QuantizationModifier(ignore=["lm_head"], config_groups={"group_0": {"targets": ["Linear"], "weights": weights}})]
+    start = time.perf_counter()
+    oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1])
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+if __name__ == "__main__":
+    main()
