@@ -1,18 +1,18 @@
 """Shared fixtures: tiny random checkpoints of each supported architecture, and the real demo model."""
 
 import os
-import shutil
-from pathlib import Path
 
-import pytest
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use local folders only; read when huggingface_hub is imported
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from awq_core import QuantConfig, build_calibration, quantize
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from orchestrator.demo import DemoAssets, demo_assets
+from awq_core import QuantConfig, build_calibration, quantize  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use local folders only
+from orchestrator.demo import DemoAssets, demo_assets  # noqa: E402
 
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
