@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.compare --llmcompressor-python /path/to/llmc/bin/python [--layers 2]
 
 llm-compressor needs its own environment (`pip install torch==2.13.0 llmcompressor` in a venv).
-On 2 CPU cores it takes minutes per decoder layer, so both tools quantize the first `--layers`
-blocks of the demo model (the same truncated folder) with the benchmark's 64 x 512 calibration
-tokens; the full-model figure is the per-block time times the model's block count.
+Both quantize the demo model (or, with --layers K, its first K blocks, for a quick timing) with
+the benchmark's 64 x 512 calibration windows; on the whole model both are also scored by this
+project's perplexity function on held-out text.
 """
 
 import argparse
@@ -19,7 +19,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from awq_core import QuantConfig, build_calibration, quantize
+from awq_core.calibration import token_stream
+from awq_core.loader import load_quantized
 from orchestrator.demo import demo_assets
+from validation.perplexity import perplexity
 
 
 def truncate(model_dir: Path, out_dir: Path, layers: int) -> Path:
@@ -38,7 +41,8 @@ def truncate(model_dir: Path, out_dir: Path, layers: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llmcompressor-python", required=True, type=Path)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, help="quantize only the first K blocks (timing only)")
+    parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--group-size", type=int, default=64)
@@ -46,22 +50,36 @@ def main() -> None:
 
     assets = demo_assets()
     total_blocks = json.loads((assets.model_dir / "config.json").read_text())["num_hidden_layers"]
-    calib = build_calibration(AutoTokenizer.from_pretrained(assets.model_dir), assets.calibration_texts, args.n_samples, args.seqlen)
+    blocks = args.layers or total_blocks
+    tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
+    calib = build_calibration(tokenizer, assets.calibration_texts, args.n_samples, args.seqlen)
+    texts = {"domain": assets.domain_eval_texts, "general": assets.general_eval_texts}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         save_file({"input_ids": calib}, work / "calib.safetensors")
-        model_dir = truncate(assets.model_dir, work / "model", args.layers)
+        model_dir = truncate(assets.model_dir, work / "model", args.layers) if args.layers else assets.model_dir
+        command = [str(args.llmcompressor_python), "-P", str(Path(__file__).with_name("llmcompressor_awq.py")), str(model_dir), str(work / "calib.safetensors"), str(args.group_size)]
+        ours = {}
+        if not args.layers:
+            save_file({name: token_stream(tokenizer, files)[: args.eval_tokens] for name, files in texts.items()}, work / "eval.safetensors")
+            command.append(str(work / "eval.safetensors"))
         start = time.perf_counter()
         quantize(model_dir, work / "ours", calib, QuantConfig(group_size=args.group_size), progress=False)
-        ours = time.perf_counter() - start
-        peer = subprocess.run([str(args.llmcompressor_python), str(Path(__file__).with_name("llmcompressor_awq.py")), str(model_dir), str(work / "calib.safetensors"), str(args.group_size)],
-                              check=True, capture_output=True, text=True)  # fmt: skip
-        theirs = json.loads(peer.stdout.strip().splitlines()[-1])["seconds"]
-    print(f"{args.layers} of {total_blocks} blocks of {assets.model_dir.name}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens")
-    print(f"{'':22} {'seconds':>9} {'s / block':>10} {'full model (est.) s':>20}")
-    for name, seconds in (("awq_core", ours), ("llm-compressor AWQ", theirs)):
-        print(f"{name:22} {seconds:9.1f} {seconds / args.layers:10.1f} {seconds / args.layers * total_blocks:20.0f}")
-    print(f"awq_core wall time / llm-compressor's: {ours / theirs:.2f} (target <= 0.5)")
+        seconds = time.perf_counter() - start
+        if not args.layers:
+            model = load_quantized(work / "ours")
+            ours = {name: perplexity(model, ids) for name, ids in load_file(work / "eval.safetensors").items()}
+        # -P: keep bench/ off sys.path, or bench/kernels.py would shadow the `kernels` package transformers probes for.
+        peer = subprocess.run(command, capture_output=True, text=True)
+        if peer.returncode != 0:
+            raise SystemExit(f"llm-compressor failed:\n{peer.stderr[-3000:]}")
+        theirs = json.loads(peer.stdout.strip().splitlines()[-1])
+    print(f"{blocks} of {total_blocks} blocks of {assets.model_dir.name}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens")
+    print(f"{'':22} {'seconds':>9} {'s / block':>10} {'domain ppl':>11} {'general ppl':>12}")
+    for name, s, ppl in (("awq_core", seconds, ours), ("llm-compressor AWQ", theirs["seconds"], theirs["perplexity"])):
+        figures = f"{ppl['domain']:11.3f} {ppl['general']:12.3f}" if ppl else ""
+        print(f"{name:22} {s:9.1f} {s / blocks:10.1f} {figures}")
+    print(f"awq_core wall time / llm-compressor's: {seconds / theirs['seconds']:.2f} (target <= 0.5)")
 
 
 if __name__ == "__main__":

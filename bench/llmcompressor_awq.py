@@ -1,14 +1,15 @@
 """llm-compressor's AWQModifier on a model folder and calibration ids: the peer that bench.compare times.
 
-Runs in llm-compressor's own environment (it pins other versions than ours), so it imports nothing
-of this project:
-    LLMC/bin/python bench/llmcompressor_awq.py MODEL_DIR CALIB_IDS.safetensors GROUP_SIZE
-Prints one JSON line: {"seconds": ...}.
+Runs in llm-compressor's own environment (it pins other versions than ours):
+    LLMC/bin/python -P bench/llmcompressor_awq.py MODEL_DIR CALIB_IDS.safetensors GROUP_SIZE [EVAL_IDS.safetensors]
+Prints one JSON line: {"seconds": ..., "perplexity": {name: ...}}. Perplexity of the quantized model
+(llm-compressor fake-quantizes in forward) uses this project's own function on the given token streams.
 """
 
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -29,7 +30,14 @@ def main() -> None:
     recipe = [AWQModifier(duo_scaling=True), QuantizationModifier(ignore=["lm_head"], config_groups={"group_0": {"targets": ["Linear"], "weights": weights}})]
     start = time.perf_counter()
     oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1])
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    seconds = time.perf_counter() - start
+    perplexities = {}
+    if len(sys.argv) > 4:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # after transformers' imports: our `kernels` must not shadow theirs
+        from validation.perplexity import perplexity
+
+        perplexities = {name: perplexity(model.eval(), ids) for name, ids in load_file(sys.argv[4]).items()}
+    print(json.dumps({"seconds": seconds, "perplexity": perplexities}))
 
 
 if __name__ == "__main__":
