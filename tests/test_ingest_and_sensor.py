@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 
 import dagster as dg
 import pytest
@@ -111,3 +112,22 @@ def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
     (bad / "config.json").write_text(json.dumps(config | {"architectures": ["GPTNeoXForCausalLM"]}))
     with pytest.raises(Exception, match="Supported: LlamaForCausalLM"):
         ingest(bad, tmp_path, ReleasePolicy())
+
+
+def test_unreachable_database_fails_the_run_and_writes_nothing(tmp_path, tiny_llama):
+    from deploy.server import free_port
+    from orchestrator.assets import CHECKPOINTS, checkpoint
+    from orchestrator.resources import LineageDatabase
+
+    shutil.copytree(tiny_llama, tmp_path / "checkpoints" / "tiny")
+    (tmp_path / "policy.yaml").write_text("{}\n")
+    platform = Platform(checkpoints_dir=str(tmp_path / "checkpoints"), registry_dir=str(tmp_path / "registry"), work_dir=str(tmp_path / "work"), policy_path=str(tmp_path / "policy.yaml"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(CHECKPOINTS.name, ["tiny"])
+        result = dg.materialize([checkpoint], partition_key="tiny", instance=instance, raise_on_error=False,
+                                resources={"platform": platform, "lineage": LineageDatabase(url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/lineage")})  # fmt: skip
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.to_string()  # with its cause chain
+    assert "The lineage database at postgresql+psycopg://nobody@127.0.0.1" in message and "unreachable" in message
+    assert not (tmp_path / "registry").exists()

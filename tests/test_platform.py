@@ -3,7 +3,11 @@ an honest checkpoint is promoted with every lineage row; a damaged quantization 
 why, and the previous release stays current."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -99,3 +103,15 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         assert len(events) == rejected.reason.count("gate failed")  # one event per failed gate
     assert current_version(root / "registry", "demo-bot") == "v0001"
     assert sorted(p.name for p in (root / "registry" / "demo-bot" / "releases").iterdir()) == ["v0001"]
+
+    # The history commands read the same database.
+    env = os.environ | {"AWQ_RELEASE_DATABASE_URL": f"sqlite:///{root / 'lineage.db'}", "AWQ_RELEASE_REGISTRY": str(root / "registry")}
+    cli = lambda *args: subprocess.run([str(Path(sys.executable).parent / "awq-release"), *args], capture_output=True, text=True, env=env)  # noqa: E731
+    history = json.loads(cli("history", "--model", "demo-bot", "--json").stdout)
+    assert [(r["model"], r["version"], r["status"]) for r in history] == [("demo-bot", "v0001", "promoted"), ("demo-bot", "v0002", "rejected")]
+    assert all(r["created_at"] for r in history) and history[0]["gates"]["perplexity.domain perplexity increase"]["passed"]
+    assert json.loads(cli("show", "v0001", "--model", "demo-bot").stdout)["manifest"]["version"] == "v0001"
+    diff = cli("diff", "v0001", "v0002", "--model", "demo-bot").stdout
+    assert "settings.method" in diff and "rtn" in diff and "status" in diff
+    refused = cli("rollback", "demo-bot")
+    assert refused.returncode == 2 and "nothing earlier to roll back to" in refused.stderr
