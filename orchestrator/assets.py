@@ -6,7 +6,6 @@ Assets hand each other database rows (found by partition key) and paths, never p
 """
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ from deploy.registry import current_version, publish, safe_name, unpublish
 from orchestrator import plots
 from orchestrator.db import session_scope
 from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, Release
-from orchestrator.ingest import content_hash, ingest
+from orchestrator.ingest import content_hash, file_hash, ingest
 from orchestrator.lineage import latest, latest_checkpoint, latest_quantization, record_rejection, record_release, record_stage
 from orchestrator.releases import GATE_STAGES, latest_stages
 from orchestrator.reports import metrics_table, model_card
@@ -79,7 +78,7 @@ def calibration_set(context: dg.AssetExecutionContext, platform: Platform, linea
     tokens_hash = calibration_fingerprint(ids)
     tokens_path = platform.work(key) / f"calibration-{tokens_hash}.safetensors"
     save_file({"input_ids": ids}, tokens_path)
-    sources = {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in policy.texts}
+    sources = {str(p): file_hash(Path(p)) for p in policy.texts}
     with session_scope(engine) as session:
         row = CalibrationSet(checkpoint_id=checkpoint_id, source_hashes=sources, n_samples=policy.n_samples, seqlen=policy.seqlen, tokens_path=str(tokens_path), tokens_hash=tokens_hash)
         session.add(row)
@@ -180,14 +179,12 @@ def release(context: dg.AssetExecutionContext, platform: Platform, lineage: Line
         run = latest_quantization(session, key)
         stages = latest_stages(session, run.id)
         failing = [s for s in GATE_STAGES if s not in stages or not stages[s].passed]
-        already = session.scalars(select(Release).where(Release.quantization_run_id == run.id)).all()
-        if failing:
-            if not any(r.status == "rejected" for r in already):
-                record_release(session, model, "rejected", run.checkpoint_id, run.id, {"checkpoint": key}, reason=f"gates not passed: {failing}")
-        elif any(r.status == "promoted" for r in already):
-            raise dg.Failure(f"Quantization run {run.id} of {key} is already released as {[r.version for r in already]}.")
+        promoted = session.scalars(select(Release.version).where(Release.quantization_run_id == run.id, Release.status == "promoted")).all()
     if failing:
+        record_rejection(engine, model, key, f"release refused: the latest validation of {failing} did not pass")
         raise dg.Failure(f"Refusing to promote {key}: the latest validation of {failing} did not pass (see the lineage database).")
+    if promoted:
+        raise dg.Failure(f"Quantization run {run.id} of {key} is already released as {promoted}.")
 
     registry = Path(platform.registry_dir)
     previous = current_version(registry, model)
@@ -203,7 +200,7 @@ def release(context: dg.AssetExecutionContext, platform: Platform, lineage: Line
                 "checkpoint": {"id": ckpt.id, "name": ckpt.name, "content_hash": ckpt.content_hash, "base_model": ckpt.base_model, "adapter": ckpt.adapter_path},
                 "calibration": {"id": calib.id, "tokens_hash": calib.tokens_hash, "n_samples": calib.n_samples, "seqlen": calib.seqlen, "sources": calib.source_hashes},
                 "quantization": {"id": run.id, "settings": run.settings, "output_hash": run.output_hash, "seconds": run.seconds},
-                "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(run.output_path).iterdir()) if p.is_file()},
+                "files": {p.name: file_hash(p) for p in sorted(Path(run.output_path).iterdir()) if p.is_file()},
                 "validation": {s: {"passed": r.passed, "metrics": {m.metric: {"baseline": m.baseline, "candidate": m.candidate, "threshold": m.threshold} for m in r.metrics}}
                                for s, r in latest_stages(session, run.id).items()},
             }  # fmt: skip

@@ -29,14 +29,24 @@ class Ingested:
     footprint: dict
 
 
+def _update(h, path: Path) -> None:
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):  # shards can be many GiB: stream them
+            h.update(chunk)
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    _update(h, path)
+    return h.hexdigest()
+
+
 def content_hash(folder: Path) -> str:
     """sha256 over every file's relative name and bytes, in name order: same content, same hash."""
     h = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         h.update(str(path.relative_to(folder)).encode() + b"\0")
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        _update(h, path)
     return h.hexdigest()
 
 
