@@ -41,8 +41,8 @@ class QuantReport:
     out_dir: str
     report_path: str
     seconds: float
-    peak_rss_mb: float  # the process's peak resident memory
-    start_rss_mb: float  # its peak before quantize() began (interpreter, torch, caller's data)
+    peak_rss_mb: float  # peak resident memory of the process while quantize() ran
+    start_rss_mb: float  # resident memory when it began (interpreter, torch, the caller's data)
     resumed_blocks: int
     block_mse: list[float]
     layers: list[dict]
@@ -53,8 +53,20 @@ class QuantReport:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "layers"}
 
 
-def _peak_rss_mb() -> float:
+def _rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process, from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _reset_peak_rss() -> None:
+    """Start VmHWM afresh, so the report's peak is quantize()'s own, not the caller's (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak covers the whole process
 
 
 def quantization_config(cfg: QuantConfig, arch: Architecture) -> dict:
@@ -120,7 +132,8 @@ def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, group_siz
 
 def quantize(model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: QuantConfig = QuantConfig(), progress: bool = True) -> QuantReport:
     """AWQ-quantize `model_dir` into `out_dir` using calibration token ids `calib` (N, L)."""
-    start, start_rss_mb = time.perf_counter(), _peak_rss_mb()
+    _reset_peak_rss()
+    start, start_rss_mb = time.perf_counter(), _rss_mb("VmRSS")
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise QuantizationError(f"{out_dir} already exists: remove it or choose another output folder.")
@@ -182,7 +195,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: 
         out_dir=str(out_dir),
         report_path=str(out_dir / REPORT_NAME),
         seconds=round(time.perf_counter() - start, 2),
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=_rss_mb("VmHWM"),
         start_rss_mb=start_rss_mb,
         resumed_blocks=resumed,
         block_mse=block_mse,

@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.quantize [--n-samples 64 --seqlen 512 --group-size 64] [--propagate both]
 
 Every figure is measured in this run, on this machine. Each quantization runs in a child process
-so its peak RSS is its own; "of it quantize()" subtracts what the process held before quantize()
-began (interpreter, torch, tokenized calibration texts).
+and its peak RSS is taken while quantize() runs; "above start" subtracts what the process held
+when quantize() began (interpreter, torch, tokenized calibration texts).
 """
 
 import argparse
@@ -70,10 +70,10 @@ def main() -> None:
             label = "RTN" if method == "rtn" else f"AWQ ({propagate} outputs feed the next block)"
             rows.append((label, {name: perplexity(model, ids) for name, ids in texts.items()}, summary))
 
-    print(f"\n{'model':44} {'domain ppl':>11} {'general ppl':>12} {'wall s':>8} {'peak RSS MiB':>13} {'of it quantize()':>17} {'that / BF16 size':>17}")
+    print(f"\n{'model':44} {'domain ppl':>11} {'general ppl':>12} {'wall s':>8} {'peak RSS MiB':>13} {'above start':>12} {'that / BF16 size':>17}")
     for label, ppl, summary in rows:
         added = summary["peak_rss_mb"] - summary["start_rss_mb"] if summary else 0
-        figures = f"{summary['seconds']:8.0f} {summary['peak_rss_mb']:13.0f} {added:17.0f} {added * 2**20 / bf16_bytes:17.2f}" if summary else ""
+        figures = f"{summary['seconds']:8.0f} {summary['peak_rss_mb']:13.0f} {added:12.0f} {added * 2**20 / bf16_bytes:17.2f}" if summary else ""
         print(f"{label:44} {ppl['domain']:11.3f} {ppl['general']:12.3f} {figures}")
     rtn = rows[1][1]
     print("\nperplexity gap to BF16, as a fraction of RTN's gap (target <= 0.5):")
