@@ -23,10 +23,10 @@ from orchestrator.db import session_scope
 from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, Release
 from orchestrator.ingest import content_hash, file_hash, ingest
 from orchestrator.lineage import latest, latest_checkpoint, latest_quantization, record_rejection, record_release, record_stage
-from orchestrator.releases import GATE_STAGES, latest_stages
+from orchestrator.releases import latest_stages
 from orchestrator.reports import metrics_table, model_card
 from orchestrator.resources import LineageDatabase, Platform
-from validation import run_stage
+from validation import STAGES, run_stage
 
 CHECKPOINTS = dg.DynamicPartitionsDefinition(name="checkpoints")
 GROUP = "release"
@@ -166,7 +166,7 @@ def validation_asset(stage: str, attribute: str) -> tuple[dg.AssetsDefinition, d
     return stage_asset, gate
 
 
-VALIDATIONS = [validation_asset(stage, attribute) for stage, attribute in zip(("perplexity", "tasks", "long-context", "load"), GATE_STAGES)]
+VALIDATIONS = [validation_asset(stage, attribute) for stage, (_, attribute) in STAGES.items()]
 
 
 @dg.asset(partitions_def=CHECKPOINTS, group_name=GROUP, deps=[asset for asset, _ in VALIDATIONS])
@@ -178,7 +178,7 @@ def release(context: dg.AssetExecutionContext, platform: Platform, lineage: Line
     with session_scope(engine) as session:
         run = latest_quantization(session, key)
         stages = latest_stages(session, run.id)
-        failing = [s for s in GATE_STAGES if s not in stages or not stages[s].passed]
+        failing = [s for _, s in STAGES.values() if s not in stages or not stages[s].passed]
         promoted = session.scalars(select(Release.version).where(Release.quantization_run_id == run.id, Release.status == "promoted")).all()
     if failing:
         record_rejection(engine, model, key, f"release refused: the latest validation of {failing} did not pass")

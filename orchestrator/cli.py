@@ -1,4 +1,4 @@
-"""awq-release: the command line. Heavy imports happen inside each subcommand so --help stays fast."""
+"""awq-release: the command line. Dagster and the model stacks are imported inside the subcommands that use them."""
 
 import argparse
 import json
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from awq_core.errors import ReleaseError
+from validation import STAGES, load_settings, run_stage
 
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
@@ -95,10 +96,8 @@ def _print_stage(result) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from validation import load_settings, run_stage
-
     settings = load_settings(args.config)
-    names = ["perplexity", "tasks", "long-context", "load"] if "all" in args.stage else list(dict.fromkeys(args.stage))
+    names = list(STAGES) if "all" in args.stage else list(dict.fromkeys(args.stage))
     results = {}
     for name in names:
         results[name] = run_stage(name, args.baseline, args.candidate, settings)
@@ -218,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="compare a quantized candidate with its baseline; exit 0 passed, 1 a gate failed, 2 error")
     p.add_argument("baseline", type=Path)
     p.add_argument("candidate", type=Path)
-    p.add_argument("--stage", action="append", required=True, choices=("perplexity", "tasks", "long-context", "load", "all"), help="repeatable")
+    p.add_argument("--stage", action="append", required=True, choices=(*STAGES, "all"), help="repeatable")
     p.add_argument("--config", type=Path, help="YAML or JSON settings and thresholds (see validation/settings.py)")
     p.add_argument("--json", action="store_true", help='one JSON object: {"passed": ..., "stages": {...}}')
     p.set_defaults(func=cmd_validate)

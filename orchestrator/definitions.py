@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestrator.assets import VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.assets import GROUP, VALIDATIONS, awq_model, calibration_set, checkpoint, release
 from orchestrator.resources import LineageDatabase, Platform
 from orchestrator.sensors import checkpoint_sensor
 
@@ -31,7 +31,7 @@ def default_resources() -> dict:
     }
 
 
-release_job = dg.define_asset_job("release_job", selection=dg.AssetSelection.groups("release"), description="Ingest, quantize, validate and promote one checkpoint.")
+release_job = dg.define_asset_job("release_job", selection=dg.AssetSelection.groups(GROUP), description="Ingest, quantize, validate and promote one checkpoint.")
 
 defs = dg.Definitions(
     assets=[checkpoint, calibration_set, awq_model, *(asset for asset, _ in VALIDATIONS), release],

@@ -10,8 +10,6 @@ from deploy.registry import current_version, point_current
 from orchestrator.db import session_scope
 from orchestrator.db.models import QuantizationRun, Release, ReleaseEvent, ValidationStage
 
-GATE_STAGES = ("perplexity", "tasks", "long_context", "load")
-
 
 def latest_stages(session: Session, quantization_run_id: int) -> dict[str, ValidationStage]:
     """The newest result of each validation stage for one quantization run."""
