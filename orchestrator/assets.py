@@ -191,7 +191,7 @@ def release(context: dg.AssetExecutionContext, platform: Platform, lineage: Line
     published = None
     try:
         with session_scope(engine) as session:  # the release row commits only if the folder was published
-            run = latest_quantization(session, key)
+            run = session.get(QuantizationRun, run.id)  # the run whose gates were checked above, even if a newer one landed since
             ckpt = session.get(Checkpoint, run.checkpoint_id)
             calib = session.get(CalibrationSet, run.calibration_set_id)
             row = record_release(session, model, "promoted", ckpt.id, run.id, {})
