@@ -112,9 +112,12 @@ def make_prompts(model_dir: str | Path, settings: LoadSettings) -> list[str]:
     return [tokenizer.decode(stream[i * settings.prompt_tokens : (i + 1) * settings.prompt_tokens]) for i in range(n)]
 
 
+def server_log(settings: LoadSettings, role: str) -> Path:
+    return Path(settings.log_dir) / f"vllm-{role}.log"
+
+
 def _serve_and_drive(model_dir: str | Path, quantization: str | None, role: str, prompts: list[str], settings: LoadSettings) -> dict[int, dict]:
-    log = Path(settings.log_dir) / f"vllm-{role}.log"
-    with serve(model_dir, log, port=settings.port, quantization=quantization, max_model_len=settings.max_model_len, startup_timeout_s=settings.startup_timeout_s) as server:
+    with serve(model_dir, server_log(settings, role), port=settings.port, quantization=quantization, max_model_len=settings.max_model_len, startup_timeout_s=settings.startup_timeout_s) as server:
         return drive(server, prompts, settings)
 
 
@@ -144,11 +147,11 @@ def run(baseline: str | Path, candidate: str | Path, settings: LoadSettings = Lo
     prompts = make_prompts(candidate, settings)
     details: dict = {"client": "asyncio + aiohttp, streaming /v1/completions"}
     try:
-        details["log"] = str(Path(settings.log_dir) / "vllm-candidate.log")
+        details["log"] = str(server_log(settings, "candidate"))
         levels = _serve_and_drive(candidate, "awq", "candidate", prompts, settings)
         baseline_levels = None
         if settings.compare_baseline:
-            details["baseline_log"] = str(Path(settings.log_dir) / "vllm-baseline.log")
+            details["baseline_log"] = str(server_log(settings, "baseline"))
             baseline_levels = _serve_and_drive(baseline, None, "baseline", prompts, settings)
             details["speedup"] = {c: levels[c]["output_tokens_per_s"] / baseline_levels[c]["output_tokens_per_s"] for c in levels}
     except ServerError as e:
