@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from awq_core import QuantConfig, build_calibration, quantize
-from awq_core.calibration import token_stream
 from awq_core.loader import load_quantized
 from orchestrator.demo import demo_assets
 from validation.perplexity import perplexity
@@ -53,7 +52,6 @@ def main() -> None:
     blocks = args.layers or total_blocks
     tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
     calib = build_calibration(tokenizer, assets.calibration_texts, args.n_samples, args.seqlen)
-    texts = {"domain": assets.domain_eval_texts, "general": assets.general_eval_texts}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         save_file({"input_ids": calib}, work / "calib.safetensors")
@@ -61,7 +59,7 @@ def main() -> None:
         command = [str(args.llmcompressor_python), "-P", str(Path(__file__).with_name("llmcompressor_awq.py")), str(model_dir), str(work / "calib.safetensors"), str(args.group_size)]
         ours = {}
         if not args.layers:
-            save_file({name: token_stream(tokenizer, files)[: args.eval_tokens] for name, files in texts.items()}, work / "eval.safetensors")
+            save_file(assets.eval_streams(tokenizer, args.eval_tokens), work / "eval.safetensors")
             command.append(str(work / "eval.safetensors"))
         start = time.perf_counter()
         quantize(model_dir, work / "ours", calib, QuantConfig(group_size=args.group_size), progress=False)

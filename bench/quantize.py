@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from awq_core.calibration import token_stream
 from awq_core.loader import load_quantized
 from orchestrator.demo import demo_assets
 from validation.perplexity import perplexity
@@ -41,15 +40,11 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--propagate", choices=("quantized", "original", "both"), default="quantized")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
 
     assets = demo_assets()
     bf16_bytes = sum(p.stat().st_size for p in assets.model_dir.glob("*.safetensors"))
     tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
-    texts = {
-        "domain": token_stream(tokenizer, assets.domain_eval_texts)[: args.eval_tokens],
-        "general": token_stream(tokenizer, assets.general_eval_texts)[: args.eval_tokens],
-    }
+    texts = assets.eval_streams(tokenizer, args.eval_tokens)
     print(f"demo model {assets.model_dir.name}: {bf16_bytes / 2**20:.0f} MiB BF16; group {args.group_size}; "
           f"calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; eval {args.eval_tokens} tokens each of "
           "SOTU >= 2000 (domain) and Shakespeare (general); windows of 512 every 256\n")

