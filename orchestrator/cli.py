@@ -9,6 +9,7 @@ from pathlib import Path
 
 from awq_core.errors import ReleaseError
 from validation import STAGES, load_settings, run_stage
+from validation.result import figure
 
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
@@ -82,10 +83,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _print_stage(result) -> None:
     print(f"\n[{'PASS' if result.passed else 'FAIL'}] {result.stage} ({result.seconds:.0f} s)")
-    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     for m in result.metrics:
-        print(f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {fmt(m.baseline):>9}  candidate {fmt(m.candidate):>9}  "
-              f"value {fmt(m.value):>9} {'>=' if m.higher_is_better else '<='} {fmt(m.threshold)}")
+        print(f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {figure(m.baseline):>9}  candidate {figure(m.candidate):>9}  "
+              f"value {figure(m.value):>9} {m.limit}")
     for line in ([result.error] if result.error else []) + [f"warning: {w}" for w in result.warnings]:
         print(f"  {line}")
 

@@ -1,14 +1,10 @@
 """Markdown for the UI and the registry: gate tables and the model card."""
 
-from validation.result import Metric
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4g}"
+from validation.result import Metric, figure
 
 
 def metrics_table(metrics: list[Metric]) -> str:
-    rows = [f"| {m.name} | {_fmt(m.baseline)} | {_fmt(m.candidate)} | {_fmt(m.value)} | {'>=' if m.higher_is_better else '<='} {_fmt(m.threshold)} | {'pass' if m.passed else 'FAIL'} |" for m in metrics]
+    rows = [f"| {m.name} | {figure(m.baseline)} | {figure(m.candidate)} | {figure(m.value)} | {m.limit} | {'pass' if m.passed else 'FAIL'} |" for m in metrics]
     return "\n".join(["| gate | baseline | candidate | value | threshold | result |", "|---|---|---|---|---|---|", *rows])
 
 
@@ -30,7 +26,7 @@ def model_card(manifest: dict) -> str:
     ]
     for stage, result in manifest["validation"].items():
         for name, m in result["metrics"].items():
-            lines.append(f"| {stage} | {name} | {_fmt(m['baseline'])} | {_fmt(m['candidate'])} | {_fmt(m['threshold'])} |")
+            lines.append(f"| {stage} | {name} | {figure(m['baseline'])} | {figure(m['candidate'])} | {figure(m['threshold'])} |")
     lines += ["", "## Lineage", "", f"checkpoint id {manifest['checkpoint']['id']}, calibration set id {manifest['calibration']['id']}, "
               f"quantization run id {manifest['quantization']['id']}, release id {manifest['release_id']}; file hashes in manifest.json."]  # fmt: skip
     return "\n".join(lines) + "\n"

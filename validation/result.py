@@ -4,6 +4,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+def figure(value: float | None) -> str:
+    """A measured figure for tables and logs: 4 significant digits, '-' where there is none."""
+    return "-" if value is None else f"{value:.4g}"
+
+
 @dataclass
 class Metric:
     """One gated figure. `value` is what the threshold limits (e.g. a relative increase); the
@@ -16,6 +21,11 @@ class Metric:
     threshold: float
     passed: bool
     higher_is_better: bool = False  # of `value`: False means value <= threshold passes
+
+    @property
+    def limit(self) -> str:
+        """The pass condition on `value`, e.g. '<= 0.15'."""
+        return f"{'>=' if self.higher_is_better else '<='} {figure(self.threshold)}"
 
 
 def gate(name: str, baseline: float | None, candidate: float, value: float, threshold: float, higher_is_better: bool = False) -> Metric:
@@ -40,8 +50,8 @@ class StageResult:
     def reasons(self) -> list[str]:
         """One sentence per failed gate."""
         return ([self.error] if self.error else []) + [
-            f"{m.name}: {m.value:.4g} {'<' if m.higher_is_better else '>'} threshold {m.threshold:.4g} "
-            f"(baseline {m.baseline if m.baseline is None else f'{m.baseline:.4g}'}, candidate {m.candidate:.4g})"
+            f"{m.name}: {figure(m.value)} {'<' if m.higher_is_better else '>'} threshold {figure(m.threshold)} "
+            f"(baseline {figure(m.baseline)}, candidate {figure(m.candidate)})"
             for m in self.metrics
             if not m.passed
         ]
