@@ -102,8 +102,7 @@ def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
         adapter_path = str(folder)
         folder, base_model = _merge_adapter(folder, work_dir / "merged", policy)
     ckpt = Checkpoint(folder)
-    arch_name = next(n for n in ckpt.config.get("architectures") or ["?"])
-    architecture_for(ckpt.config)
+    architecture_for(ckpt.config)  # refuse an unsupported architecture before reading every weight
     ckpt.check_finite()
     fit = footprint(ckpt, policy)
     if not fit["fits"]:
@@ -113,4 +112,4 @@ def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
             "or max_num_seqs, or pick a larger GPU in the policy."
         )
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return Ingested(folder, content_hash(Path(adapter_path) if adapter_path else folder), arch_name, size, base_model or ckpt.config.get("_name_or_path"), adapter_path, fit)
+    return Ingested(folder, content_hash(Path(adapter_path) if adapter_path else folder), ckpt.config["architectures"][0], size, base_model or ckpt.config.get("_name_or_path"), adapter_path, fit)

@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from awq_core.errors import CheckpointError
+from awq_core.errors import CheckpointError, UnsupportedArchitecture
 from deploy.registry import PromotionError, safe_name
 from orchestrator.definitions import defs
 from orchestrator.ingest import content_hash, ingest
@@ -110,7 +110,7 @@ def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
     bad = make_tiny_model(tmp_path / "bad", demo.model_dir)
     config = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps(config | {"architectures": ["GPTNeoXForCausalLM"]}))
-    with pytest.raises(Exception, match="Supported: LlamaForCausalLM"):
+    with pytest.raises(UnsupportedArchitecture, match="Supported: LlamaForCausalLM"):
         ingest(bad, tmp_path, ReleasePolicy())
 
 
