@@ -51,7 +51,7 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
     home = tmp_path / "platform"
     dagster_home = prepare_home(home)
     (home / "policy.yaml").write_text("{}\n")
-    broken = home / "checkpoints" / "no-weights"  # ingest refuses it at once: the launched run ends quickly
+    broken = home / "checkpoints" / "no-weights"  # ingest refuses it at once (no tokenizer, no weights): the launched run ends quickly
     broken.mkdir(parents=True)
     (broken / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
@@ -84,6 +84,11 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
         run = wait_until(finished, 240, "the launched run finished")
         assert run["status"] == "FAILURE"  # the checkpoint has no weights: ingest refuses, nothing is promoted
         assert {"key": "dagster/partition", "value": "no-weights"} in run["tags"]
+        events = graphql(port, """query ($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
+              __typename ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } } } } } }""", {"id": run_id})["logsForRun"]["events"]
+        failures = [e for e in events if e["__typename"] == "ExecutionStepFailureEvent"]
+        assert [f["stepKey"] for f in failures] == ["checkpoint"], failures
+        assert "CheckpointError" in failures[0]["error"]["causes"][0]["message"]  # refused by ingest's checks, not broken wiring
         assert not (home / "registry").exists() or not any((home / "registry").iterdir())
     finally:
         os.killpg(server.pid, signal.SIGTERM)
