@@ -37,7 +37,8 @@ def _collect(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict,
     inputs: dict[str, GroupInputs] = {}
     handles = []
     for group in arch.groups:
-        record = inputs[group.prev] = GroupInputs(torch.zeros(block.get_submodule(group.linears[0]).in_features), 0, [], {})
+        first = block.get_submodule(group.linears[0])
+        record = inputs[group.prev] = GroupInputs(torch.zeros(first.in_features, device=first.weight.device), 0, [], {})
 
         def on_input(module, args, record=record):
             x = args[0]
@@ -79,9 +80,25 @@ def _shares_shape(block: nn.Module, group: ScaleGroup) -> bool:
     return width == block.get_submodule(group.linears[0]).in_features
 
 
+def _store_(block: nn.Module, arch: Architecture, store_dtype: torch.dtype) -> dict[str, Tensor]:
+    """The block's unpacked tensors (norms with 1/s folded in, biases) as the checkpoint stores them.
+
+    They are rounded to the storage dtype in place too, so the next block sees what the written
+    checkpoint computes, and a resumed run, which reads them back, continues bit for bit.
+    """
+    stored = {}
+    for name, t in block.state_dict().items():
+        if name.rsplit(".", 1)[0] not in arch.linears or name.endswith(".bias"):
+            t.copy_(t.to(store_dtype))
+            stored[name] = t.to("cpu", store_dtype)
+    return stored
+
+
 @torch.no_grad()
-def quantize_block(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, cfg: QuantConfig) -> BlockResult:
-    """hidden: the block's calibration input (N, L, C). The block's weights are replaced by their fake-quantized values."""
+def quantize_block(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, cfg: QuantConfig, store_dtype: torch.dtype) -> BlockResult:
+    """hidden: the block's calibration input (N, L, C), on the block's device or the host. The block's
+    weights are replaced by their fake-quantized values; its tensors come back on the host, packed
+    linears in the AWQ layout and everything else in `store_dtype`."""
     N, L, _ = hidden.shape
     search_windows = min(N, max(1, math.ceil(cfg.search_tokens / L)))
     reference, inputs = _collect(block, arch, hidden, kwargs, search_windows)
@@ -117,9 +134,7 @@ def quantize_block(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs:
                 clip_(linear.weight, max_val, cfg.group_size)
             q, scales, zeros = quantize_groups(linear.weight, cfg.group_size, cfg.zero_point, cfg.bits)
             linear.weight.data = dequantize_groups(q, scales, zeros, cfg.group_size).to(linear.weight.dtype)
-            tensors |= {f"{name}.{key}": t for key, t in pack_awq(q, scales, zeros).items()}
-            if linear.bias is not None:
-                tensors[f"{name}.bias"] = linear.bias.data
+            tensors |= {f"{name}.{key}": t.cpu() for key, t in pack_awq(q, scales, zeros).items()}
             layers.append({
                 "linear": name,
                 "alpha": None if result is None else result.alpha,
@@ -129,9 +144,7 @@ def quantize_block(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs:
                 "clip_ratio": clip_ratio,
             })
 
-    for name, t in block.state_dict().items():
-        if name.rsplit(".", 1)[0] not in arch.linears:
-            tensors[name] = t  # norms, with 1/s folded in
+    tensors |= _store_(block, arch, store_dtype)
     output = run_block(block, hidden, kwargs)
     result_output = output if cfg.propagate == "quantized" else reference
     return BlockResult(result_output, tensors, layers, mse(output, reference))

@@ -27,3 +27,7 @@ class ServerError(ReleaseError):
 
 class ValidationError(ReleaseError):
     """Validation input that cannot be used: settings, task files, texts, lengths."""
+
+
+class ComputeError(ReleaseError):
+    """A compute setting (device, dtype) that this host cannot honour."""

@@ -10,7 +10,7 @@ def pack_awq_int4(values: Tensor) -> Tensor:
     """uint8 [R, C] in 0..15 -> int32 [R, C // 8]."""
     rows, cols = values.shape
     runs = values.to(torch.int32).reshape(rows, cols // 8, 8)  # (R, C // 8, 8)
-    packed = torch.zeros(rows, cols // 8, dtype=torch.int32)
+    packed = torch.zeros(rows, cols // 8, dtype=torch.int32, device=values.device)
     for nibble, col in enumerate(AWQ_ORDER):
         packed |= runs[:, :, col] << (4 * nibble)
     return packed

@@ -25,6 +25,7 @@ from awq_core.architectures import Architecture, architecture_for
 from awq_core.block import quantize_block
 from awq_core.calibration import calibration_fingerprint
 from awq_core.checkpoint import PICKLE_SUFFIXES, Checkpoint
+from awq_core.compute import Compute, Resolved, resolve
 from awq_core.config import QuantConfig
 from awq_core.errors import CalibrationError, QuantizationError, UnsupportedArchitecture
 from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
@@ -43,6 +44,8 @@ class QuantReport:
     seconds: float
     peak_rss_mb: float  # peak resident memory of the process while quantize() ran
     start_rss_mb: float  # resident memory when it began (interpreter, torch, the caller's data)
+    peak_gpu_mb: float | None  # peak GPU memory torch allocated while quantize() ran; None on CPU
+    compute: dict  # device, dtype and why (awq_core.compute)
     resumed_blocks: int
     block_mse: list[float]
     layers: list[dict]
@@ -100,8 +103,26 @@ def _check_shapes(ckpt: Checkpoint, arch: Architecture, n_layers: int, cfg: Quan
             raise UnsupportedArchitecture(f"Block {i} has linears the mapping does not cover ({', '.join(unmapped)}): extend awq_core/architectures.py.")
 
 
-def _inputs_fingerprint(ckpt: Checkpoint, calib: Tensor, cfg: QuantConfig) -> str:
-    return hashlib.sha256(f"{ckpt.fingerprint()}:{calibration_fingerprint(calib)}:{cfg.fingerprint()}".encode()).hexdigest()[:16]
+def _inputs_fingerprint(ckpt: Checkpoint, calib: Tensor, cfg: QuantConfig, compute: Resolved) -> str:
+    """Blocks are reused only from a run with the same weights, calibration, settings and precision."""
+    parts = (ckpt.fingerprint(), calibration_fingerprint(calib), cfg.fingerprint(), compute.device.type, str(compute.dtype))
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
+
+
+def _check_calibration(calib: Tensor, max_positions: int | None) -> None:
+    if calib.ndim != 2 or calib.numel() == 0:
+        raise CalibrationError(f"Calibration ids must be a non-empty (N, L) tensor, got shape {tuple(calib.shape)}.")
+    if max_positions and calib.shape[1] > max_positions:
+        raise CalibrationError(f"seqlen {calib.shape[1]} exceeds the model's {max_positions} positions: lower --seqlen.")
+
+
+def activation_device(hidden: Tensor, compute: Resolved) -> torch.device:
+    """Where the calibration activations live between blocks: on the GPU when input, output and the
+    reference output fit in half its free memory, on the host otherwise (run_block moves chunks)."""
+    if compute.device.type != "cuda":
+        return compute.device
+    free_bytes, _ = torch.cuda.mem_get_info(compute.device)
+    return compute.device if 3 * hidden.numel() * hidden.element_size() < free_bytes / 2 else torch.device("cpu")
 
 
 def _open_work_dir(work: Path, fingerprint: str) -> None:
@@ -121,17 +142,27 @@ def _write_json(path: Path, data) -> None:
     tmp.rename(path)
 
 
-def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, group_size: int, dtype: torch.dtype) -> dict[str, Tensor]:
+def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, group_size: int) -> dict[str, Tensor]:
     """A finished block's shard back as dense weights (the fake-quantized values) for a resumed run."""
-    state = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in arch.linears}
+    state = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in arch.linears or k.endswith(".bias")}
     for name in arch.linears:
         w = dequantize_awq(tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"], tensors[f"{name}.scales"], group_size)
-        state[f"{name}.weight"] = w.t().contiguous().to(dtype)
+        state[f"{name}.weight"] = w.t().contiguous()
     return state
 
 
-def quantize(model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: QuantConfig = QuantConfig(), progress: bool = True) -> QuantReport:
-    """AWQ-quantize `model_dir` into `out_dir` using calibration token ids `calib` (N, L)."""
+def _copy_side_files(source: Path, dest: Path) -> None:
+    """Tokenizer, chat template, generation config: everything beside the weights and config."""
+    for path in source.iterdir():
+        if path.is_file() and path.suffix not in (".safetensors", *PICKLE_SUFFIXES) and path.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy2(path, dest / path.name)
+
+
+def quantize(
+    model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: QuantConfig = QuantConfig(), progress: bool = True, compute: Compute = Compute()
+) -> QuantReport:
+    """AWQ-quantize `model_dir` into `out_dir` using calibration token ids `calib` (N, L), one block
+    at a time on the compute device; weights stream from disk, so only one block is ever resident."""
     _reset_peak_rss()
     start, start_rss_mb = time.perf_counter(), _rss_mb("VmRSS")
     out_dir = Path(out_dir)
@@ -141,38 +172,39 @@ def quantize(model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: 
     arch = architecture_for(ckpt.config)
     n_layers = ckpt.config["num_hidden_layers"]
     _check_shapes(ckpt, arch, n_layers, config)
-    max_positions = ckpt.config.get("max_position_embeddings")
-    if calib.ndim != 2 or calib.numel() == 0:
-        raise CalibrationError(f"Calibration ids must be a non-empty (N, L) tensor, got shape {tuple(calib.shape)}.")
-    if max_positions and calib.shape[1] > max_positions:
-        raise CalibrationError(f"seqlen {calib.shape[1]} exceeds the model's {max_positions} positions: lower --seqlen.")
+    _check_calibration(calib, ckpt.config.get("max_position_embeddings"))
     ckpt.check_finite()
+    resolved = resolve(compute)
+    log.info("Quantizing on %s", resolved)
+    if resolved.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(resolved.device)
 
     embed_name = f"{arch.embed}.weight"
-    dtype = STORAGE_DTYPES[ckpt.tensors[embed_name].dtype]
-    model, hf_config = meta_model(ckpt.dir, dtype)
-    kwargs = block_kwargs(rotary_embedding(model, arch, hf_config), calib.shape[1], dtype)
+    store_dtype = STORAGE_DTYPES[ckpt.tensors[embed_name].dtype]
+    model, hf_config = meta_model(ckpt.dir, resolved.dtype)
+    kwargs = block_kwargs(rotary_embedding(model, arch, hf_config, resolved.device), calib.shape[1], resolved)
 
     work = out_dir.parent / f".{out_dir.name}.partial"
-    _open_work_dir(work, _inputs_fingerprint(ckpt, calib, config))
+    _open_work_dir(work, _inputs_fingerprint(ckpt, calib, config, resolved))
     shard = lambda i: f"model-{i + 1:05d}-of-{n_layers + 1:05d}.safetensors"  # noqa: E731
     weight_map: dict[str, str] = {}
 
-    hidden = F.embedding(calib, ckpt.get(embed_name))  # (N, L, C)
+    hidden = F.embedding(calib, ckpt.get(embed_name)).to(resolved.dtype)  # (N, L, C)
+    hidden = hidden.to(activation_device(hidden, resolved))
     resumed, block_mse, layers = 0, [], []
-    bar = tqdm(range(n_layers), desc="AWQ blocks", unit="block", disable=not progress)
+    bar = tqdm(range(n_layers), desc=f"AWQ blocks ({resolved.device} {str(resolved.dtype).removeprefix('torch.')})", unit="block", disable=not progress)
     for i in bar:
         prefix = f"{arch.layers}.{i}."
         block_report = work / ".blocks" / f"{i:05d}.json"
         if block_report.is_file():  # finished by an earlier run with the same inputs
             tensors = {k.removeprefix(prefix): v for k, v in load_file(work / shard(i)).items()}
-            state = _dense_block_state(tensors, arch, config.group_size, dtype) if config.propagate == "quantized" else ckpt.load_prefix(prefix)
-            hidden = run_block(materialize_block(model, arch, i, state), hidden, kwargs)
+            state = _dense_block_state(tensors, arch, config.group_size) if config.propagate == "quantized" else ckpt.load_prefix(prefix)
+            hidden = run_block(materialize_block(model, arch, i, state, resolved), hidden, kwargs)
             report = json.loads(block_report.read_text())
             resumed += 1
         else:
-            block = materialize_block(model, arch, i, ckpt.load_prefix(prefix))
-            result = quantize_block(block, arch, hidden, kwargs, config)
+            block = materialize_block(model, arch, i, ckpt.load_prefix(prefix), resolved)
+            result = quantize_block(block, arch, hidden, kwargs, config, store_dtype)
             hidden, tensors = result.output, result.tensors
             save_file({prefix + k: v.contiguous() for k, v in tensors.items()}, work / shard(i), metadata={"format": "pt"})
             report = {"block_mse": result.output_mse, "layers": [{"block": i, **row} for row in result.layers]}
@@ -187,20 +219,21 @@ def quantize(model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: 
     weight_map |= {name: shard(n_layers) for name in rest}
     _write_json(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))})
     _write_json(work / "config.json", ckpt.config | {"quantization_config": quantization_config(config, arch)})
-    for path in ckpt.dir.iterdir():  # tokenizer, chat template, generation config
-        if path.is_file() and path.suffix not in (".safetensors", *PICKLE_SUFFIXES) and path.name not in ("config.json", "model.safetensors.index.json"):
-            shutil.copy2(path, work / path.name)
+    _copy_side_files(ckpt.dir, work)
 
+    calibration = {"n_samples": calib.shape[0], "seqlen": calib.shape[1], "fingerprint": calibration_fingerprint(calib)}
     report = QuantReport(
         out_dir=str(out_dir),
         report_path=str(out_dir / REPORT_NAME),
         seconds=round(time.perf_counter() - start, 2),
         peak_rss_mb=_rss_mb("VmHWM"),
         start_rss_mb=start_rss_mb,
+        peak_gpu_mb=round(torch.cuda.max_memory_allocated(resolved.device) / 2**20, 1) if resolved.device.type == "cuda" else None,
+        compute=resolved.describe(),
         resumed_blocks=resumed,
         block_mse=block_mse,
         layers=layers,
-        config=dataclasses.asdict(config) | {"source": str(ckpt.dir), "calibration": {"n_samples": calib.shape[0], "seqlen": calib.shape[1], "fingerprint": calibration_fingerprint(calib)}},
+        config=dataclasses.asdict(config) | {"source": str(ckpt.dir), "calibration": calibration},
     )
     _write_json(work / REPORT_NAME, dataclasses.asdict(report))
     shutil.rmtree(work / ".blocks")

@@ -92,7 +92,7 @@ def search_clip(w: Tensor, x: Tensor, cfg: QuantConfig, max_elements: int = 2**2
         o = wc.shape[0]
         reference = torch.bmm(xg, wc.reshape(o, G, g).permute(1, 2, 0))  # (G, T, o) per-group partial outputs
         org_max = wc.abs().reshape(o, G, g).amax(dim=-1)  # (o, G)
-        best_max, best_err = org_max.clone(), torch.full((o, G), math.inf)
+        best_max, best_err = org_max.clone(), torch.full((o, G), math.inf, device=w.device)
         for step in range(int(cfg.max_shrink * cfg.n_clip_grid) + 1):
             max_val = org_max * (1 - step / cfg.n_clip_grid)
             clipped = wc.reshape(o, G, g).clamp(-max_val[..., None], max_val[..., None]).reshape(o, in_features)

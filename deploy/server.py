@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import json
 import time
 import urllib.error
 import urllib.request
@@ -27,8 +28,8 @@ CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_INT4_W4A8": "0"}
 class Server:
     base_url: str  # http://127.0.0.1:PORT
     model: str  # the served model name
-    log_path: Path
-    pid: int
+    log_path: Path | None  # None: a server this process did not start (connect)
+    pid: int | None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -109,3 +110,16 @@ def serve(
         yield Server(base_url, str(model_dir), log_path, process.pid)
     finally:
         _stop(process)
+
+
+def connect(base_url: str, timeout_s: float = 10.0) -> Server:
+    """An OpenAI-compatible server that is already running (a staging deployment): its first served model."""
+    base_url = base_url.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{base_url}/v1/models", timeout=timeout_s) as reply:
+            models = [m["id"] for m in json.loads(reply.read()).get("data", [])]
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, KeyError) as e:
+        raise ServerError(f"No OpenAI-compatible server answers at {base_url}/v1/models ({e}): start it, or fix load.endpoint.") from e
+    if not models:
+        raise ServerError(f"The server at {base_url} serves no model: load the candidate into it, or fix load.endpoint.")
+    return Server(base_url, models[0], None, None)

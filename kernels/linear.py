@@ -1,9 +1,16 @@
-"""AWQLinear: a linear layer stored in the AutoAWQ GEMM layout, computed by kernels.awq_gemm."""
+"""AWQLinear: a linear layer stored in the AutoAWQ GEMM layout, computed by kernels.awq_gemm on GPUs.
+
+On the CPU there is no fused kernel: the weight is dequantized once, on the first forward, and kept
+in the activations' dtype. Unpacking on every call, as the reference does, costs far more than the
+matmul itself; with the cache a quantized model evaluates about as fast as its dense original.
+"""
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.gemm import awq_gemm
+from kernels.gemm import awq_gemm, uses_triton
+from kernels.reference import dequantize_awq
 
 
 class AWQLinear(nn.Module):
@@ -15,6 +22,7 @@ class AWQLinear(nn.Module):
         self.register_buffer("qzeros", torch.empty(n_groups, out_features // 8, dtype=torch.int32, device=device))
         self.register_buffer("scales", torch.empty(n_groups, out_features, dtype=torch.float16, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+        self._dense: Tensor | None = None  # (N, K) dequantized weight for the CPU path; not saved
 
     @classmethod
     def from_packed(cls, qweight: Tensor, qzeros: Tensor, scales: Tensor, bias: Tensor | None = None) -> "AWQLinear":
@@ -23,8 +31,18 @@ class AWQLinear(nn.Module):
         layer.qweight, layer.qzeros, layer.scales, layer.bias = qweight, qzeros, scales, bias
         return layer
 
+    def dense_weight(self, dtype: torch.dtype) -> Tensor:
+        """The dequantized weight (N, K) in `dtype`, made on first use and kept."""
+        if self._dense is None or self._dense.dtype != dtype or self._dense.device != self.qweight.device:
+            w = dequantize_awq(self.qweight, self.qzeros, self.scales, self.group_size)  # (K, N) fp32
+            self._dense = w.t().contiguous().to(dtype)
+        return self._dense
+
     def forward(self, x: Tensor) -> Tensor:
-        return awq_gemm(x, self.qweight, self.qzeros, self.scales, self.group_size, self.bias)
+        if uses_triton(x):
+            return awq_gemm(x, self.qweight, self.qzeros, self.scales, self.group_size, self.bias)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dense_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, bias={self.bias is not None}"

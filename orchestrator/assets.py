@@ -90,7 +90,8 @@ def calibration_set(context: dg.AssetExecutionContext, platform: Platform, linea
 @dg.asset(partitions_def=CHECKPOINTS, group_name=GROUP, deps=[calibration_set], pool=HEAVY_POOL, kinds={"pytorch"})
 def awq_model(context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase) -> dg.MaterializeResult:
     """AWQ INT4 checkpoint of the registered model, in the AutoAWQ GEMM layout vLLM serves."""
-    key, config = context.partition_key, platform.policy().quantization
+    key, policy = context.partition_key, platform.policy()
+    config = policy.quantization
     engine = lineage.engine()
     with session_scope(engine) as session:
         ckpt = latest_checkpoint(session, key)
@@ -99,9 +100,10 @@ def awq_model(context: dg.AssetExecutionContext, platform: Platform, lineage: Li
     out_dir = platform.work(key) / f"awq-{calib.tokens_hash}-{config.fingerprint()}"
     if out_dir.exists():  # a re-materialization with the same inputs: make it afresh
         shutil.rmtree(out_dir)
-    report = quantize(model_dir, out_dir, load_file(tokens_path)["input_ids"], config, progress=False)
+    report = quantize(model_dir, out_dir, load_file(tokens_path)["input_ids"], config, progress=False, compute=policy.compute)
     with session_scope(engine) as session:
-        row = QuantizationRun(checkpoint_id=checkpoint_id, calibration_set_id=calib_id, settings=report.config, seconds=report.seconds, peak_rss_mb=report.peak_rss_mb,
+        row = QuantizationRun(checkpoint_id=checkpoint_id, calibration_set_id=calib_id, settings=report.config | {"compute": report.compute},
+                              seconds=report.seconds, peak_rss_mb=report.peak_rss_mb,
                               layer_errors=report.layers, block_mse=report.block_mse, output_path=str(out_dir), output_hash=content_hash(out_dir))  # fmt: skip
         session.add(row)
         session.flush()
@@ -110,7 +112,8 @@ def awq_model(context: dg.AssetExecutionContext, platform: Platform, lineage: Li
     size = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))
     return dg.MaterializeResult(metadata={
         "quantization_run_id": run_id, "path": dg.MetadataValue.path(str(out_dir)), "size_mib": round(size / 2**20, 1),
-        "seconds": report.seconds, "peak_rss_mib": report.peak_rss_mb, "group_size": config.group_size,
+        "seconds": report.seconds, "peak_rss_mib": report.peak_rss_mb, "peak_gpu_mib": report.peak_gpu_mb or 0.0, "group_size": config.group_size,
+        "device": report.compute["device"], "dtype": report.compute["dtype"], "compute_choice": report.compute["why"],
         "layer_errors": dg.MetadataValue.md(plots.embed(figure, "output MSE per block")), "layer_errors_png": dg.MetadataValue.path(str(figure)),
     })  # fmt: skip
 
@@ -135,18 +138,22 @@ def validation_asset(stage: str, attribute: str) -> tuple[dg.AssetsDefinition, d
         with session_scope(engine) as session:
             run = latest_quantization(session, key)
             baseline, candidate, run_id = session.get(Checkpoint, run.checkpoint_id).path, run.output_path, run.id
-        settings = platform.policy().validation
+        policy = platform.policy()
+        settings = policy.validation
         settings = dataclasses.replace(settings, load=dataclasses.replace(settings.load, log_dir=platform.work(key) / "logs"))  # server logs beside the reports
-        result = run_stage(stage, baseline, candidate, settings)
+        result = run_stage(stage, baseline, candidate, settings, policy.compute)
         report = platform.work(key) / "validation" / f"{attribute}-{run_id}.json"
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result.to_dict(), indent=1, default=str))
         stage_id = record_stage(engine, run_id, result, str(report))
-        if not result.passed:
+        if result.status == "skipped":
+            context.log.warning(f"{attribute} skipped, as the policy allows: {result.skipped}")
+        if result.status == "failed":
             version = record_rejection(engine, model_name(platform, key), key, f"{attribute} gate failed: " + "; ".join(result.reasons))
             context.log.warning(f"{attribute} gate failed; recorded rejected release {version}: {result.reasons}")
         return dg.MaterializeResult(metadata={
-            "passed": result.passed, "validation_stage_id": stage_id, "seconds": round(result.seconds, 1),
+            "status": result.status, "passed": result.passed, "validation_stage_id": stage_id, "seconds": round(result.seconds, 1),
+            "compute": dg.MetadataValue.json(result.compute or {}), "reasons": dg.MetadataValue.json(result.reasons),
             "metrics": dg.MetadataValue.md(metrics_table(result.metrics)), "report": dg.MetadataValue.path(str(report)),
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings) or "none"),
             **_stage_plot(result, report.parent),
@@ -160,8 +167,10 @@ def validation_asset(stage: str, attribute: str) -> tuple[dg.AssetsDefinition, d
             if row is None:
                 return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata={"reason": "no result recorded"})
             table = {m.metric: {"value": m.value, "threshold": m.threshold, "passed": m.passed} for m in row.metrics}
-            return dg.AssetCheckResult(passed=row.passed, severity=dg.AssetCheckSeverity.ERROR,
-                                       metadata={"reasons": dg.MetadataValue.json(row.reasons), "metrics": dg.MetadataValue.json(table)})  # fmt: skip
+            # A stage the policy lets skip is not a pass: it shows as a failed warning, which blocks nothing.
+            severity = dg.AssetCheckSeverity.WARN if row.status == "skipped" else dg.AssetCheckSeverity.ERROR
+            return dg.AssetCheckResult(passed=row.status == "passed", severity=severity,
+                                       metadata={"status": row.status, "reasons": dg.MetadataValue.json(row.reasons), "metrics": dg.MetadataValue.json(table)})  # fmt: skip
 
     return stage_asset, gate
 
@@ -178,7 +187,7 @@ def release(context: dg.AssetExecutionContext, platform: Platform, lineage: Line
     with session_scope(engine) as session:
         run = latest_quantization(session, key)
         stages = latest_stages(session, run.id)
-        failing = [s for _, s in STAGES.values() if s not in stages or not stages[s].passed]
+        failing = [s for _, s in STAGES.values() if s not in stages or stages[s].status == "failed"]
         promoted = session.scalars(select(Release.version).where(Release.quantization_run_id == run.id, Release.status == "promoted")).all()
     if failing:
         record_rejection(engine, model, key, f"release refused: the latest validation of {failing} did not pass")
@@ -201,7 +210,8 @@ def release(context: dg.AssetExecutionContext, platform: Platform, lineage: Line
                 "calibration": {"id": calib.id, "tokens_hash": calib.tokens_hash, "n_samples": calib.n_samples, "seqlen": calib.seqlen, "sources": calib.source_hashes},
                 "quantization": {"id": run.id, "settings": run.settings, "output_hash": run.output_hash, "seconds": run.seconds},
                 "files": {p.name: file_hash(p) for p in sorted(Path(run.output_path).iterdir()) if p.is_file()},
-                "validation": {s: {"passed": r.passed, "metrics": {m.metric: {"baseline": m.baseline, "candidate": m.candidate, "threshold": m.threshold} for m in r.metrics}}
+                "validation": {s: {"status": r.status, "passed": r.passed, "reasons": r.reasons, "compute": r.compute,
+                                   "metrics": {m.metric: {"baseline": m.baseline, "candidate": m.candidate, "threshold": m.threshold} for m in r.metrics}}
                                for s, r in latest_stages(session, run.id).items()},
             }  # fmt: skip
             card = model_card(manifest)

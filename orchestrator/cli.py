@@ -21,6 +21,21 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetric", action="store_true", help="no zero points (a constant zero of 8)")
 
 
+def _compute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:INDEX")
+    p.add_argument("--dtype", help="auto (default), float32, bfloat16 or float16")
+
+
+def _compute(args: argparse.Namespace, config: Path | None = None):
+    """The compute setting: the policy file's `compute:` section, overridden by --device/--dtype."""
+    from awq_core.compute import Compute
+    from validation.settings import from_dict, read_mapping
+
+    setting = from_dict(Compute, read_mapping(config, "Settings file").get("compute", {}), f"{config}: compute") if config else Compute()
+    overrides = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    return Compute(**(vars(setting) | overrides))
+
+
 def _config(args: argparse.Namespace):
     from awq_core import QuantConfig
 
@@ -42,21 +57,22 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     config = _config(args)
     calib = _calibration(args.model_dir, args.calib, args.n_samples, args.seqlen)
-    report = quantize(args.model_dir, args.out_dir, calib, config, progress=not args.json)
+    report = quantize(args.model_dir, args.out_dir, calib, config, progress=not args.json, compute=_compute(args))
     if args.json:
         print(json.dumps(report.summary(), indent=1))
     else:
-        print(f"wrote {report.out_dir} in {report.seconds:.0f} s (peak RSS {report.peak_rss_mb:.0f} MB); per-layer report: {report.report_path}")
+        print(f"wrote {report.out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']} ({report.compute['why']}), "
+              f"peak RSS {report.peak_rss_mb:.0f} MB; per-layer report: {report.report_path}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from awq_core import quantize
-    from awq_core.loader import load_quantized
+    from awq_core.compute import resolve
     from orchestrator.demo import cache_dir, demo_assets
+    from validation.models import load_model
     from validation.perplexity import perplexity
 
     assets = demo_assets()
@@ -65,16 +81,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Quantizing {assets.model_dir.name} ({args.method}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens from "
           f"{len(assets.calibration_texts)} State of the Union addresses before 2000)")
     calib = _calibration(assets.model_dir, assets.calibration_texts, args.n_samples, args.seqlen)
-    report = quantize(assets.model_dir, out_dir, calib, _config(args))
-    print(f"wrote {out_dir} in {report.seconds:.0f} s, peak RSS {report.peak_rss_mb:.0f} MB")
+    compute = _compute(args)
+    report = quantize(assets.model_dir, out_dir, calib, _config(args), compute=compute)
+    print(f"wrote {out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, peak RSS {report.peak_rss_mb:.0f} MB")
 
     texts = assets.eval_streams(AutoTokenizer.from_pretrained(assets.model_dir), args.eval_tokens)
-    models = {
-        "BF16": AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.bfloat16),
-        args.method.upper(): load_quantized(out_dir),
-    }
+    resolved = resolve(compute)
+    models = {"original": load_model(assets.model_dir, resolved), args.method.upper(): load_model(out_dir, resolved)}
     print(f"\nperplexity on {args.eval_tokens} held-out tokens each of SOTU 2000-2021 (domain) and Shakespeare (general), windows of 512 every 256:")
-    print(f"{'text':10} {'BF16':>8} {args.method.upper():>8} {'change':>8}")
+    print(f"{'text':10} {'original':>8} {args.method.upper():>8} {'change':>8}")
     for name, ids in texts.items():
         base, quant = (perplexity(model, ids) for model in models.values())
         print(f"{name:10} {base:8.2f} {quant:8.2f} {100 * (quant / base - 1):+7.1f}%")
@@ -82,23 +97,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_stage(result) -> None:
-    print(f"\n[{'PASS' if result.passed else 'FAIL'}] {result.stage} ({result.seconds:.0f} s)")
+    where = ", ".join(str(v) for v in (result.compute or {}).values())
+    print(f"\n[{result.status.upper()}] {result.stage} ({result.seconds:.0f} s; {where})")
     for m in result.metrics:
         print(f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {figure(m.baseline):>9}  candidate {figure(m.candidate):>9}  "
               f"value {figure(m.value):>9} {m.limit}")
-    for line in ([result.error] if result.error else []) + [f"warning: {w}" for w in result.warnings]:
+    for line in [r for r in (result.error, result.skipped) if r] + [f"warning: {w}" for w in result.warnings]:
         print(f"  {line}")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    compute = _compute(args, args.config)
     names = list(STAGES) if "all" in args.stage else list(dict.fromkeys(args.stage))
     results = {}
     for name in names:
-        results[name] = run_stage(name, args.baseline, args.candidate, settings)
+        results[name] = run_stage(name, args.baseline, args.candidate, settings, compute)
         if not args.json:
             _print_stage(results[name])
-    passed = all(r.passed for r in results.values())
+    passed = all(r.status != "failed" for r in results.values())  # a stage the policy lets skip blocks nothing
     if args.json:
         print(json.dumps({"passed": passed, "stages": {n: r.to_dict() for n, r in results.items()}}, indent=1, default=str))
     else:
@@ -118,7 +135,9 @@ def _print_history(rows: list[dict]) -> None:
     print(f"{'model':28} {'version':8} {'status':12} {'created (UTC)':20} gates")
     for r in rows:
         failed = [k for k, g in r["gates"].items() if not g["passed"]]
+        skipped = [stage for stage, outcome in r["stages"].items() if outcome["status"] == "skipped"]
         gates = f"{len(r['gates']) - len(failed)}/{len(r['gates'])} passed" + (f"; failed: {', '.join(failed)}" if failed else "")
+        gates += f"; skipped: {', '.join(skipped)}" if skipped else ""
         print(f"{r['model']:28} {r['version']:8} {r['status']:12} {r['created_at'][:19]:20} {gates}")
 
 
@@ -139,6 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"release {latest['model']} {latest['version']}: {latest['status']}" + (f" at {latest['path']}" if latest["path"] else f" ({latest['reason']})"))
             for name, g in latest["gates"].items():
                 print(f"  {'ok  ' if g['passed'] else 'FAIL'} {name:60} {g['value']:.4g} (threshold {g['threshold']:.4g})")
+            for stage, outcome in latest["stages"].items():
+                if outcome["status"] == "skipped":
+                    print(f"  SKIP {stage}: {'; '.join(outcome['reasons'])}")
     print()
     _print_history(rows)
     return 0 if all(o.success for o in outcomes) else 1
@@ -200,11 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--calib", type=Path, nargs="+", required=True, help=".txt files, or .jsonl with 'text' or chat 'messages'")
     _quantize_args(p)
+    _compute_args(p)
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("demo", help="quantize the embedded demo model and compare perplexity with BF16")
     _quantize_args(p)
+    _compute_args(p)
     p.set_defaults(n_samples=16)
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.set_defaults(func=cmd_demo)
@@ -214,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("candidate", type=Path)
     p.add_argument("--stage", action="append", required=True, choices=(*STAGES, "all"), help="repeatable")
     p.add_argument("--config", type=Path, help="YAML or JSON settings and thresholds (see validation/settings.py)")
+    _compute_args(p)
     p.add_argument("--json", action="store_true", help='one JSON object: {"passed": ..., "stages": {...}}')
     p.set_defaults(func=cmd_validate)
 

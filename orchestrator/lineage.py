@@ -30,8 +30,9 @@ def latest_quantization(session: Session, key: str) -> QuantizationRun:
 
 def record_stage(engine: Engine, quantization_run_id: int, result: StageResult, report_path: str) -> int:
     with session_scope(engine) as session:
-        row = ValidationStage(quantization_run_id=quantization_run_id, stage=result.stage, passed=result.passed, reasons=result.reasons,
-                              warnings=result.warnings, report_path=report_path, seconds=result.seconds)  # fmt: skip
+        row = ValidationStage(quantization_run_id=quantization_run_id, stage=result.stage, passed=result.passed, status=result.status,
+                              reasons=result.reasons, warnings=result.warnings, report_path=report_path, seconds=result.seconds,
+                              compute=result.compute)  # fmt: skip
         row.metrics = [ValidationMetric(metric=m.name, baseline=m.baseline, candidate=m.candidate, value=m.value, threshold=m.threshold, passed=m.passed) for m in result.metrics]
         session.add(row)
         session.flush()

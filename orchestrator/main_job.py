@@ -39,6 +39,7 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
         "model_name": "smollm2-135m-instruct",
         "calibration": {"texts": [str(p) for p in assets.calibration_texts], "n_samples": 16, "seqlen": 512},
         "quantization": {"group_size": 64},
+        "compute": {"device": "auto", "dtype": "auto"},  # CUDA if present, else bf16 only on CPUs that multiply it natively
         "validation": demo_validation_settings(assets),
         "target_gpu": {"name": "H100 80GB", "memory_gib": 80},
         "serving": {"max_model_len": 8192, "max_num_seqs": 16, "dtype": "bfloat16"},

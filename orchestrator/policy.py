@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from awq_core.compute import Compute
 from awq_core.config import QuantConfig
 from validation.settings import ValidationSettings, from_dict, read_mapping
 
@@ -34,6 +35,7 @@ class ReleasePolicy:
     model_name: str | None = None  # default: the checkpoint folder's name
     calibration: CalibrationPolicy = CalibrationPolicy()
     quantization: QuantConfig = QuantConfig()
+    compute: Compute = Compute()  # where quantization and validation run, in what precision (auto)
     validation: ValidationSettings = ValidationSettings()
     target_gpu: TargetGPU = TargetGPU()
     serving: Serving = Serving()

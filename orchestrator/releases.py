@@ -27,6 +27,13 @@ def gate_metrics(session: Session, release: Release) -> dict[str, dict]:
     }
 
 
+def stage_outcomes(session: Session, release: Release) -> dict[str, dict]:
+    """Each stage's status (passed | failed | skipped) and reasons, for the release's quantization run."""
+    if release.quantization_run_id is None:
+        return {}
+    return {stage: {"status": row.status, "reasons": row.reasons} for stage, row in latest_stages(session, release.quantization_run_id).items()}
+
+
 def release_record(session: Session, release: Release) -> dict:
     return {
         "model": release.model,
@@ -38,6 +45,7 @@ def release_record(session: Session, release: Release) -> dict:
         "checkpoint_id": release.checkpoint_id,
         "quantization_run_id": release.quantization_run_id,
         "gates": gate_metrics(session, release),
+        "stages": stage_outcomes(session, release),
     }
 
 

@@ -25,6 +25,8 @@ def model_card(manifest: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for stage, result in manifest["validation"].items():
+        if result.get("status") == "skipped":  # allowed by the policy, and said so: never shown as passed
+            lines.append(f"| {stage} | not run: {'; '.join(result['reasons'])} | - | - | - |")
         for name, m in result["metrics"].items():
             lines.append(f"| {stage} | {name} | {figure(m['baseline'])} | {figure(m['candidate'])} | {figure(m['threshold'])} |")
     lines += ["", "## Lineage", "", f"checkpoint id {manifest['checkpoint']['id']}, calibration set id {manifest['calibration']['id']}, "

@@ -10,6 +10,7 @@ import awq_core.quantizer as quantizer_module
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.architectures import LLAMA
 from awq_core.block import _apply_scales
+from awq_core.compute import Compute, Resolved, resolve
 from awq_core.loader import load_quantized
 from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
 from tests.conftest import make_tiny_model
@@ -30,7 +31,7 @@ def held_out(tiny_llama, demo):
 
 def logits_mse(model_dir, quantized_dir, ids) -> float:
     with torch.no_grad():
-        reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)(ids).logits.float()
+        reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve().dtype)(ids).logits.float()
         return (load_quantized(quantized_dir)(ids).logits.float() - reference).pow(2).mean().item()
 
 
@@ -39,8 +40,9 @@ def test_scale_folding_keeps_the_block_function(tiny_llama, calib):
     from awq_core.checkpoint import Checkpoint
 
     ckpt = Checkpoint(tiny_llama)
-    block = materialize_block(model, LLAMA, 0, {k: v.float() for k, v in ckpt.load_prefix("model.layers.0.").items()})
-    kwargs = block_kwargs(rotary_embedding(model, LLAMA, config), 16, torch.float32)
+    cpu_fp32 = Resolved(torch.device("cpu"), torch.float32, "test")
+    block = materialize_block(model, LLAMA, 0, ckpt.load_prefix("model.layers.0."), cpu_fp32)
+    kwargs = block_kwargs(rotary_embedding(model, LLAMA, config), 16, cpu_fp32)
     x = torch.randn(2, 16, config.hidden_size)
     before = run_block(block, x, kwargs)
     torch.manual_seed(0)

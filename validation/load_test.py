@@ -17,7 +17,9 @@ import numpy as np
 
 from awq_core.calibration import token_stream
 from awq_core.errors import ServerError, ValidationError
-from deploy.server import Server, serve
+from awq_core.compute import Resolved
+from deploy.capability import vllm_awq_capability
+from deploy.server import Server, connect, serve
 from validation.models import load_tokenizer
 from validation.result import Metric, StageResult, gate
 from validation.settings import SLA, LoadSettings
@@ -138,25 +140,48 @@ def sla_metrics(levels: dict[int, dict], sla: SLA, baseline_levels: dict[int, di
     ]
 
 
-def run(baseline: str | Path, candidate: str | Path, settings: LoadSettings = LoadSettings()) -> StageResult:
-    """Serve the candidate (and, if asked, the baseline) and gate on the SLA. A server that cannot
-    start fails the stage with its log; a port already in use is an error."""
+def _measure(baseline: str | Path, candidate: str | Path, prompts: list[str], settings: LoadSettings, details: dict) -> tuple[dict, dict | None]:
+    """The candidate's levels (and the baseline's, if asked) from a server started here."""
+    details["log"] = str(server_log(settings, "candidate"))
+    levels = _serve_and_drive(candidate, "awq", "candidate", prompts, settings)
+    if not settings.compare_baseline:
+        return levels, None
+    details["baseline_log"] = str(server_log(settings, "baseline"))
+    baseline_levels = _serve_and_drive(baseline, None, "baseline", prompts, settings)
+    details["speedup"] = {c: levels[c]["output_tokens_per_s"] / baseline_levels[c]["output_tokens_per_s"] for c in levels}
+    return levels, baseline_levels
+
+
+def run(baseline: str | Path, candidate: str | Path, settings: LoadSettings = LoadSettings(), compute: Resolved | None = None) -> StageResult:
+    """Serve the candidate (and, if asked, the baseline), or drive `settings.endpoint`, and gate on the
+    SLA. Where this host's vLLM cannot run AWQ the stage fails in seconds with the cause and the
+    fixes, or is skipped if the policy says it is not required. A server that cannot start fails the
+    stage with its log; a port already in use is an error. `compute` is vLLM's own business."""
     start = time.perf_counter()
     if settings.prompt_tokens + settings.output_tokens > settings.max_model_len:
         raise ValidationError(f"prompt_tokens + output_tokens = {settings.prompt_tokens + settings.output_tokens} exceed max_model_len {settings.max_model_len}.")
+    if settings.endpoint and settings.compare_baseline:
+        raise ValidationError("load.compare_baseline serves the baseline on this host, load.endpoint drives a remote server: set only one.")
     prompts = make_prompts(candidate, settings)
     details: dict = {"client": "asyncio + aiohttp, streaming /v1/completions"}
+    engine = {"engine": "vLLM", "server": settings.endpoint or "started on this host"}
+
+    def result(**outcome) -> StageResult:
+        return StageResult("load", seconds=time.perf_counter() - start, details=details, compute=engine, **outcome)
+
+    if not settings.endpoint:
+        capability = vllm_awq_capability()
+        engine["capability"] = capability.reason
+        if not capability.runs_awq:
+            return result(metrics=[], **({"error": capability.reason} if settings.required else {"skipped": capability.reason}))
     try:
-        details["log"] = str(server_log(settings, "candidate"))
-        levels = _serve_and_drive(candidate, "awq", "candidate", prompts, settings)
-        baseline_levels = None
-        if settings.compare_baseline:
-            details["baseline_log"] = str(server_log(settings, "baseline"))
-            baseline_levels = _serve_and_drive(baseline, None, "baseline", prompts, settings)
-            details["speedup"] = {c: levels[c]["output_tokens_per_s"] / baseline_levels[c]["output_tokens_per_s"] for c in levels}
+        if settings.endpoint:
+            levels, baseline_levels = drive(connect(settings.endpoint), prompts, settings), None
+        else:
+            levels, baseline_levels = _measure(baseline, candidate, prompts, settings, details)
     except ServerError as e:
         if "already in use" in str(e):
             raise
-        return StageResult("load", [], details=details, seconds=time.perf_counter() - start, error=str(e))
+        return result(metrics=[], error=str(e))
     details |= {"levels": levels, "baseline_levels": baseline_levels}
-    return StageResult("load", sla_metrics(levels, settings.sla, baseline_levels), details=details, seconds=time.perf_counter() - start)
+    return result(metrics=sla_metrics(levels, settings.sla, baseline_levels))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from awq_core.errors import ValidationError
+from awq_core.compute import Resolved, resolve
 from validation.models import context_length, load_model, load_tokenizer
 from validation.result import StageResult, gate
 from validation.settings import LongContextSettings
@@ -79,8 +80,9 @@ def evaluate_probe(model: nn.Module, tokenizer, probe: Probe) -> tuple[float, bo
     return nll, probe.code in tokenizer.decode(answer)
 
 
-def run(baseline: str | Path, candidate: str | Path, settings: LongContextSettings = LongContextSettings()) -> StageResult:
+def run(baseline: str | Path, candidate: str | Path, settings: LongContextSettings = LongContextSettings(), compute: Resolved | None = None) -> StageResult:
     start = time.perf_counter()
+    compute = compute or resolve()
     if not settings.texts:
         raise ValidationError("The long-context stage has no documents: set long_context.texts to long texts of your domain.")
     lengths, warnings = lengths_for(settings, context_length(candidate))
@@ -96,7 +98,7 @@ def run(baseline: str | Path, candidate: str | Path, settings: LongContextSettin
 
     figures: dict[str, dict[int, dict]] = {}
     for role, path in (("baseline", baseline), ("candidate", candidate)):
-        model = load_model(path)
+        model = load_model(path, compute)
         figures[role] = {}
         for length in tqdm(lengths, desc=f"{role} long context", leave=False):
             results = [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
@@ -110,4 +112,5 @@ def run(baseline: str | Path, candidate: str | Path, settings: LongContextSettin
     total = sum(f["probes"] for f in figures["baseline"].values())
     retrieved = {role: sum(f["retrieved"] for f in figures[role].values()) / total for role in figures}
     metrics.append(gate("retrieval accuracy lost", retrieved["baseline"], retrieved["candidate"], retrieved["baseline"] - retrieved["candidate"], settings.max_retrieval_drop))
-    return StageResult("long_context", metrics, warnings, {"lengths": lengths, "by_length": figures, "degradation": degradation}, time.perf_counter() - start)
+    details = {"lengths": lengths, "by_length": figures, "degradation": degradation}
+    return StageResult("long_context", metrics, warnings, details, time.perf_counter() - start, compute=compute.describe())

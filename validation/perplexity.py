@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from awq_core.calibration import token_stream
 from awq_core.errors import ValidationError
+from awq_core.compute import Resolved, resolve
 from validation.models import load_model, load_tokenizer
 from validation.result import StageResult, gate
 from validation.settings import PerplexitySettings
@@ -37,8 +38,9 @@ def perplexity(model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 2
     return math.exp(nll / count)
 
 
-def run(baseline: str | Path, candidate: str | Path, settings: PerplexitySettings = PerplexitySettings()) -> StageResult:
+def run(baseline: str | Path, candidate: str | Path, settings: PerplexitySettings = PerplexitySettings(), compute: Resolved | None = None) -> StageResult:
     start = time.perf_counter()
+    compute = compute or resolve()
     sources = {name: files for name, files in (("domain", settings.domain_texts), ("general", settings.general_texts)) if files}
     if not sources:
         raise ValidationError("The perplexity stage has no text: set perplexity.domain_texts (held out from calibration) and/or perplexity.general_texts.")
@@ -46,7 +48,7 @@ def run(baseline: str | Path, candidate: str | Path, settings: PerplexitySetting
     streams = {name: token_stream(tokenizer, list(files))[: settings.max_tokens] for name, files in sources.items()}
     figures: dict[str, dict[str, float]] = {}
     for role, path in (("baseline", baseline), ("candidate", candidate)):
-        model = load_model(path)  # once per stage
+        model = load_model(path, compute)  # once per stage
         figures[role] = {name: perplexity(model, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl") for name, ids in streams.items()}
         del model
     metrics = [
@@ -54,4 +56,4 @@ def run(baseline: str | Path, candidate: str | Path, settings: PerplexitySetting
         for name in streams
     ]
     details = {"tokens": {name: ids.numel() for name, ids in streams.items()}, "seqlen": settings.seqlen, "stride": settings.stride}
-    return StageResult("perplexity", metrics, details=details, seconds=time.perf_counter() - start)
+    return StageResult("perplexity", metrics, details=details, seconds=time.perf_counter() - start, compute=compute.describe())

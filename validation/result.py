@@ -41,15 +41,22 @@ class StageResult:
     details: dict = field(default_factory=dict)  # per-item, per-length or per-level figures for reports
     seconds: float = 0.0
     error: str | None = None  # the stage could not measure (a server that never started): a failure
+    skipped: str | None = None  # why the stage did not run, where the policy allows that: never a pass
+    compute: dict | None = None  # where it ran, in what precision (awq_core.compute), or which engine
 
     @property
     def passed(self) -> bool:
-        return self.error is None and all(m.passed for m in self.metrics)
+        return self.error is None and self.skipped is None and all(m.passed for m in self.metrics)
+
+    @property
+    def status(self) -> str:
+        """passed | failed | skipped: a skipped stage blocks no release, and is never shown as passed."""
+        return "skipped" if self.skipped is not None and self.error is None else "passed" if self.passed else "failed"
 
     @property
     def reasons(self) -> list[str]:
-        """One sentence per failed gate."""
-        return ([self.error] if self.error else []) + [
+        """One sentence per failed gate, or why the stage was skipped."""
+        return [r for r in (self.error, self.skipped and f"skipped: {self.skipped}") if r] + [
             f"{m.name}: {figure(m.value)} {'<' if m.higher_is_better else '>'} threshold {figure(m.threshold)} "
             f"(baseline {figure(m.baseline)}, candidate {figure(m.candidate)})"
             for m in self.metrics
@@ -57,4 +64,4 @@ class StageResult:
         ]
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "passed": self.passed, "reasons": self.reasons} | dataclasses.asdict(self)
+        return {"stage": self.stage, "status": self.status, "passed": self.passed, "reasons": self.reasons} | dataclasses.asdict(self)

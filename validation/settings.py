@@ -75,6 +75,11 @@ class LoadSettings:
     sla: SLA = SLA()
     compare_baseline: bool = False  # also serve the baseline, to report the speed-up
     port: int | None = None
+    # An OpenAI-compatible server already serving the candidate (e.g. http://staging:8000): drive it
+    # instead of starting one here. That is how a staging deployment on the target GPU is load-tested.
+    endpoint: str | None = None
+    # False: on a host whose vLLM cannot run 4-bit AWQ, record the stage as skipped (never as passed).
+    required: bool = True
     max_model_len: int = 2048
     startup_timeout_s: float = 300.0
     request_timeout_s: float = 120.0

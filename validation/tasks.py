@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from awq_core.errors import ValidationError
+from awq_core.compute import Resolved, resolve
 from validation.models import load_model, load_tokenizer
 from validation.result import StageResult, gate
 from validation.settings import TaskSettings
@@ -184,15 +185,16 @@ def paired_drop(baseline: list[int], candidate: list[int], z: float = 1.96) -> d
             "relative_drop": drop / base_acc if base_acc else drop, "relative_ci_half_width": half / base_acc if base_acc else half}  # fmt: skip
 
 
-def run(baseline: str | Path, candidate: str | Path, settings: TaskSettings = TaskSettings()) -> StageResult:
+def run(baseline: str | Path, candidate: str | Path, settings: TaskSettings = TaskSettings(), compute: Resolved | None = None) -> StageResult:
     start = time.perf_counter()
+    compute = compute or resolve()
     if not settings.tasks:
         raise ValidationError("The tasks stage has no task sets: list JSONL files under tasks.tasks.")
     tasks = {Path(spec.path).stem: (spec, load_task(spec.path)[: settings.limit]) for spec in settings.tasks}
     tokenizer = load_tokenizer(candidate)
     scores: dict[str, dict[str, dict[str, list[int]]]] = {}
     for role, path in (("baseline", baseline), ("candidate", candidate)):
-        model = load_model(path)
+        model = load_model(path, compute)
         scores[role] = {name: score(model, tokenizer, items, settings) for name, (_, items) in tqdm(tasks.items(), desc=f"{role} tasks", leave=False)}
         del model
 
@@ -210,4 +212,4 @@ def run(baseline: str | Path, candidate: str | Path, settings: TaskSettings = Ta
             )
         details[name] = {"critical": spec.critical, "items": len(items), "metrics": per_metric,
                          "per_item": {role: scores[role][name] for role in scores}}  # fmt: skip
-    return StageResult("tasks", metrics, warnings, details, time.perf_counter() - start)
+    return StageResult("tasks", metrics, warnings, details, time.perf_counter() - start, compute=compute.describe())

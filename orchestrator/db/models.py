@@ -69,8 +69,10 @@ class ValidationStage(Base):
     quantization_run_id: Mapped[int] = mapped_column(ForeignKey("quantization_runs.id"), index=True)
     stage: Mapped[str] = mapped_column(String(32))
     passed: Mapped[bool] = mapped_column(Boolean)
-    reasons: Mapped[list] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), server_default="failed")  # passed | failed | skipped (never passed)
+    reasons: Mapped[list] = mapped_column(JSON)  # why it failed, or why it was skipped
     warnings: Mapped[list] = mapped_column(JSON)
+    compute: Mapped[dict | None] = mapped_column(JSON)  # device and dtype, or the serving engine
     report_path: Mapped[str] = mapped_column(Text)  # the stage's full JSON result
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
