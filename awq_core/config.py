@@ -18,7 +18,7 @@ class QuantConfig:
     bits: int = 4  # values of 2 or 3 bits still pack into the 4-bit layout (a deliberately damaged model)
     group_size: int = 64
     zero_point: bool = True  # asymmetric INT4; False stores a constant zero of 8 (symmetric)
-    n_grid: int = 20  # alpha grid of the scale search, plus the identity
+    n_grid: int = 20  # alpha = step / n_grid in the scale search: n_grid / 2 + 2 steps tried, plus the identity
     max_shrink: float = 0.5  # clipping search shrinks each group's max down to (1 - max_shrink)
     n_clip_grid: int = 20
     clip_tokens: int = 512  # tokens sampled for the clipping search

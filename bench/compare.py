@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.compare --llmcompressor-python /path/to/llmc/bin/python [--layers 2]
 
 llm-compressor needs its own environment (`pip install torch==2.13.0 llmcompressor` in a venv).
-Both quantize the demo model (or, with --layers K, its first K blocks, for a quick timing) with
+Both compute in the same precision, awq_core.compute's choice for this host (fp32 on a CPU without
+native bf16, where bf16 would be emulated for both). Both quantize the demo model (or, with --layers K, its first K blocks, for a quick timing) with
 the benchmark's 64 x 512 calibration windows; on the whole model both are also scored by this
 project's perplexity function on held-out text.
 """
@@ -19,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from awq_core import QuantConfig, build_calibration, quantize
-from awq_core.loader import load_quantized
+from awq_core.compute import Compute, resolve
+from validation.models import load_model
 from orchestrator.demo import demo_assets
 from validation.perplexity import perplexity
 
@@ -45,7 +47,10 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--dtype", default="auto", help="for both quantizers: auto, float32, bfloat16 or float16")
     args = parser.parse_args()
+    compute = resolve(Compute("cpu", args.dtype))  # llm-compressor runs on the CPU here too
+    dtype = str(compute.dtype).removeprefix("torch.")
 
     assets = demo_assets()
     total_blocks = json.loads((assets.model_dir / "config.json").read_text())["num_hidden_layers"]
@@ -56,23 +61,24 @@ def main() -> None:
         work = Path(work)
         save_file({"input_ids": calib}, work / "calib.safetensors")
         model_dir = truncate(assets.model_dir, work / "model", args.layers) if args.layers else assets.model_dir
-        command = [str(args.llmcompressor_python), "-P", str(Path(__file__).with_name("llmcompressor_awq.py")), str(model_dir), str(work / "calib.safetensors"), str(args.group_size)]
+        command = [str(args.llmcompressor_python), "-P", str(Path(__file__).with_name("llmcompressor_awq.py")), str(model_dir), str(work / "calib.safetensors"), str(args.group_size), dtype]
         ours = {}
         if not args.layers:
             save_file(assets.eval_streams(tokenizer, args.eval_tokens), work / "eval.safetensors")
             command.append(str(work / "eval.safetensors"))
         start = time.perf_counter()
-        quantize(model_dir, work / "ours", calib, QuantConfig(group_size=args.group_size), progress=False)
+        quantize(model_dir, work / "ours", calib, QuantConfig(group_size=args.group_size), progress=False, compute=Compute("cpu", dtype))
         seconds = time.perf_counter() - start
         if not args.layers:
-            model = load_quantized(work / "ours")
+            model = load_model(work / "ours", compute)
             ours = {name: perplexity(model, ids) for name, ids in load_file(work / "eval.safetensors").items()}
         # -P: keep bench/ off sys.path, or bench/kernels.py would shadow the `kernels` package transformers probes for.
         peer = subprocess.run(command, capture_output=True, text=True)
         if peer.returncode != 0:
             raise SystemExit(f"llm-compressor failed:\n{peer.stderr[-3000:]}")
         theirs = json.loads(peer.stdout.strip().splitlines()[-1])
-    print(f"{blocks} of {total_blocks} blocks of {assets.model_dir.name}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens")
+    print(f"{blocks} of {total_blocks} blocks of {assets.model_dir.name}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens, "
+          f"both computing in {compute}")
     print(f"{'':22} {'seconds':>9} {'s / block':>10} {'domain ppl':>11} {'general ppl':>12}")
     for name, s, ppl in (("awq_core", seconds, ours), ("llm-compressor AWQ", theirs["seconds"], theirs["perplexity"])):
         figures = f"{ppl['domain']:11.3f} {ppl['general']:12.3f}" if ppl else ""

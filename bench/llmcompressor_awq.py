@@ -1,7 +1,7 @@
 """llm-compressor's AWQModifier on a model folder and calibration ids: the peer that bench.compare times.
 
 Runs in llm-compressor's own environment (it pins other versions than ours):
-    LLMC/bin/python -P bench/llmcompressor_awq.py MODEL_DIR CALIB_IDS.safetensors GROUP_SIZE [EVAL_IDS.safetensors]
+    LLMC/bin/python -P bench/llmcompressor_awq.py MODEL_DIR CALIB_IDS.safetensors GROUP_SIZE DTYPE [EVAL_IDS.safetensors]
 Prints one JSON line: {"seconds": ..., "perplexity": {name: ...}}. Perplexity of the quantized model
 (llm-compressor fake-quantizes in forward) uses this project's own function on the given token streams.
 """
@@ -21,22 +21,22 @@ from transformers import AutoModelForCausalLM
 
 
 def main() -> None:
-    model_dir, calib_path, group_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    model_dir, calib_path, group_size, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), getattr(torch, sys.argv[4])
     torch.Tensor.pin_memory = lambda self, *args, **kwargs: self  # on CPU it fails with "Cannot access accelerator device"
     ids = load_file(calib_path)["input_ids"]  # (N, L): the very windows our quantizer used
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)  # the precision our quantizer computes in
     weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": group_size}
     recipe = [AWQModifier(duo_scaling=True), QuantizationModifier(ignore=["lm_head"], config_groups={"group_0": {"targets": ["Linear"], "weights": weights}})]
     start = time.perf_counter()
     oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1])
     seconds = time.perf_counter() - start
     perplexities = {}
-    if len(sys.argv) > 4:
+    if len(sys.argv) > 5:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # after transformers' imports: our `kernels` must not shadow theirs
         from validation.perplexity import perplexity
 
-        perplexities = {name: perplexity(model.eval(), ids) for name, ids in load_file(sys.argv[4]).items()}
+        perplexities = {name: perplexity(model.eval(), ids) for name, ids in load_file(sys.argv[5]).items()}
     print(json.dumps({"seconds": seconds, "perplexity": perplexities}))
 
 

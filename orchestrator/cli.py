@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_stage(result) -> None:
-    where = ", ".join(str(v) for v in (result.compute or {}).values())
+    where = " ".join(str(v) for k, v in (result.compute or {}).items() if k in ("device", "dtype", "engine", "server"))
     print(f"\n[{result.status.upper()}] {result.stage} ({result.seconds:.0f} s; {where})")
     for m in result.metrics:
         print(f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {figure(m.baseline):>9}  candidate {figure(m.candidate):>9}  "

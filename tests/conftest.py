@@ -11,11 +11,25 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from awq_core import QuantConfig, build_calibration, quantize  # noqa: E402
+from deploy.capability import vllm_awq_capability  # noqa: E402
 
 from orchestrator.demo import DemoAssets, demo_assets  # noqa: E402
 
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `vllm` serve a 4-bit AWQ checkpoint: skipped, with the probe's reason, on a host
+    whose vLLM cannot (an AVX2-only CPU). The same behaviour is covered there through load.endpoint
+    on a dense model and through the mocked probe (test_compute_and_engine.py)."""
+    needing = [item for item in items if "vllm" in item.keywords]
+    if not needing:
+        return
+    capability = vllm_awq_capability()
+    if not capability.runs_awq:
+        for item in needing:
+            item.add_marker(pytest.mark.skip(reason=f"vLLM cannot serve 4-bit AWQ on this host: {capability.reason}"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from awq_core.compute import resolve
+from awq_core.errors import ServerError
+from deploy.server import serve
 from validation import load_test
 from validation.settings import SLA
 
@@ -100,3 +103,39 @@ def test_empty_task_set_is_a_clear_error(demo, demo_quantized, policy, tmp_path)
     empty.write_text("\n")
     code, _, stderr = validate(demo.model_dir, demo_quantized / "awq", ["tasks"], policy | {"tasks": {"tasks": [{"path": str(empty)}]}}, tmp_path)
     assert code == 2 and "has no items" in stderr
+
+
+def serve_dense(demo, log: Path, **kwargs):
+    """vLLM on the dense demo model, which every CPU build serves, in this host's compute dtype."""
+    return serve(demo.model_dir, log, quantization=None, dtype=str(resolve().dtype).removeprefix("torch."), **kwargs)
+
+
+def test_load_stage_drives_a_running_endpoint(demo, demo_quantized, policy, tmp_path):
+    """load.endpoint: an OpenAI-compatible server that is already running is load-tested in place,
+    with no probe and no server of its own. Here it is vLLM on the dense model (any host can serve
+    that); in production, a staging deployment of the candidate on the target GPU."""
+    with serve_dense(demo, tmp_path / "vllm.log", max_model_len=512) as server:
+        load = policy["load"] | {"endpoint": server.base_url, "concurrency": [2], "requests_per_level": 4, "max_model_len": 512}
+        code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": load}, tmp_path)
+    stage = report["stages"]["load"]
+    assert code == 0 and stage["status"] == "passed", stderr + json.dumps(stage.get("reasons"))
+    assert stage["compute"]["server"] == server.base_url and "capability" not in stage["compute"]
+    (level,) = stage["details"]["levels"].values()
+    assert level["requests"] == 4 and level["errors"] == 0 and 0 < level["ttft_s"]["p50"] <= level["e2e_s"]["p50"]
+
+
+def test_endpoint_that_does_not_answer_fails_the_stage(demo, demo_quantized, policy, tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    code, report, _ = validate(demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": policy["load"] | {"endpoint": url}}, tmp_path)
+    stage = report["stages"]["load"]
+    assert code == 1 and stage["status"] == "failed" and f"No OpenAI-compatible server answers at {url}" in stage["error"]
+
+
+def test_server_that_cannot_start_is_stopped_with_its_log(demo, tmp_path):
+    with pytest.raises(ServerError, match="vLLM exited with status") as failure:
+        with serve_dense(demo, tmp_path / "vllm.log", max_model_len=100000):  # beyond the model's 8192 positions
+            pass
+    assert str(tmp_path / "vllm.log") in str(failure.value) and (tmp_path / "vllm.log").is_file()
+    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1  # nothing left running
