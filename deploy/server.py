@@ -38,7 +38,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     with socket.socket() as s:
         try:
             s.bind((host, port))
@@ -85,7 +85,7 @@ def serve(
 ) -> Iterator[Server]:
     """Start vLLM on `model_dir`, wait until /health answers, yield, then stop it whatever happened."""
     port = port or free_port(host)
-    _check_port(host, port)
+    check_port(host, port)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [

@@ -173,7 +173,7 @@ def _build_tasks(dest: Path) -> None:
         "element_symbols": _multiple_choice(_quiz_pairs(quiz, ("elements",), 3, 0), "What is the chemical symbol of {}?", rng),
         "capitals_chat": [
             {"prompt": f"What is the capital of {country}? Answer with the city only.", "answer": capital, "match": "contains"}
-            for country, capital in rng.sample(world, 48)
+            for country, capital in rng.sample(world, 96)
         ],
     }
     for name, items in tasks.items():
@@ -183,8 +183,10 @@ def _build_tasks(dest: Path) -> None:
 def demo_validation_settings(assets: DemoAssets) -> dict:
     """Validation settings for the demo model, sized to run all four stages in minutes on a CPU.
     Thresholds are looser than the defaults, which are meant for billion-parameter models: a 135M
-    model loses more at 4 bits (about +13% perplexity with AWQ, +27% with RTN), and the chat task
-    has 48 items, whose 95% interval is about +-20%. Long context stops at 4K tokens: an 8K prefill
+    model loses more at 4 bits (about +13% perplexity with AWQ, +27% with RTN). Its chat answers are
+    fragile: AWQ loses about a quarter of them, and 96 items give a 95% interval of about +-24% on
+    that relative drop, so the chat gate (50%) is there to catch a broken model, which loses nearly
+    all, not to resolve a few points. Long context stops at 4K tokens: an 8K prefill
     takes about a minute per document in fp32 on a 2-core AVX2 CPU, where bf16 is emulated. The load stage is not required: on a host whose
     vLLM cannot run 4-bit AWQ (an AVX2-only CPU) it is recorded as skipped, with the reason, never as
     passed; a production policy keeps the default (required) or sets load.endpoint to a staging server."""
@@ -193,7 +195,7 @@ def demo_validation_settings(assets: DemoAssets) -> dict:
         "perplexity": {"domain_texts": domain, "general_texts": [str(p) for p in assets.general_eval_texts], "max_tokens": 4096, "max_increase": 0.20},
         "tasks": {"tasks": [{"path": str(assets.tasks["world_capitals"]), "critical": False},
                             {"path": str(assets.tasks["element_symbols"]), "critical": True},
-                            {"path": str(assets.tasks["capitals_chat"])}], "max_drop": 0.30, "max_drop_critical": 0.10},
+                            {"path": str(assets.tasks["capitals_chat"]), "max_drop": 0.50}], "max_drop": 0.30, "max_drop_critical": 0.10},
         "long_context": {"texts": domain, "lengths": [512, 2048, 4096], "documents": 2, "target_tokens": 256, "max_degradation": 0.30, "max_growth": 0.15},
         "load": {"prompt_texts": domain, "concurrency": [1, 4], "requests_per_level": 8, "prompt_tokens": 128, "output_tokens": 32,
                  "log_dir": str(cache_dir() / "logs"), "required": False},
@@ -210,7 +212,7 @@ def demo_assets() -> DemoAssets:
     """Fetch (once) and return the demo model and texts."""
     sotu = sorted(_text_dir("sotu", _fetch_sotu).glob("*.txt"))
     plays = _text_dir("shakespeare", _fetch_shakespeare)
-    tasks = _text_dir("tasks", _build_tasks)
+    tasks = _text_dir("tasks-v2", _build_tasks)  # v2: 96 chat items
     return DemoAssets(
         model_dir=demo_model_dir(),
         calibration_texts=[p for p in sotu if int(p.name[:4]) < HELD_OUT_FROM_YEAR],

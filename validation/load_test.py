@@ -19,7 +19,7 @@ from awq_core.calibration import token_stream
 from awq_core.errors import ServerError, ValidationError
 from awq_core.compute import Resolved
 from deploy.capability import vllm_awq_capability
-from deploy.server import Server, connect, serve
+from deploy.server import Server, check_port, connect, serve
 from validation.models import load_tokenizer
 from validation.result import Metric, StageResult, gate
 from validation.settings import SLA, LoadSettings
@@ -162,6 +162,8 @@ def run(baseline: str | Path, candidate: str | Path, settings: LoadSettings = Lo
         raise ValidationError(f"prompt_tokens + output_tokens = {settings.prompt_tokens + settings.output_tokens} exceed max_model_len {settings.max_model_len}.")
     if settings.endpoint and settings.compare_baseline:
         raise ValidationError("load.compare_baseline serves the baseline on this host, load.endpoint drives a remote server: set only one.")
+    if settings.port and not settings.endpoint:
+        check_port("127.0.0.1", settings.port)  # a setting to fix, whatever vLLM can do here
     prompts = make_prompts(candidate, settings)
     details: dict = {"client": "asyncio + aiohttp, streaming /v1/completions"}
     engine = {"engine": "vLLM", "server": settings.endpoint or "started on this host"}

@@ -28,11 +28,15 @@ def perplexity(model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 2
     nll, count = 0.0, 0
     for i in tqdm(range(0, len(starts), batch_size), desc=desc, disable=desc is None, leave=False):
         batch = torch.stack([ids[s : s + seqlen] for s in starts[i : i + batch_size]]).to(device)  # (B, L)
-        logits = model(batch).logits[:, :-1]  # (B, L-1, V) predicts tokens 1..L-1
-        targets = batch[:, 1:].clone()
-        for row, start in enumerate(starts[i : i + batch_size]):
-            if start > 0:
-                targets[row, : seqlen - 1 - stride] = -100  # already scored by the previous window
+        # Only the first window scores every token; the others need logits for their last `stride`
+        # tokens alone, which saves most of the vocabulary-sized projection and softmax.
+        keep = 0 if starts[i] == 0 else stride + 1  # 0: every position
+        logits = model(batch, logits_to_keep=keep).logits[:, :-1]  # (B, P, V) predicts the last P tokens
+        targets = batch[:, -logits.shape[1] :].clone()  # (B, P)
+        if starts[i] == 0:
+            for row, start in enumerate(starts[i : i + batch_size]):
+                if start > 0:
+                    targets[row, : seqlen - 1 - stride] = -100  # scored by the previous window
         nll += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum").item()
         count += int((targets != -100).sum())
     return math.exp(nll / count)

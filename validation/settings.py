@@ -32,6 +32,7 @@ class PerplexitySettings:
 class TaskSpec:
     path: Path
     critical: bool = False
+    max_drop: float | None = None  # this task's own threshold; default: max_drop, or max_drop_critical
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,7 @@ def run(baseline: str | Path, candidate: str | Path, settings: TaskSettings = Ta
         per_metric = {m: paired_drop(scores["baseline"][name][m], scores["candidate"][name][m]) for m in scores["baseline"][name]}
         gated = "acc" if "acc" in per_metric else "match"
         stats = per_metric[gated]
-        threshold = settings.max_drop_critical if spec.critical else settings.max_drop
+        threshold = spec.max_drop if spec.max_drop is not None else settings.max_drop_critical if spec.critical else settings.max_drop
         metrics.append(gate(f"{name} {gated} relative drop{' (critical)' if spec.critical else ''}", stats["baseline"], stats["candidate"], stats["relative_drop"], threshold))
         if len(items) < settings.min_items:
             warnings.append(
