@@ -142,10 +142,12 @@ def _print_history(rows: list[dict]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from awq_core.compute import Compute, resolve
     from orchestrator.demo import demo_assets
     from orchestrator.main_job import run_demo
     from orchestrator.releases import history
 
+    print(f"compute: {resolve(Compute())}")  # the demo policy's setting: auto
     outcomes = run_demo(demo_assets())
     engine, _ = _platform()
     rows = history(engine)
