@@ -82,10 +82,11 @@ def calib_file(tmp_path_factory, demo) -> Path:
 @pytest.fixture(scope="session")
 def demo_quantized(tmp_path_factory, demo) -> Path:
     """Checkpoints of the demo model, group 64, 16 x 256 calibration tokens of SOTU text:
-    awq/ (honest), rtn/ (round-to-nearest), rtn2/ (2-bit round-to-nearest: deliberately damaged)."""
+    awq/ (honest; scale search on 2048 of them, as the demo policy does), rtn/ (round-to-nearest),
+    rtn2/ (2-bit round-to-nearest: deliberately damaged)."""
     tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
     calib = build_calibration(tokenizer, demo.calibration_texts, n_samples=16, seqlen=256)
     root = tmp_path_factory.mktemp("demo")
-    for name, config in {"awq": QuantConfig(), "rtn": QuantConfig(method="rtn"), "rtn2": QuantConfig(method="rtn", bits=2)}.items():
+    for name, config in {"awq": QuantConfig(search_tokens=2048), "rtn": QuantConfig(method="rtn"), "rtn2": QuantConfig(method="rtn", bits=2)}.items():
         quantize(demo.model_dir, root / name, calib, config, progress=False)
     return root

@@ -25,9 +25,9 @@ def policy(tmp_path_factory, demo) -> dict:
     return {
         "perplexity": {"domain_texts": [str(p) for p in demo.domain_eval_texts[-4:]], "general_texts": [str(demo.general_eval_texts[0])], "max_tokens": 2048, "max_increase": 0.25},
         # The chat task's own threshold: AWQ loses about a quarter of a 135M model's chat answers, and
-        # 64 items put a +-30% interval on that; 50% still catches a broken model, which loses them all.
+        # 48 items put a +-34% interval on that; 50% still catches a broken model, which loses them all.
         "tasks": {"tasks": [{"path": str(demo.tasks["world_capitals"])}, {"path": str(demo.tasks["capitals_chat"]), "critical": True, "max_drop": 0.5}],
-                  "limit": 64, "max_drop": 0.2, "max_drop_critical": 0.2},
+                  "limit": 48, "max_drop": 0.2, "max_drop_critical": 0.2},
         "long_context": {"texts": [str(p) for p in demo.domain_eval_texts], "lengths": [512, 2048], "documents": 1, "max_degradation": 0.25, "max_growth": 0.15, "max_retrieval_drop": 1.0},
         "load": {"prompt_texts": [str(p) for p in demo.domain_eval_texts], "concurrency": [1, 4], "requests_per_level": 6, "prompt_tokens": 96, "output_tokens": 16,
                  "log_dir": str(tmp_path_factory.mktemp("logs"))},
@@ -47,8 +47,8 @@ def test_honest_awq_passes_and_damaged_candidate_fails_quality_gates(demo, demo_
     assert code == 0 and report["passed"] is True, stderr + json.dumps({k: v["reasons"] for k, v in report.get("stages", {}).items()})
     tasks = report["stages"]["tasks"]
     capitals = tasks["details"]["world_capitals"]["metrics"]
-    assert capitals["acc"]["baseline"] > 0.5 and capitals["acc_norm"]["n"] == 64  # clearly above the 0.25 of chance
-    assert any("64 items" in w for w in tasks["warnings"])  # fewer than 500: the interval is too wide
+    assert capitals["acc"]["baseline"] > 0.5 and capitals["acc_norm"]["n"] == 48  # clearly above the 0.25 of chance
+    assert any("48 items" in w for w in tasks["warnings"])  # fewer than 500: the interval is too wide
 
     code, report, _ = validate(demo.model_dir, demo_quantized / "rtn2", ["perplexity", "tasks"], policy, tmp_path)
     assert code == 1 and report["passed"] is False
