@@ -4,9 +4,9 @@
 
 Validation runs the candidate through kernels.AWQLinear. On the CPU there is no fused kernel: the
 layer dequantizes its weight once and keeps it, where the reference path unpacks the int4 weights
-again on every forward. This times perplexity over the same held-out tokens for the dense model,
-the candidate as validation runs it, and the candidate through the per-call reference path, all in
-one run. Without --candidate a round-to-nearest checkpoint of the demo model is made first (the
+again on every forward. This times perplexity over the same held-out tokens (2048 tokens a forward)
+and greedy decoding (one token a forward, where unpacking costs most) for the dense model, the
+candidate as validation runs it, and the candidate through the per-call reference path, in one run. Without --candidate a round-to-nearest checkpoint of the demo model is made first (the
 layout and the cost are the same as AWQ's).
 """
 
@@ -27,10 +27,13 @@ from validation.models import load_model
 from validation.perplexity import perplexity
 
 
-def timed_perplexity(model: nn.Module, ids) -> tuple[float, float]:
+def timings(model: nn.Module, ids, new_tokens: int) -> tuple[float, float, float]:
+    """(perplexity, its seconds, seconds to decode `new_tokens` greedily after 64 tokens)."""
     start = time.perf_counter()
     value = perplexity(model, ids)
-    return value, time.perf_counter() - start
+    middle = time.perf_counter()
+    model.generate(ids[None, :64], max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    return value, middle - start, time.perf_counter() - middle
 
 
 def unpack_every_call(layer: kernels.linear.AWQLinear, x):
@@ -42,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidate", type=Path, help="an AWQ checkpoint of the demo model (default: make an RTN one)")
     parser.add_argument("--tokens", type=int, default=4096, help="held-out domain tokens scored")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens decoded greedily")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
@@ -54,19 +58,19 @@ def main() -> None:
             calib = build_calibration(AutoTokenizer.from_pretrained(assets.model_dir), assets.calibration_texts, 4, 512)
             candidate = Path(work) / "rtn"
             quantize(assets.model_dir, candidate, calib, QuantConfig(method="rtn"), progress=False, compute=Compute(args.device, args.dtype))
-        rows = {"dense original": timed_perplexity(load_model(assets.model_dir, compute), ids)}
-        rows["AWQ, dequantized once (validation)"] = timed_perplexity(load_model(candidate, compute), ids)
+        rows = {"dense original": timings(load_model(assets.model_dir, compute), ids, args.new_tokens)}
+        rows["AWQ, dequantized once (validation)"] = timings(load_model(candidate, compute), ids, args.new_tokens)
         forward = kernels.linear.AWQLinear.forward
         kernels.linear.AWQLinear.forward = unpack_every_call
         try:
-            rows["AWQ, unpacked every call (reference)"] = timed_perplexity(load_model(candidate, compute), ids)
+            rows["AWQ, unpacked every call (reference)"] = timings(load_model(candidate, compute), ids, args.new_tokens)
         finally:
             kernels.linear.AWQLinear.forward = forward
-    dense_s = rows["dense original"][1]
-    print(f"compute: {compute}; perplexity over {ids.numel()} held-out tokens, windows of 512 every 256")
-    print(f"{'model':40} {'perplexity':>11} {'seconds':>9} {'/ dense':>8}")
-    for name, (value, seconds) in rows.items():
-        print(f"{name:40} {value:11.3f} {seconds:9.1f} {seconds / dense_s:8.2f}")
+    _, dense_ppl_s, dense_decode_s = rows["dense original"]
+    print(f"compute: {compute}; perplexity over {ids.numel()} held-out tokens (windows of 512 every 256); {args.new_tokens} tokens decoded")
+    print(f"{'model':40} {'perplexity':>11} {'ppl s':>7} {'/ dense':>8} {'decode s':>9} {'/ dense':>8}")
+    for name, (value, ppl_s, decode_s) in rows.items():
+        print(f"{name:40} {value:11.3f} {ppl_s:7.1f} {ppl_s / dense_ppl_s:8.2f} {decode_s:9.2f} {decode_s / dense_decode_s:8.2f}")
 
 
 if __name__ == "__main__":
