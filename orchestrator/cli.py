@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("demo", help="quantize the embedded demo model and compare perplexity with BF16")
+    p = sub.add_parser("demo", help="quantize the embedded demo model and compare its perplexity with the original's")
     _quantize_args(p)
     _compute_args(p)
     p.set_defaults(n_samples=16)

@@ -186,10 +186,11 @@ def demo_validation_settings(assets: DemoAssets) -> dict:
     model loses more at 4 bits (about +13% perplexity with AWQ, +27% with RTN). Its chat answers are
     fragile: AWQ loses about a quarter of them, and 96 items give a 95% interval of about +-24% on
     that relative drop, so the chat gate (50%) is there to catch a broken model, which loses nearly
-    all, not to resolve a few points. Long context stops at 4K tokens: an 8K prefill
-    takes about a minute per document in fp32 on a 2-core AVX2 CPU, where bf16 is emulated. The load stage is not required: on a host whose
-    vLLM cannot run 4-bit AWQ (an AVX2-only CPU) it is recorded as skipped, with the reason, never as
-    passed; a production policy keeps the default (required) or sets load.endpoint to a staging server."""
+    all, not to resolve a few points. Long context stops at 4K tokens: an 8K prefill takes about a
+    minute per document in fp32 on a 2-core AVX2 CPU, where bf16 is emulated. The load stage is not
+    required: on a host whose vLLM cannot run 4-bit AWQ (an AVX2-only CPU) it is recorded as skipped,
+    with the reason, never as passed; a production policy keeps the default (required) or sets
+    load.endpoint to a staging server."""
     domain = [str(p) for p in assets.domain_eval_texts]
     return {
         "perplexity": {"domain_texts": domain, "general_texts": [str(p) for p in assets.general_eval_texts], "max_tokens": 4096, "max_increase": 0.20},
