@@ -41,12 +41,17 @@ class Resolved:
     dtype: torch.dtype
     why: str
 
+    @property
+    def dtype_name(self) -> str:
+        """The dtype as settings spell it: "float32", "bfloat16", "float16"."""
+        return str(self.dtype).removeprefix("torch.")
+
     def describe(self) -> dict:
         """For reports, manifests and metadata: {"device": "cpu", "dtype": "float32", "why": ...}."""
-        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "why": self.why}
+        return {"device": str(self.device), "dtype": self.dtype_name, "why": self.why}
 
     def __str__(self) -> str:
-        return f"{self.device} {str(self.dtype).removeprefix('torch.')} ({self.why})"
+        return f"{self.device} {self.dtype_name} ({self.why})"
 
 
 @cache

@@ -192,7 +192,7 @@ def quantize(
     hidden = F.embedding(calib, ckpt.get(embed_name)).to(resolved.dtype)  # (N, L, C)
     hidden = hidden.to(activation_device(hidden, resolved))
     resumed, block_mse, layers = 0, [], []
-    bar = tqdm(range(n_layers), desc=f"AWQ blocks ({resolved.device} {str(resolved.dtype).removeprefix('torch.')})", unit="block", disable=not progress)
+    bar = tqdm(range(n_layers), desc=f"AWQ blocks ({resolved.device} {resolved.dtype_name})", unit="block", disable=not progress)
     for i in bar:
         prefix = f"{arch.layers}.{i}."
         block_report = work / ".blocks" / f"{i:05d}.json"

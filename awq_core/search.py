@@ -66,18 +66,20 @@ def search_scales(inspect: nn.Module, names: list[str], x: Tensor, x_mean: Tenso
         return mse(call_module(inspect, x, kwargs, swapped), reference)
 
     def at_step(step: int) -> ScaleResult | None:
-        scales = duo_scales(x_mean, w_mean, step / cfg.n_grid)
+        alpha = step / cfg.n_grid
+        scales = duo_scales(x_mean, w_mean, alpha)
         if not torch.isfinite(scales).all():  # overflowing statistics: skip, never pick garbage
             return None
         loss = loss_with(scales)
-        return ScaleResult(scales, step / cfg.n_grid, loss_rtn, loss) if math.isfinite(loss) else None
+        return ScaleResult(scales, alpha, loss_rtn, loss) if math.isfinite(loss) else None
 
-    loss_rtn = loss_with(torch.ones_like(x_mean))
+    ones = torch.ones_like(x_mean)
+    loss_rtn = loss_with(ones)
     tried = [r for r in map(at_step, range(0, cfg.n_grid, 2)) if r]
     if tried:
         best_step = round(min(tried, key=lambda r: r.loss_awq).alpha * cfg.n_grid)
         tried += [r for r in map(at_step, (s for s in (best_step - 1, best_step + 1) if 0 <= s < cfg.n_grid)) if r]
-    identity = ScaleResult(torch.ones_like(x_mean), None, loss_rtn, loss_rtn)
+    identity = ScaleResult(ones, None, loss_rtn, loss_rtn)
     return min([identity, *tried], key=lambda r: r.loss_awq)  # the identity wins ties
 
 

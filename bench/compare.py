@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="for both quantizers: auto, float32, bfloat16 or float16")
     args = parser.parse_args()
     compute = resolve(Compute("cpu", args.dtype))  # llm-compressor runs on the CPU here too
-    dtype = str(compute.dtype).removeprefix("torch.")
+    dtype = compute.dtype_name
 
     assets = demo_assets()
     total_blocks = json.loads((assets.model_dir / "config.json").read_text())["num_hidden_layers"]

@@ -61,10 +61,10 @@ def capability_from(found: dict) -> Capability:
 
 
 @cache
-def vllm_awq_capability(python: str = sys.executable) -> Capability:
+def vllm_awq_capability() -> Capability:
     """Probe once per process (a child process imports vLLM: a few seconds)."""
     try:
-        done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+        done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return Capability(False, f"probing vLLM took over {PROBE_TIMEOUT_S:.0f} s: {FIXES}.")
     lines = done.stdout.strip().splitlines()

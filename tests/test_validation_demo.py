@@ -110,7 +110,7 @@ def test_empty_task_set_is_a_clear_error(demo, demo_quantized, policy, tmp_path)
 
 def serve_dense(demo, log: Path, **kwargs):
     """vLLM on the dense demo model, which every CPU build serves, in this host's compute dtype."""
-    return serve(demo.model_dir, log, quantization=None, dtype=str(resolve().dtype).removeprefix("torch."), **kwargs)
+    return serve(demo.model_dir, log, quantization=None, dtype=resolve().dtype_name, **kwargs)
 
 
 def test_load_stage_drives_a_running_endpoint(demo, demo_quantized, policy, tmp_path):
