@@ -32,7 +32,9 @@ class BlockResult:
     output_mse: float  # quantized vs original block output
 
 
-def _collect(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, search_windows: int) -> tuple[Tensor, dict[str, GroupInputs]]:
+def _collect(
+    block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, search_windows: int
+) -> tuple[Tensor, dict[str, GroupInputs]]:
     """One forward of the original block; hooks record each group's input statistics."""
     inputs: dict[str, GroupInputs] = {}
     handles = []
@@ -95,7 +97,9 @@ def _store_(block: nn.Module, arch: Architecture, store_dtype: torch.dtype) -> d
 
 
 @torch.no_grad()
-def quantize_block(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, cfg: QuantConfig, store_dtype: torch.dtype) -> BlockResult:
+def quantize_block(
+    block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, cfg: QuantConfig, store_dtype: torch.dtype
+) -> BlockResult:
     """hidden: the block's calibration input (N, L, C), on the block's device or the host. The block's
     weights are replaced by their fake-quantized values; its tensors come back on the host, packed
     linears in the AWQ layout and everything else in `store_dtype`."""
@@ -112,7 +116,9 @@ def quantize_block(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs:
             scale_results[group.prev] = None
         else:
             names = [name.removeprefix(group.inspect).lstrip(".") for name in group.linears]
-            result = search_scales(block.get_submodule(group.inspect), names, x, record.abs_sum / record.tokens, record.kwargs, cfg)
+            result = search_scales(
+                block.get_submodule(group.inspect), names, x, record.abs_sum / record.tokens, record.kwargs, cfg
+            )
             _apply_scales(block, group, result.scales)
             x = x / result.scales.to(x.dtype)
             scale_results[group.prev] = result
@@ -135,14 +141,16 @@ def quantize_block(block: nn.Module, arch: Architecture, hidden: Tensor, kwargs:
             q, scales, zeros = quantize_groups(linear.weight, cfg.group_size, cfg.zero_point, cfg.bits)
             linear.weight.data = dequantize_groups(q, scales, zeros, cfg.group_size).to(linear.weight.dtype)
             tensors |= {f"{name}.{key}": t.cpu() for key, t in pack_awq(q, scales, zeros).items()}
-            layers.append({
-                "linear": name,
-                "alpha": None if result is None else result.alpha,
-                "scaled": result is not None,
-                "group_mse_rtn": None if result is None else result.loss_rtn,
-                "group_mse_awq": None if result is None else result.loss_awq,
-                "clip_ratio": clip_ratio,
-            })
+            layers.append(
+                {
+                    "linear": name,
+                    "alpha": None if result is None else result.alpha,
+                    "scaled": result is not None,
+                    "group_mse_rtn": None if result is None else result.loss_rtn,
+                    "group_mse_awq": None if result is None else result.loss_awq,
+                    "clip_ratio": clip_ratio,
+                }
+            )
 
     tensors |= _store_(block, arch, store_dtype)
     output = run_block(block, hidden, kwargs)

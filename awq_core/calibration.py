@@ -16,7 +16,9 @@ from awq_core.errors import CalibrationError
 
 def read_documents(paths: list[Path], tokenizer) -> list[str]:
     if not paths:
-        raise CalibrationError("No calibration files given: pass --calib with one or more .txt or .jsonl files of your domain text.")
+        raise CalibrationError(
+            "No calibration files given: pass --calib with one or more .txt or .jsonl files of your domain text."
+        )
     documents: list[str] = []
     for path in map(Path, paths):
         if not path.is_file():
@@ -26,7 +28,9 @@ def read_documents(paths: list[Path], tokenizer) -> list[str]:
         elif path.suffix == ".jsonl":
             documents.extend(_read_jsonl(path, tokenizer))
         else:
-            raise CalibrationError(f"Calibration file {path} has suffix {path.suffix!r}: use .txt, or .jsonl with 'text' or 'messages'.")
+            raise CalibrationError(
+                f"Calibration file {path} has suffix {path.suffix!r}: use .txt, or .jsonl with 'text' or 'messages'."
+            )
     documents = [d for d in documents if d.strip()]
     if not documents:
         raise CalibrationError(f"The calibration files {', '.join(map(str, paths))} hold no text.")

@@ -33,14 +33,20 @@ def _read_header(path: Path) -> dict:
     with path.open("rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise CheckpointError(f"{path.name} is {size} bytes, too short to be safetensors: the copy is truncated; copy it again.")
+            raise CheckpointError(
+                f"{path.name} is {size} bytes, too short to be safetensors: the copy is truncated; copy it again."
+            )
         (header_len,) = struct.unpack("<Q", prefix)
         if 8 + header_len > size:
-            raise CheckpointError(f"{path.name}: header claims {header_len} bytes but the file has {size}: the copy is truncated; copy it again.")
+            raise CheckpointError(
+                f"{path.name}: header claims {header_len} bytes but the file has {size}: the copy is truncated; copy it again."
+            )
         try:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path.name}: unreadable safetensors header ({e}); the file is damaged: copy it again.") from e
+            raise CheckpointError(
+                f"{path.name}: unreadable safetensors header ({e}); the file is damaged: copy it again."
+            ) from e
     header.pop("__metadata__", None)
     data_end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + header_len + data_end > size:
@@ -60,7 +66,9 @@ class Checkpoint:
             raise CheckpointError(f"{self.dir} is not a folder: give the path of a Hugging Face checkpoint folder.")
         config_path = self.dir / "config.json"
         if not config_path.is_file():
-            raise CheckpointError(f"{self.dir} has no config.json: save the model with `save_pretrained` so its config is written.")
+            raise CheckpointError(
+                f"{self.dir} has no config.json: save the model with `save_pretrained` so its config is written."
+            )
         try:
             self.config: dict = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
@@ -90,7 +98,9 @@ class Checkpoint:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         missing = [n for n in names if not (self.dir / n).is_file()]
         if missing:
-            raise CheckpointError(f"{index.name} lists {', '.join(missing)}, missing from {self.dir}: the copy is incomplete.")
+            raise CheckpointError(
+                f"{index.name} lists {', '.join(missing)}, missing from {self.dir}: the copy is incomplete."
+            )
         return [self.dir / n for n in names]
 
     def get(self, name: str) -> Tensor:
@@ -100,7 +110,7 @@ class Checkpoint:
 
     def load_prefix(self, prefix: str) -> dict[str, Tensor]:
         """Every tensor under `prefix`, keyed by the rest of its name."""
-        return {name[len(prefix):]: self.get(name) for name in self.tensors if name.startswith(prefix)}
+        return {name[len(prefix) :]: self.get(name) for name in self.tensors if name.startswith(prefix)}
 
     def check_finite(self) -> None:
         """Refuse NaN or Inf anywhere, one tensor at a time."""

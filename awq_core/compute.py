@@ -76,9 +76,13 @@ def _device(setting: str) -> torch.device:
     device = torch.device(setting)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ComputeError(f"compute.device={setting!r} but this torch sees no CUDA GPU: use device auto or cpu, or run on a GPU host.")
+            raise ComputeError(
+                f"compute.device={setting!r} but this torch sees no CUDA GPU: use device auto or cpu, or run on a GPU host."
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ComputeError(f"compute.device={setting!r} but this host has {torch.cuda.device_count()} GPU(s): choose cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+            raise ComputeError(
+                f"compute.device={setting!r} but this host has {torch.cuda.device_count()} GPU(s): choose cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+            )
     return device
 
 

@@ -31,7 +31,9 @@ class QuantConfig:
         if self.method not in ("awq", "rtn"):
             raise QuantizationError(f"method={self.method!r}: choose 'awq' or 'rtn'.")
         if self.bits not in (2, 3, 4):
-            raise QuantizationError(f"bits={self.bits}: the AWQ GEMM layout holds at most 4 bits per weight; choose 4 (2 or 3 only for testing).")
+            raise QuantizationError(
+                f"bits={self.bits}: the AWQ GEMM layout holds at most 4 bits per weight; choose 4 (2 or 3 only for testing)."
+            )
         if self.group_size not in (32, 64, 128):
             raise QuantizationError(f"group_size={self.group_size}: choose 32, 64 or 128.")
         if not 0.0 < self.max_shrink < 1.0:

@@ -26,7 +26,14 @@ def load_quantized(model_dir: str | Path, compute: Resolved | None = None) -> nn
         for name in arch.linears:
             linear = block.get_submodule(name)
             parent, _, child = name.rpartition(".")
-            awq = AWQLinear(linear.in_features, linear.out_features, qcfg["group_size"], linear.bias is not None, compute.dtype, device="meta")
+            awq = AWQLinear(
+                linear.in_features,
+                linear.out_features,
+                qcfg["group_size"],
+                linear.bias is not None,
+                compute.dtype,
+                device="meta",
+            )
             block.get_submodule(parent).set_submodule(child, awq)
 
     state = {}
@@ -36,7 +43,9 @@ def load_quantized(model_dir: str | Path, compute: Resolved | None = None) -> nn
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {f"{arch.lm_head}.weight"} if hf_config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise CheckpointError(f"{ckpt.dir} does not match its config: missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}.")
+        raise CheckpointError(
+            f"{ckpt.dir} does not match its config: missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}."
+        )
     if tied:
         model.get_submodule(arch.lm_head).weight = model.get_submodule(arch.embed).weight
     model.set_submodule(arch.rotary, rotary_embedding(model, arch, hf_config))

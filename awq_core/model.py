@@ -20,7 +20,9 @@ def meta_model(model_dir: str | Path, dtype: torch.dtype) -> tuple[nn.Module, Pr
     return model.eval(), config
 
 
-def rotary_embedding(model: nn.Module, arch: Architecture, config: PretrainedConfig, device: torch.device = torch.device("cpu")) -> nn.Module:
+def rotary_embedding(
+    model: nn.Module, arch: Architecture, config: PretrainedConfig, device: torch.device = torch.device("cpu")
+) -> nn.Module:
     """Rebuilt for real: its inv_freq buffer is computed at construction, which the meta skeleton skipped."""
     meta_rotary = model.get_submodule(arch.rotary)
     return type(meta_rotary)(config=config).to(device)
@@ -33,7 +35,9 @@ def block_kwargs(rotary: nn.Module, seqlen: int, compute: Resolved) -> dict:
     return {"attention_mask": None, "position_ids": position_ids, "position_embeddings": rotary(probe, position_ids)}
 
 
-def materialize_block(model: nn.Module, arch: Architecture, index: int, state: dict[str, Tensor], compute: Resolved) -> nn.Module:
+def materialize_block(
+    model: nn.Module, arch: Architecture, index: int, state: dict[str, Tensor], compute: Resolved
+) -> nn.Module:
     """A real copy of decoder block `index` on the compute device, floating tensors in the compute dtype."""
     block = copy.deepcopy(model.get_submodule(arch.layers)[index])
     state = {k: v.to(compute.device, compute.dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}

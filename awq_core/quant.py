@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 
-def quantize_groups(w: Tensor, group_size: int, zero_point: bool = True, bits: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+def quantize_groups(
+    w: Tensor, group_size: int, zero_point: bool = True, bits: int = 4
+) -> tuple[Tensor, Tensor, Tensor]:
     """w [out, in] -> q uint8 [out, in], scales fp16 [out, in/g], zeros uint8 [out, in/g]."""
     out_features, in_features = w.shape
     max_int = 2**bits - 1

@@ -90,22 +90,40 @@ def _check_shapes(ckpt: Checkpoint, arch: Architecture, n_layers: int, cfg: Quan
         for name in arch.linears:
             info = ckpt.tensors.get(f"{prefix}{name}.weight")
             if info is None:
-                raise UnsupportedArchitecture(f"Block {i} has no {name}.weight although its architecture maps it: the checkpoint does not match its config.")
+                raise UnsupportedArchitecture(
+                    f"Block {i} has no {name}.weight although its architecture maps it: the checkpoint does not match its config."
+                )
             out_features, in_features = info.shape
             if in_features % cfg.group_size:
                 raise QuantizationError(
                     f"group_size={cfg.group_size} does not divide {prefix}{name}'s {in_features} input features: choose a group size that divides it (32 or 64 divide more)."
                 )
             if out_features % 8:
-                raise QuantizationError(f"{prefix}{name} has {out_features} outputs, not a multiple of 8: the AWQ layout packs 8 per int32.")
-        unmapped = [n for n, t in ckpt.tensors.items() if n.startswith(prefix) and len(t.shape) == 2 and n.removeprefix(prefix).removesuffix(".weight") not in arch.linears]
+                raise QuantizationError(
+                    f"{prefix}{name} has {out_features} outputs, not a multiple of 8: the AWQ layout packs 8 per int32."
+                )
+        unmapped = [
+            n
+            for n, t in ckpt.tensors.items()
+            if n.startswith(prefix)
+            and len(t.shape) == 2
+            and n.removeprefix(prefix).removesuffix(".weight") not in arch.linears
+        ]
         if unmapped:
-            raise UnsupportedArchitecture(f"Block {i} has linears the mapping does not cover ({', '.join(unmapped)}): extend awq_core/architectures.py.")
+            raise UnsupportedArchitecture(
+                f"Block {i} has linears the mapping does not cover ({', '.join(unmapped)}): extend awq_core/architectures.py."
+            )
 
 
 def _inputs_fingerprint(ckpt: Checkpoint, calib: Tensor, cfg: QuantConfig, compute: Resolved) -> str:
     """Blocks are reused only from a run with the same weights, calibration, settings and precision."""
-    parts = (ckpt.fingerprint(), calibration_fingerprint(calib), cfg.fingerprint(), compute.device.type, str(compute.dtype))
+    parts = (
+        ckpt.fingerprint(),
+        calibration_fingerprint(calib),
+        cfg.fingerprint(),
+        compute.device.type,
+        str(compute.dtype),
+    )
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
 
@@ -113,7 +131,9 @@ def _check_calibration(calib: Tensor, max_positions: int | None) -> None:
     if calib.ndim != 2 or calib.numel() == 0:
         raise CalibrationError(f"Calibration ids must be a non-empty (N, L) tensor, got shape {tuple(calib.shape)}.")
     if max_positions and calib.shape[1] > max_positions:
-        raise CalibrationError(f"seqlen {calib.shape[1]} exceeds the model's {max_positions} positions: lower --seqlen.")
+        raise CalibrationError(
+            f"seqlen {calib.shape[1]} exceeds the model's {max_positions} positions: lower --seqlen."
+        )
 
 
 def activation_device(hidden: Tensor, compute: Resolved) -> torch.device:
@@ -154,12 +174,21 @@ def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, group_siz
 def _copy_side_files(source: Path, dest: Path) -> None:
     """Tokenizer, chat template, generation config: everything beside the weights and config."""
     for path in source.iterdir():
-        if path.is_file() and path.suffix not in (".safetensors", *PICKLE_SUFFIXES) and path.name not in ("config.json", "model.safetensors.index.json"):
+        if (
+            path.is_file()
+            and path.suffix not in (".safetensors", *PICKLE_SUFFIXES)
+            and path.name not in ("config.json", "model.safetensors.index.json")
+        ):
             shutil.copy2(path, dest / path.name)
 
 
 def quantize(
-    model_dir: str | Path, out_dir: str | Path, calib: Tensor, config: QuantConfig = QuantConfig(), progress: bool = True, compute: Compute = Compute()
+    model_dir: str | Path,
+    out_dir: str | Path,
+    calib: Tensor,
+    config: QuantConfig = QuantConfig(),
+    progress: bool = True,
+    compute: Compute = Compute(),
 ) -> QuantReport:
     """AWQ-quantize `model_dir` into `out_dir` using calibration token ids `calib` (N, L), one block
     at a time on the compute device; weights stream from disk, so only one block is ever resident."""
@@ -192,13 +221,22 @@ def quantize(
     hidden = F.embedding(calib, ckpt.get(embed_name)).to(resolved.dtype)  # (N, L, C)
     hidden = hidden.to(activation_device(hidden, resolved))
     resumed, block_mse, layers = 0, [], []
-    bar = tqdm(range(n_layers), desc=f"AWQ blocks ({resolved.device} {resolved.dtype_name})", unit="block", disable=not progress)
+    bar = tqdm(
+        range(n_layers),
+        desc=f"AWQ blocks ({resolved.device} {resolved.dtype_name})",
+        unit="block",
+        disable=not progress,
+    )
     for i in bar:
         prefix = f"{arch.layers}.{i}."
         block_report = work / ".blocks" / f"{i:05d}.json"
         if block_report.is_file():  # finished by an earlier run with the same inputs
             tensors = {k.removeprefix(prefix): v for k, v in load_file(work / shard(i)).items()}
-            state = _dense_block_state(tensors, arch, config.group_size) if config.propagate == "quantized" else ckpt.load_prefix(prefix)
+            state = (
+                _dense_block_state(tensors, arch, config.group_size)
+                if config.propagate == "quantized"
+                else ckpt.load_prefix(prefix)
+            )
             hidden = run_block(materialize_block(model, arch, i, state, resolved), hidden, kwargs)
             report = json.loads(block_report.read_text())
             resumed += 1
@@ -206,7 +244,9 @@ def quantize(
             block = materialize_block(model, arch, i, ckpt.load_prefix(prefix), resolved)
             result = quantize_block(block, arch, hidden, kwargs, config, store_dtype)
             hidden, tensors = result.output, result.tensors
-            save_file({prefix + k: v.contiguous() for k, v in tensors.items()}, work / shard(i), metadata={"format": "pt"})
+            save_file(
+                {prefix + k: v.contiguous() for k, v in tensors.items()}, work / shard(i), metadata={"format": "pt"}
+            )
             report = {"block_mse": result.output_mse, "layers": [{"block": i, **row} for row in result.layers]}
             _write_json(block_report, report)
         weight_map |= {prefix + name: shard(i) for name in tensors}
@@ -228,7 +268,9 @@ def quantize(
         seconds=round(time.perf_counter() - start, 2),
         peak_rss_mb=_rss_mb("VmHWM"),
         start_rss_mb=start_rss_mb,
-        peak_gpu_mb=round(torch.cuda.max_memory_allocated(resolved.device) / 2**20, 1) if resolved.device.type == "cuda" else None,
+        peak_gpu_mb=round(torch.cuda.max_memory_allocated(resolved.device) / 2**20, 1)
+        if resolved.device.type == "cuda"
+        else None,
         compute=resolved.describe(),
         resumed_blocks=resumed,
         block_mse=block_mse,

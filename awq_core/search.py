@@ -43,7 +43,9 @@ class ScaleResult:
 
 
 @torch.no_grad()
-def search_scales(inspect: nn.Module, names: list[str], x: Tensor, x_mean: Tensor, kwargs: dict, cfg: QuantConfig) -> ScaleResult:
+def search_scales(
+    inspect: nn.Module, names: list[str], x: Tensor, x_mean: Tensor, kwargs: dict, cfg: QuantConfig
+) -> ScaleResult:
     """Search alpha = step / n_grid in s = x_mean^a / w_mean^(1-a) (plus the identity) on the inspected output.
 
     The loss is smooth in alpha, so the even steps bracket the minimum and the two odd steps beside
@@ -60,7 +62,9 @@ def search_scales(inspect: nn.Module, names: list[str], x: Tensor, x_mean: Tenso
 
     def loss_with(scales: Tensor) -> float:
         swapped = {
-            (f"{name}.weight" if name else "weight"): (fake_quantize(w.float() * scales, cfg.group_size, cfg.zero_point, cfg.bits) / scales).to(w.dtype)
+            (f"{name}.weight" if name else "weight"): (
+                fake_quantize(w.float() * scales, cfg.group_size, cfg.zero_point, cfg.bits) / scales
+            ).to(w.dtype)
             for name, w in zip(names, weights)
         }
         return mse(call_module(inspect, x, kwargs, swapped), reference)

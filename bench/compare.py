@@ -21,8 +21,8 @@ from transformers import AutoTokenizer
 
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.compute import Compute, resolve
-from validation.models import load_model
 from orchestrator.demo import demo_assets
+from validation.models import load_model
 from validation.perplexity import perplexity
 
 
@@ -30,7 +30,11 @@ def truncate(model_dir: Path, out_dir: Path, layers: int) -> Path:
     """The first `layers` decoder blocks of a single-file checkpoint, with its tokenizer and config."""
     out_dir.mkdir()
     tensors = load_file(model_dir / "model.safetensors")
-    save_file({k: v for k, v in tensors.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}, out_dir / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in tensors.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers},
+        out_dir / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     config = json.loads((model_dir / "config.json").read_text())
     (out_dir / "config.json").write_text(json.dumps(config | {"num_hidden_layers": layers}))
     for path in model_dir.iterdir():
@@ -61,13 +65,28 @@ def main() -> None:
         work = Path(work)
         save_file({"input_ids": calib}, work / "calib.safetensors")
         model_dir = truncate(assets.model_dir, work / "model", args.layers) if args.layers else assets.model_dir
-        command = [str(args.llmcompressor_python), "-P", str(Path(__file__).with_name("llmcompressor_awq.py")), str(model_dir), str(work / "calib.safetensors"), str(args.group_size), dtype]
+        command = [
+            str(args.llmcompressor_python),
+            "-P",
+            str(Path(__file__).with_name("llmcompressor_awq.py")),
+            str(model_dir),
+            str(work / "calib.safetensors"),
+            str(args.group_size),
+            dtype,
+        ]
         ours = {}
         if not args.layers:
             save_file(assets.eval_streams(tokenizer, args.eval_tokens), work / "eval.safetensors")
             command.append(str(work / "eval.safetensors"))
         start = time.perf_counter()
-        quantize(model_dir, work / "ours", calib, QuantConfig(group_size=args.group_size), progress=False, compute=Compute("cpu", dtype))
+        quantize(
+            model_dir,
+            work / "ours",
+            calib,
+            QuantConfig(group_size=args.group_size),
+            progress=False,
+            compute=Compute("cpu", dtype),
+        )
         seconds = time.perf_counter() - start
         if not args.layers:
             model = load_model(work / "ours", compute)
@@ -77,8 +96,10 @@ def main() -> None:
         if peer.returncode != 0:
             raise SystemExit(f"llm-compressor failed:\n{peer.stderr[-3000:]}")
         theirs = json.loads(peer.stdout.strip().splitlines()[-1])
-    print(f"{blocks} of {total_blocks} blocks of {assets.model_dir.name}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens, "
-          f"both computing in {compute}")
+    print(
+        f"{blocks} of {total_blocks} blocks of {assets.model_dir.name}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens, "
+        f"both computing in {compute}"
+    )
     print(f"{'':22} {'seconds':>9} {'s / block':>10} {'domain ppl':>11} {'general ppl':>12}")
     for name, s, ppl in (("awq_core", seconds, ours), ("llm-compressor AWQ", theirs["seconds"], theirs["perplexity"])):
         figures = f"{ppl['domain']:11.3f} {ppl['general']:12.3f}" if ppl else ""

@@ -57,7 +57,14 @@ def main() -> None:
         if candidate is None:
             calib = build_calibration(AutoTokenizer.from_pretrained(assets.model_dir), assets.calibration_texts, 4, 512)
             candidate = Path(work) / "rtn"
-            quantize(assets.model_dir, candidate, calib, QuantConfig(method="rtn"), progress=False, compute=Compute(args.device, args.dtype))
+            quantize(
+                assets.model_dir,
+                candidate,
+                calib,
+                QuantConfig(method="rtn"),
+                progress=False,
+                compute=Compute(args.device, args.dtype),
+            )
         rows = {"dense original": timings(load_model(assets.model_dir, compute), ids, args.new_tokens)}
         rows["AWQ, dequantized once (validation)"] = timings(load_model(candidate, compute), ids, args.new_tokens)
         forward = kernels.linear.AWQLinear.forward
@@ -67,10 +74,14 @@ def main() -> None:
         finally:
             kernels.linear.AWQLinear.forward = forward
     _, dense_ppl_s, dense_decode_s = rows["dense original"]
-    print(f"compute: {compute}; perplexity over {ids.numel()} held-out tokens (windows of 512 every 256); {args.new_tokens} tokens decoded")
+    print(
+        f"compute: {compute}; perplexity over {ids.numel()} held-out tokens (windows of 512 every 256); {args.new_tokens} tokens decoded"
+    )
     print(f"{'model':40} {'perplexity':>11} {'ppl s':>7} {'/ dense':>8} {'decode s':>9} {'/ dense':>8}")
     for name, (value, ppl_s, decode_s) in rows.items():
-        print(f"{name:40} {value:11.3f} {ppl_s:7.1f} {ppl_s / dense_ppl_s:8.2f} {decode_s:9.2f} {decode_s / dense_decode_s:8.2f}")
+        print(
+            f"{name:40} {value:11.3f} {ppl_s:7.1f} {ppl_s / dense_ppl_s:8.2f} {decode_s:9.2f} {decode_s / dense_decode_s:8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def packed_weights(K: int, N: int, group_size: int, device: str) -> dict[str, to
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group-size", type=int, default=128)
-    parser.add_argument("--peak-gbps", type=float, help="the device's peak memory bandwidth (default: looked up by GPU name)")
+    parser.add_argument(
+        "--peak-gbps", type=float, help="the device's peak memory bandwidth (default: looked up by GPU name)"
+    )
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions on CPU")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
@@ -52,20 +54,28 @@ def main() -> None:
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     peak = args.peak_gbps or next((gbps for key, gbps in PEAK_GBPS.items() if key in name), None)
     dense_name = "torch FP16" if cuda else "torch BF16 (dense)"
-    print(f"{name}; group {args.group_size}; {'Triton kernel' if cuda else 'torch reference'} vs {dense_name} matmul"
-          + (f"; peak bandwidth {peak:.0f} GB/s" if peak else ""))
+    print(
+        f"{name}; group {args.group_size}; {'Triton kernel' if cuda else 'torch reference'} vs {dense_name} matmul"
+        + (f"; peak bandwidth {peak:.0f} GB/s" if peak else "")
+    )
     print(f"{'M':>5} {'K':>6} {'N':>6} {'w4a16 us':>10} {'dense us':>10} {'speed-up':>9} {'GB/s':>8} {'of peak':>8}")
     for K, N in KN_SHAPES:
         layer = packed_weights(K, N, args.group_size, device)
         dense = torch.randn(K, N, device=device, dtype=dtype) * 0.02
         for M in M_VALUES:
             x = torch.randn(M, K, device=device, dtype=dtype)
-            t_w4 = timed(lambda: awq_gemm(x, layer["qweight"], layer["qzeros"], layer["scales"], args.group_size), args.reps)
+            t_w4 = timed(
+                lambda: awq_gemm(x, layer["qweight"], layer["qzeros"], layer["scales"], args.group_size), args.reps
+            )
             t_dense = timed(lambda: x @ dense, args.reps)
-            moved = x.numel() * 2 + K * N // 2 + (K // args.group_size) * N * (2 + 0.5) + M * N * 2  # bytes: x, int4 W, scales + zeros, y
+            moved = (
+                x.numel() * 2 + K * N // 2 + (K // args.group_size) * N * (2 + 0.5) + M * N * 2
+            )  # bytes: x, int4 W, scales + zeros, y
             gbps = moved / t_w4 / 1e9
             fraction = f"{gbps / peak:8.2f}" if peak else f"{'-':>8}"
-            print(f"{M:5d} {K:6d} {N:6d} {t_w4 * 1e6:10.1f} {t_dense * 1e6:10.1f} {t_dense / t_w4:9.2f} {gbps:8.1f} {fraction}")
+            print(
+                f"{M:5d} {K:6d} {N:6d} {t_w4 * 1e6:10.1f} {t_dense * 1e6:10.1f} {t_dense / t_w4:9.2f} {gbps:8.1f} {fraction}"
+            )
 
 
 if __name__ == "__main__":

@@ -22,18 +22,29 @@ from transformers import AutoModelForCausalLM
 
 def main() -> None:
     model_dir, calib_path, group_size, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), getattr(torch, sys.argv[4])
-    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self  # on CPU it fails with "Cannot access accelerator device"
+    torch.Tensor.pin_memory = lambda self, *args, **kwargs: (
+        self
+    )  # on CPU it fails with "Cannot access accelerator device"
     ids = load_file(calib_path)["input_ids"]  # (N, L): the very windows our quantizer used
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)  # the precision our quantizer computes in
     weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": group_size}
-    recipe = [AWQModifier(duo_scaling=True), QuantizationModifier(ignore=["lm_head"], config_groups={"group_0": {"targets": ["Linear"], "weights": weights}})]
+    recipe = [
+        AWQModifier(duo_scaling=True),
+        QuantizationModifier(
+            ignore=["lm_head"], config_groups={"group_0": {"targets": ["Linear"], "weights": weights}}
+        ),
+    ]
     start = time.perf_counter()
-    oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1])
+    oneshot(
+        model=model, dataset=dataset, recipe=recipe, num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1]
+    )
     seconds = time.perf_counter() - start
     perplexities = {}
     if len(sys.argv) > 5:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # after transformers' imports: our `kernels` must not shadow theirs
+        sys.path.insert(
+            0, str(Path(__file__).resolve().parents[1])
+        )  # after transformers' imports: our `kernels` must not shadow theirs
         from validation.perplexity import perplexity
 
         perplexities = {name: perplexity(model.eval(), ids) for name, ids in load_file(sys.argv[5]).items()}

@@ -28,10 +28,28 @@ from validation.perplexity import perplexity
 
 def quantize_in_child(model_dir: Path, out_dir: Path, calib: list[Path], args, method: str, propagate: str) -> dict:
     command = [
-        str(Path(sys.executable).parent / "awq-release"), "quantize", str(model_dir), str(out_dir), "--calib", *map(str, calib),
-        "--group-size", str(args.group_size), "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen),
-        "--method", method, "--propagate", propagate, "--device", args.device, "--dtype", args.dtype, "--json",
-    ]  # fmt: skip
+        str(Path(sys.executable).parent / "awq-release"),
+        "quantize",
+        str(model_dir),
+        str(out_dir),
+        "--calib",
+        *map(str, calib),
+        "--group-size",
+        str(args.group_size),
+        "--n-samples",
+        str(args.n_samples),
+        "--seqlen",
+        str(args.seqlen),
+        "--method",
+        method,
+        "--propagate",
+        propagate,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--json",
+    ]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
@@ -53,9 +71,11 @@ def main() -> None:
     texts = assets.eval_streams(tokenizer, args.eval_tokens)
     blocks = json.loads((assets.model_dir / "config.json").read_text())["num_hidden_layers"]
     print(f"compute: {compute}")
-    print(f"demo model {assets.model_dir.name}: {bf16_bytes / 2**20:.0f} MiB BF16; group {args.group_size}; "
-          f"calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; eval {args.eval_tokens} tokens each of "
-          "SOTU >= 2000 (domain) and Shakespeare (general); windows of 512 every 256\n")
+    print(
+        f"demo model {assets.model_dir.name}: {bf16_bytes / 2**20:.0f} MiB BF16; group {args.group_size}; "
+        f"calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; eval {args.eval_tokens} tokens each of "
+        "SOTU >= 2000 (domain) and Shakespeare (general); windows of 512 every 256\n"
+    )
 
     rows = []
     start = time.perf_counter()
@@ -64,7 +84,9 @@ def main() -> None:
     rows.append(("original (BF16 weights)", baseline, None))
     print(f"original evaluated in {time.perf_counter() - start:.0f} s")
 
-    runs = [("rtn", "quantized")] + [("awq", p) for p in (("quantized", "original") if args.propagate == "both" else (args.propagate,))]
+    runs = [("rtn", "quantized")] + [
+        ("awq", p) for p in (("quantized", "original") if args.propagate == "both" else (args.propagate,))
+    ]
     with tempfile.TemporaryDirectory() as work:
         for method, propagate in runs:
             out_dir = Path(work) / f"{method}-{propagate}"
@@ -80,8 +102,10 @@ def main() -> None:
         if summary:
             added = summary["peak_rss_mb"] - summary["start_rss_mb"]
             gpu = "-" if summary["peak_gpu_mb"] is None else f"{summary['peak_gpu_mb']:.0f}"
-            figures = (f"{summary['compute']['device']:>7} {summary['compute']['dtype']:>9} {summary['seconds']:7.0f} {summary['seconds'] / blocks:8.1f} "
-                       f"{summary['peak_rss_mb']:13.0f} {added:12.0f} {added * 2**20 / bf16_bytes:12.2f} {gpu:>13}")
+            figures = (
+                f"{summary['compute']['device']:>7} {summary['compute']['dtype']:>9} {summary['seconds']:7.0f} {summary['seconds'] / blocks:8.1f} "
+                f"{summary['peak_rss_mb']:13.0f} {added:12.0f} {added * 2**20 / bf16_bytes:12.2f} {gpu:>13}"
+            )
         print(f"{label:44} {ppl['domain']:11.3f} {ppl['general']:12.3f} {figures}")
     rtn = rows[1][1]
     print("\nperplexity gap to BF16, as a fraction of RTN's gap (target <= 0.5):")

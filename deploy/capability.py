@@ -46,7 +46,9 @@ class Capability:
 def capability_from(found: dict) -> Capability:
     """The verdict on what the probe found (pure: tested with every kind of host)."""
     if not found.get("installed"):
-        return Capability(False, f"vLLM is not installed in this environment ({found.get('detail', 'import failed')}): {FIXES}.")
+        return Capability(
+            False, f"vLLM is not installed in this environment ({found.get('detail', 'import failed')}): {FIXES}."
+        )
     if found.get("cuda"):
         return Capability(True, "vLLM on CUDA serves AWQ checkpoints")
     if found.get("cpu_w4a16"):

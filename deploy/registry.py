@@ -67,7 +67,9 @@ def launch_config(release_dir: Path, served_name: str, serving: dict) -> dict:
     }
 
 
-def publish(registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: dict) -> Path:
+def publish(
+    registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: dict
+) -> Path:
     """Copy `model_dir` into the registry as MODEL/releases/VERSION and make it current."""
     releases = model_root(registry, model) / "releases"
     final = releases / safe_name(version)
@@ -80,7 +82,9 @@ def publish(registry: Path, model: str, version: str, model_dir: Path, manifest:
         shutil.copytree(model_dir, partial, ignore=shutil.ignore_patterns(".*"))
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         (partial / "README.md").write_text(model_card)
-        (partial / "vllm-config.yaml").write_text(yaml.safe_dump(launch_config(final, safe_name(model), serving), sort_keys=False))
+        (partial / "vllm-config.yaml").write_text(
+            yaml.safe_dump(launch_config(final, safe_name(model), serving), sort_keys=False)
+        )
         partial.rename(final)
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)

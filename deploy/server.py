@@ -43,7 +43,9 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise ServerError(f"Port {port} on {host} is already in use ({e.strerror}): stop what holds it or choose another port.") from e
+            raise ServerError(
+                f"Port {port} on {host} is already in use ({e.strerror}): stop what holds it or choose another port."
+            ) from e
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -89,12 +91,23 @@ def serve(
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--host", host, "--port", str(port),
-        "--dtype", dtype, "--max-model-len", str(max_model_len), "--enforce-eager",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        str(max_model_len),
+        "--enforce-eager",
         *(["--quantization", quantization] if quantization else []),
         *extra_args,
-    ]  # fmt: skip
+    ]
     env = os.environ | CPU_ENV | {"HF_HUB_OFFLINE": "1"}
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -103,9 +116,13 @@ def serve(
         deadline = time.monotonic() + startup_timeout_s
         while not _healthy(base_url):
             if process.poll() is not None:
-                raise ServerError(f"vLLM exited with status {process.returncode} before it was ready; log {log_path}:\n{_log_tail(log_path)}")
+                raise ServerError(
+                    f"vLLM exited with status {process.returncode} before it was ready; log {log_path}:\n{_log_tail(log_path)}"
+                )
             if time.monotonic() > deadline:
-                raise ServerError(f"vLLM was not ready after {startup_timeout_s:.0f} s; log {log_path}:\n{_log_tail(log_path)}")
+                raise ServerError(
+                    f"vLLM was not ready after {startup_timeout_s:.0f} s; log {log_path}:\n{_log_tail(log_path)}"
+                )
             time.sleep(1.0)
         yield Server(base_url, str(model_dir), log_path, process.pid)
     finally:
@@ -119,7 +136,11 @@ def connect(base_url: str, timeout_s: float = 10.0) -> Server:
         with urllib.request.urlopen(f"{base_url}/v1/models", timeout=timeout_s) as reply:
             models = [m["id"] for m in json.loads(reply.read()).get("data", [])]
     except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, KeyError) as e:
-        raise ServerError(f"No OpenAI-compatible server answers at {base_url}/v1/models ({e}): start it, or fix load.endpoint.") from e
+        raise ServerError(
+            f"No OpenAI-compatible server answers at {base_url}/v1/models ({e}): start it, or fix load.endpoint."
+        ) from e
     if not models:
-        raise ServerError(f"The server at {base_url} serves no model: load the candidate into it, or fix load.endpoint.")
+        raise ServerError(
+            f"The server at {base_url} serves no model: load the candidate into it, or fix load.endpoint."
+        )
     return Server(base_url, models[0], None, None)

@@ -15,7 +15,15 @@ from kernels.reference import dequantize_awq
 
 
 class AWQLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, group_size: int, bias: bool = False, dtype: torch.dtype = torch.float16, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        group_size: int,
+        bias: bool = False,
+        dtype: torch.dtype = torch.float16,
+        device=None,
+    ):
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         n_groups = in_features // group_size

@@ -32,7 +32,9 @@ def dequantize_awq(qweight: Tensor, qzeros: Tensor, scales: Tensor, group_size: 
     return w.reshape(K, N)
 
 
-def awq_gemm_reference(x: Tensor, qweight: Tensor, qzeros: Tensor, scales: Tensor, group_size: int, bias: Tensor | None = None) -> Tensor:
+def awq_gemm_reference(
+    x: Tensor, qweight: Tensor, qzeros: Tensor, scales: Tensor, group_size: int, bias: Tensor | None = None
+) -> Tensor:
     """y = x @ dequant(W) (+ bias), in x's dtype; x may have any leading dimensions."""
     w = dequantize_awq(qweight, qzeros, scales, group_size).to(x.dtype)
     y = x @ w

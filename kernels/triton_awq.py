@@ -26,10 +26,25 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def _awq_gemm_kernel(
-    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, y_ptr,
-    M, N, K, M_BUCKET, group_size,
-    stride_xm, stride_xk,
-    HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    x_ptr,
+    qweight_ptr,
+    qzeros_ptr,
+    scales_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    M_BUCKET,
+    group_size,
+    stride_xm,
+    stride_xk,
+    HAS_BIAS: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     pid, pid_k = tl.program_id(0), tl.program_id(1)
     grid_n = (N + BLOCK_N - 1) // BLOCK_N
@@ -44,8 +59,12 @@ def _awq_gemm_kernel(
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
     for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
         k = k0 + offs_k
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk, mask=mask_m[:, None], other=0.0)  # (BM, BK)
-        packed = tl.load(qweight_ptr + k[:, None] * (N // 8) + offs_n[None, :] // 8, mask=mask_n[None, :], other=0)  # (BK, BN) int32
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk, mask=mask_m[:, None], other=0.0
+        )  # (BM, BK)
+        packed = tl.load(
+            qweight_ptr + k[:, None] * (N // 8) + offs_n[None, :] // 8, mask=mask_n[None, :], other=0
+        )  # (BK, BN) int32
         group = k0 // group_size
         packed_zeros = tl.load(qzeros_ptr + group * (N // 8) + offs_n // 8, mask=mask_n, other=0)  # (BN,)
         scales = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN,)
@@ -75,7 +94,9 @@ def _prune(configs, named_args, **kwargs):
 
 
 def _config(bm: int, bn: int, bk: int, split_k: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=warps, num_stages=stages)
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=warps, num_stages=stages
+    )
 
 
 if INTERPRET:  # the interpreter would "benchmark" every config on the CPU: give it one of each kind
@@ -84,20 +105,30 @@ if INTERPRET:  # the interpreter would "benchmark" every config on the CPU: give
 else:
     SMALL_CONFIGS = [
         _config(16, bn, bk, sk, 4, stages)
-        for bn in (32, 64, 128) for bk in (64, 128) for sk in (1, 2, 4, 8) for stages in (3, 4)
+        for bn in (32, 64, 128)
+        for bk in (64, 128)
+        for sk in (1, 2, 4, 8)
+        for stages in (3, 4)
     ]
     LARGE_CONFIGS = [
         _config(bm, bn, bk, 1, warps, stages)
         for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (128, 256, 8), (64, 256, 8), (128, 64, 4))
-        for bk in (32, 64) for stages in (3, 4)
+        for bk in (32, 64)
+        for stages in (3, 4)
     ]
 
 _KEY = ["M_BUCKET", "N", "K", "group_size"]
-_small_m_kernel = triton.autotune(SMALL_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(_awq_gemm_kernel)
-_large_m_kernel = triton.autotune(LARGE_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(_awq_gemm_kernel)
+_small_m_kernel = triton.autotune(SMALL_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(
+    _awq_gemm_kernel
+)
+_large_m_kernel = triton.autotune(LARGE_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(
+    _awq_gemm_kernel
+)
 
 
-def awq_gemm_triton(x: Tensor, qweight: Tensor, qzeros: Tensor, scales: Tensor, group_size: int, bias: Tensor | None = None) -> Tensor:
+def awq_gemm_triton(
+    x: Tensor, qweight: Tensor, qzeros: Tensor, scales: Tensor, group_size: int, bias: Tensor | None = None
+) -> Tensor:
     K, N = qweight.shape[0], scales.shape[1]
     x2 = x.reshape(-1, K)  # (M, K)
     M = x2.shape[0]
@@ -105,7 +136,11 @@ def awq_gemm_triton(x: Tensor, qweight: Tensor, qzeros: Tensor, scales: Tensor, 
     kernel = _small_m_kernel if small else _large_m_kernel
     # Split-K writes fp32 partials; sized for the largest split a small-M config may choose.
     max_split = max(c.kwargs["SPLIT_K"] for c in SMALL_CONFIGS) if small else 1
-    y = torch.zeros(max_split, M, N, device=x.device, dtype=torch.float32) if small else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    y = (
+        torch.zeros(max_split, M, N, device=x.device, dtype=torch.float32)
+        if small
+        else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    )
     chosen = {}
 
     def grid(meta):
@@ -114,9 +149,19 @@ def awq_gemm_triton(x: Tensor, qweight: Tensor, qzeros: Tensor, scales: Tensor, 
 
     bias_arg = bias if bias is not None else scales  # never read when HAS_BIAS is False
     kernel[grid](
-        x2, qweight, qzeros, scales, bias_arg, y,
-        M, N, K, triton.next_power_of_2(M), group_size,
-        x2.stride(0), x2.stride(1),
+        x2,
+        qweight,
+        qzeros,
+        scales,
+        bias_arg,
+        y,
+        M,
+        N,
+        K,
+        triton.next_power_of_2(M),
+        group_size,
+        x2.stride(0),
+        x2.stride(1),
         HAS_BIAS=bias is not None and not small,  # small M adds it after the split-K reduction
         # Triton 3.9's interpreter computes bf16 dots wrongly (garbage, not rounding): use fp32 there.
         DOT_FP32=INTERPRET and x.dtype == torch.bfloat16,

@@ -17,7 +17,9 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-samples", type=int, default=64, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
     p.add_argument("--method", choices=("awq", "rtn"), default="awq", help="rtn: plain round-to-nearest, no search")
-    p.add_argument("--propagate", choices=("quantized", "original"), default="quantized", help="what feeds the next block")
+    p.add_argument(
+        "--propagate", choices=("quantized", "original"), default="quantized", help="what feeds the next block"
+    )
     p.add_argument("--symmetric", action="store_true", help="no zero points (a constant zero of 8)")
 
 
@@ -31,7 +33,11 @@ def _compute(args: argparse.Namespace, config: Path | None = None):
     from awq_core.compute import Compute
     from validation.settings import from_dict, read_mapping
 
-    setting = from_dict(Compute, read_mapping(config, "Settings file").get("compute", {}), f"{config}: compute") if config else Compute()
+    setting = (
+        from_dict(Compute, read_mapping(config, "Settings file").get("compute", {}), f"{config}: compute")
+        if config
+        else Compute()
+    )
     overrides = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
     return Compute(**(vars(setting) | overrides))
 
@@ -39,7 +45,9 @@ def _compute(args: argparse.Namespace, config: Path | None = None):
 def _config(args: argparse.Namespace):
     from awq_core import QuantConfig
 
-    return QuantConfig(method=args.method, group_size=args.group_size, zero_point=not args.symmetric, propagate=args.propagate)
+    return QuantConfig(
+        method=args.method, group_size=args.group_size, zero_point=not args.symmetric, propagate=args.propagate
+    )
 
 
 def _calibration(model_dir: Path, files: list[Path], n_samples: int, seqlen: int):
@@ -61,8 +69,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.summary(), indent=1))
     else:
-        print(f"wrote {report.out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']} ({report.compute['why']}), "
-              f"peak RSS {report.peak_rss_mb:.0f} MB; per-layer report: {report.report_path}")
+        print(
+            f"wrote {report.out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']} ({report.compute['why']}), "
+            f"peak RSS {report.peak_rss_mb:.0f} MB; per-layer report: {report.report_path}"
+        )
     return 0
 
 
@@ -78,17 +88,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     assets = demo_assets()
     out_dir = cache_dir() / "demo" / f"SmolLM2-135M-Instruct-{args.method}-g{args.group_size}"
     shutil.rmtree(out_dir, ignore_errors=True)  # the demo's own output: always made afresh
-    print(f"Quantizing {assets.model_dir.name} ({args.method}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens from "
-          f"{len(assets.calibration_texts)} State of the Union addresses before 2000)")
+    print(
+        f"Quantizing {assets.model_dir.name} ({args.method}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens from "
+        f"{len(assets.calibration_texts)} State of the Union addresses before 2000)"
+    )
     calib = _calibration(assets.model_dir, assets.calibration_texts, args.n_samples, args.seqlen)
     compute = _compute(args)
     report = quantize(assets.model_dir, out_dir, calib, _config(args), compute=compute)
-    print(f"wrote {out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, peak RSS {report.peak_rss_mb:.0f} MB")
+    print(
+        f"wrote {out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, peak RSS {report.peak_rss_mb:.0f} MB"
+    )
 
     texts = assets.eval_streams(AutoTokenizer.from_pretrained(assets.model_dir), args.eval_tokens)
     resolved = resolve(compute)
     models = {"original": load_model(assets.model_dir, resolved), args.method.upper(): load_model(out_dir, resolved)}
-    print(f"\nperplexity on {args.eval_tokens} held-out tokens each of SOTU 2000-2021 (domain) and Shakespeare (general), windows of 512 every 256:")
+    print(
+        f"\nperplexity on {args.eval_tokens} held-out tokens each of SOTU 2000-2021 (domain) and Shakespeare (general), windows of 512 every 256:"
+    )
     print(f"{'text':10} {'original':>8} {args.method.upper():>8} {'change':>8}")
     for name, ids in texts.items():
         base, quant = (perplexity(model, ids) for model in models.values())
@@ -100,8 +116,10 @@ def _print_stage(result) -> None:
     where = " ".join(str(v) for k, v in (result.compute or {}).items() if k in ("device", "dtype", "engine", "server"))
     print(f"\n[{result.status.upper()}] {result.stage} ({result.seconds:.0f} s; {where})")
     for m in result.metrics:
-        print(f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {figure(m.baseline):>9}  candidate {figure(m.candidate):>9}  "
-              f"value {figure(m.value):>9} {m.limit}")
+        print(
+            f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {figure(m.baseline):>9}  candidate {figure(m.candidate):>9}  "
+            f"value {figure(m.value):>9} {m.limit}"
+        )
     for line in [r for r in (result.error, result.skipped) if r] + [f"warning: {w}" for w in result.warnings]:
         print(f"  {line}")
 
@@ -117,7 +135,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _print_stage(results[name])
     passed = all(r.status != "failed" for r in results.values())  # a stage the policy lets skip blocks nothing
     if args.json:
-        print(json.dumps({"passed": passed, "stages": {n: r.to_dict() for n, r in results.items()}}, indent=1, default=str))
+        print(
+            json.dumps(
+                {"passed": passed, "stages": {n: r.to_dict() for n, r in results.items()}}, indent=1, default=str
+            )
+        )
     else:
         print(f"\n{'all stages passed' if passed else 'a gate failed'}")
     return 0 if passed else 1
@@ -136,7 +158,9 @@ def _print_history(rows: list[dict]) -> None:
     for r in rows:
         failed = [k for k, g in r["gates"].items() if not g["passed"]]
         skipped = [stage for stage, outcome in r["stages"].items() if outcome["status"] == "skipped"]
-        gates = f"{len(r['gates']) - len(failed)}/{len(r['gates'])} passed" + (f"; failed: {', '.join(failed)}" if failed else "")
+        gates = f"{len(r['gates']) - len(failed)}/{len(r['gates'])} passed" + (
+            f"; failed: {', '.join(failed)}" if failed else ""
+        )
         gates += f"; skipped: {', '.join(skipped)}" if skipped else ""
         print(f"{r['model']:28} {r['version']:8} {r['status']:12} {r['created_at'][:19]:20} {gates}")
 
@@ -155,11 +179,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("No new checkpoint to release (its content was released before); history:")
     for outcome in outcomes:
         latest = next((r for r in reversed(rows) if r["status"] != "rolled_back"), None)
-        print(f"run {outcome.run_id} for checkpoint {outcome.partition_key}: {'succeeded' if outcome.success else 'FAILED'}")
+        print(
+            f"run {outcome.run_id} for checkpoint {outcome.partition_key}: {'succeeded' if outcome.success else 'FAILED'}"
+        )
         if latest:
-            print(f"release {latest['model']} {latest['version']}: {latest['status']}" + (f" at {latest['path']}" if latest["path"] else f" ({latest['reason']})"))
+            print(
+                f"release {latest['model']} {latest['version']}: {latest['status']}"
+                + (f" at {latest['path']}" if latest["path"] else f" ({latest['reason']})")
+            )
             for name, g in latest["gates"].items():
-                print(f"  {'ok  ' if g['passed'] else 'FAIL'} {name:60} {g['value']:.4g} (threshold {g['threshold']:.4g})")
+                print(
+                    f"  {'ok  ' if g['passed'] else 'FAIL'} {name:60} {g['value']:.4g} (threshold {g['threshold']:.4g})"
+                )
             for stage, outcome in latest["stages"].items():
                 if outcome["status"] == "skipped":
                     print(f"  SKIP {stage}: {'; '.join(outcome['reasons'])}")
@@ -210,8 +241,10 @@ def cmd_fetch_demo(args: argparse.Namespace) -> int:
 
     assets = demo_assets()
     policy = write_demo_policy(assets, cache_dir() / "demo-policy.yaml")
-    print(f"demo model: {assets.model_dir}\ncalibration texts: {len(assets.calibration_texts)}, held-out: {len(assets.domain_eval_texts)}, "
-          f"general: {len(assets.general_eval_texts)}, tasks: {', '.join(assets.tasks)}\nvalidation settings: {policy}")
+    print(
+        f"demo model: {assets.model_dir}\ncalibration texts: {len(assets.calibration_texts)}, held-out: {len(assets.domain_eval_texts)}, "
+        f"general: {len(assets.general_eval_texts)}, tasks: {', '.join(assets.tasks)}\nvalidation settings: {policy}"
+    )
     return 0
 
 
@@ -222,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="AWQ-quantize a checkpoint folder into an AutoAWQ GEMM checkpoint")
     p.add_argument("model_dir", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--calib", type=Path, nargs="+", required=True, help=".txt files, or .jsonl with 'text' or chat 'messages'")
+    p.add_argument(
+        "--calib", type=Path, nargs="+", required=True, help=".txt files, or .jsonl with 'text' or chat 'messages'"
+    )
     _quantize_args(p)
     _compute_args(p)
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -235,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("validate", help="compare a quantized candidate with its baseline; exit 0 passed, 1 a gate failed, 2 error")
+    p = sub.add_parser(
+        "validate", help="compare a quantized candidate with its baseline; exit 0 passed, 1 a gate failed, 2 error"
+    )
     p.add_argument("baseline", type=Path)
     p.add_argument("candidate", type=Path)
     p.add_argument("--stage", action="append", required=True, choices=(*STAGES, "all"), help="repeatable")

@@ -31,7 +31,11 @@ def default_resources() -> dict:
     }
 
 
-release_job = dg.define_asset_job("release_job", selection=dg.AssetSelection.groups(GROUP), description="Ingest, quantize, validate and promote one checkpoint.")
+release_job = dg.define_asset_job(
+    "release_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    description="Ingest, quantize, validate and promote one checkpoint.",
+)
 
 defs = dg.Definitions(
     assets=[checkpoint, calibration_set, awq_model, *(asset for asset, _ in VALIDATIONS), release],

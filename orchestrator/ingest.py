@@ -66,11 +66,15 @@ def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> t
     try:
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{adapter_dir.name} does not fit base model {base_name!r} at {base_dir}: it was trained for another base ({str(e).splitlines()[0][:200]}).") from e
+        raise CheckpointError(
+            f"{adapter_dir.name} does not fit base model {base_name!r} at {base_dir}: it was trained for another base ({str(e).splitlines()[0][:200]})."
+        ) from e
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
-    tokenizer_dir = adapter_dir if any((adapter_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")) else base_dir
+    tokenizer_dir = (
+        adapter_dir if any((adapter_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")) else base_dir
+    )
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
@@ -86,13 +90,25 @@ def footprint(ckpt: Checkpoint, policy: ReleasePolicy) -> dict:
     weights = 0.0
     for name, info in ckpt.tensors.items():
         n = math.prod(info.shape)
-        weights += n * (0.5 + 2.5 / group) if linear.fullmatch(name) else n * 2  # int4 + fp16 scale and packed zero per group
+        weights += (
+            n * (0.5 + 2.5 / group) if linear.fullmatch(name) else n * 2
+        )  # int4 + fp16 scale and packed zero per group
     c = ckpt.config
     head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     kv_per_token = 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim * 2
     kv = kv_per_token * policy.serving.max_model_len * policy.serving.max_num_seqs
-    usable = policy.target_gpu.memory_gib * 2**30 * policy.serving.gpu_memory_utilization * policy.serving.tensor_parallel_size
-    return {"weights_gib": weights / 2**30, "kv_cache_gib": kv / 2**30, "usable_gib": usable / 2**30, "fits": weights + kv <= usable}
+    usable = (
+        policy.target_gpu.memory_gib
+        * 2**30
+        * policy.serving.gpu_memory_utilization
+        * policy.serving.tensor_parallel_size
+    )
+    return {
+        "weights_gib": weights / 2**30,
+        "kv_cache_gib": kv / 2**30,
+        "usable_gib": usable / 2**30,
+        "fits": weights + kv <= usable,
+    }
 
 
 def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
@@ -112,4 +128,12 @@ def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
             "or max_num_seqs, or pick a larger GPU in the policy."
         )
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return Ingested(folder, content_hash(Path(adapter_path) if adapter_path else folder), ckpt.config["architectures"][0], size, base_model or ckpt.config.get("_name_or_path"), adapter_path, fit)
+    return Ingested(
+        folder,
+        content_hash(Path(adapter_path) if adapter_path else folder),
+        ckpt.config["architectures"][0],
+        size,
+        base_model or ckpt.config.get("_name_or_path"),
+        adapter_path,
+        fit,
+    )

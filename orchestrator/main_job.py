@@ -40,7 +40,10 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
         "calibration": {"texts": [str(p) for p in assets.calibration_texts], "n_samples": 16, "seqlen": 512},
         # 2048 search tokens (4 of the 16 windows) instead of 4096: the demo fits 10 minutes on a 2-core AVX2 CPU.
         "quantization": {"group_size": 64, "search_tokens": 2048},
-        "compute": {"device": "auto", "dtype": "auto"},  # CUDA if present, else bf16 only on CPUs that multiply it natively
+        "compute": {
+            "device": "auto",
+            "dtype": "auto",
+        },  # CUDA if present, else bf16 only on CPUs that multiply it natively
         "validation": demo_validation_settings(assets),
         "target_gpu": {"name": "H100 80GB", "memory_gib": 80},
         "serving": {"max_model_len": 8192, "max_num_seqs": 16, "dtype": "bfloat16"},
@@ -60,14 +63,20 @@ def tick_and_run(instance: dg.DagsterInstance, resources: dict, max_ticks: int =
         cursor = result.cursor
         for request in result.dynamic_partitions_requests:
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        requests = [r for r in result.run_requests if not instance.get_runs_count(dg.RunsFilter(tags={"dagster/run_key": r.run_key}))]
+        requests = [
+            r
+            for r in result.run_requests
+            if not instance.get_runs_count(dg.RunsFilter(tags={"dagster/run_key": r.run_key}))
+        ]
         if result.run_requests:
             break
     job = defs.resolve_job_def("release_job")
     outcomes = []
     for request in requests:
         tags = request.tags | {"dagster/run_key": request.run_key}
-        run = job.execute_in_process(instance=instance, partition_key=request.partition_key, resources=resources, tags=tags, raise_on_error=False)
+        run = job.execute_in_process(
+            instance=instance, partition_key=request.partition_key, resources=resources, tags=tags, raise_on_error=False
+        )
         outcomes.append(JobOutcome(request.partition_key, run.success, run.run_id))
     return outcomes
 
@@ -81,7 +90,9 @@ def run_demo(assets: DemoAssets) -> list[JobOutcome]:
     target = Path(platform.checkpoints_dir) / assets.model_dir.name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(assets.model_dir, target.with_name(f".{target.name}.copying"))  # hidden while copying: the sensor skips it
+        shutil.copytree(
+            assets.model_dir, target.with_name(f".{target.name}.copying")
+        )  # hidden while copying: the sensor skips it
         target.with_name(f".{target.name}.copying").rename(target)
     with dg.DagsterInstance.get() as instance:
         return tick_and_run(instance, resources)

@@ -13,7 +13,11 @@ from orchestrator.db.models import QuantizationRun, Release, ReleaseEvent, Valid
 
 def latest_stages(session: Session, quantization_run_id: int) -> dict[str, ValidationStage]:
     """The newest result of each validation stage for one quantization run."""
-    rows = session.scalars(select(ValidationStage).where(ValidationStage.quantization_run_id == quantization_run_id).order_by(ValidationStage.id)).all()
+    rows = session.scalars(
+        select(ValidationStage)
+        .where(ValidationStage.quantization_run_id == quantization_run_id)
+        .order_by(ValidationStage.id)
+    ).all()
     return {row.stage: row for row in rows}  # later rows overwrite earlier ones
 
 
@@ -21,7 +25,13 @@ def gate_metrics(session: Session, release: Release) -> dict[str, dict]:
     if release.quantization_run_id is None:
         return {}
     return {
-        f"{stage}.{m.metric}": {"baseline": m.baseline, "candidate": m.candidate, "value": m.value, "threshold": m.threshold, "passed": m.passed}
+        f"{stage}.{m.metric}": {
+            "baseline": m.baseline,
+            "candidate": m.candidate,
+            "value": m.value,
+            "threshold": m.threshold,
+            "passed": m.passed,
+        }
         for stage, row in latest_stages(session, release.quantization_run_id).items()
         for m in row.metrics
     }
@@ -31,7 +41,10 @@ def stage_outcomes(session: Session, release: Release) -> dict[str, dict]:
     """Each stage's status (passed | failed | skipped) and reasons, for the release's quantization run."""
     if release.quantization_run_id is None:
         return {}
-    return {stage: {"status": row.status, "reasons": row.reasons} for stage, row in latest_stages(session, release.quantization_run_id).items()}
+    return {
+        stage: {"status": row.status, "reasons": row.reasons}
+        for stage, row in latest_stages(session, release.quantization_run_id).items()
+    }
 
 
 def release_record(session: Session, release: Release) -> dict:
@@ -63,7 +76,10 @@ def _find(session: Session, version: str, model: str | None = None) -> Release:
         query = query.where(Release.model == model)
     rows = session.scalars(query).all()
     if len(rows) != 1:
-        raise ReleaseError(f"{'No' if not rows else 'More than one'} release has version {version!r}" + ("" if model else ": name the model too (--model)."))
+        raise ReleaseError(
+            f"{'No' if not rows else 'More than one'} release has version {version!r}"
+            + ("" if model else ": name the model too (--model).")
+        )
     return rows[0]
 
 
@@ -71,7 +87,9 @@ def show(engine: Engine, version: str, model: str | None = None) -> dict:
     with session_scope(engine) as session:
         release = _find(session, version, model)
         run = session.get(QuantizationRun, release.quantization_run_id) if release.quantization_run_id else None
-        events = session.scalars(select(ReleaseEvent).where(ReleaseEvent.release_id == release.id).order_by(ReleaseEvent.id)).all()
+        events = session.scalars(
+            select(ReleaseEvent).where(ReleaseEvent.release_id == release.id).order_by(ReleaseEvent.id)
+        ).all()
         return release_record(session, release) | {
             "manifest": release.manifest,
             "settings": run.settings if run else None,
@@ -85,7 +103,9 @@ def diff(engine: Engine, a: str, b: str, model: str | None = None) -> dict[str, 
 
     def flat(record: dict) -> dict:
         settings = {f"settings.{k}": v for k, v in (record["settings"] or {}).items()}
-        return settings | {f"gate.{k}": v["candidate"] for k, v in record["gates"].items()} | {"status": record["status"]}
+        return (
+            settings | {f"gate.{k}": v["candidate"] for k, v in record["gates"].items()} | {"status": record["status"]}
+        )
 
     fa, fb = flat(left), flat(right)
     return {k: (fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)}
@@ -97,16 +117,26 @@ def rollback(engine: Engine, registry: Path, model: str) -> dict:
     swapped_from = None
     try:
         with session_scope(engine) as session:
-            promoted = session.scalars(select(Release).where(Release.model == model, Release.status == "promoted").order_by(Release.id)).all()
+            promoted = session.scalars(
+                select(Release).where(Release.model == model, Release.status == "promoted").order_by(Release.id)
+            ).all()
             if len(promoted) < 2:
-                raise ReleaseError(f"{model} has {len(promoted)} promoted release(s): there is nothing earlier to roll back to.")
+                raise ReleaseError(
+                    f"{model} has {len(promoted)} promoted release(s): there is nothing earlier to roll back to."
+                )
             current, previous = promoted[-1], promoted[-2]
             on_disk = current_version(registry, model)
             if on_disk != current.version:
-                raise ReleaseError(f"The registry's current release of {model} is {on_disk}, the database's is {current.version}: fix the registry before rolling back.")
+                raise ReleaseError(
+                    f"The registry's current release of {model} is {on_disk}, the database's is {current.version}: fix the registry before rolling back."
+                )
             current.status = "rolled_back"
-            session.add(ReleaseEvent(release_id=current.id, action="rolled_back", detail=f"replaced by {previous.version}"))
-            session.add(ReleaseEvent(release_id=previous.id, action="restored", detail=f"after rollback of {current.version}"))
+            session.add(
+                ReleaseEvent(release_id=current.id, action="rolled_back", detail=f"replaced by {previous.version}")
+            )
+            session.add(
+                ReleaseEvent(release_id=previous.id, action="restored", detail=f"after rollback of {current.version}")
+            )
             session.flush()
             point_current(registry, model, previous.version)
             swapped_from = current.version

@@ -4,8 +4,13 @@ from validation.result import Metric, figure
 
 
 def metrics_table(metrics: list[Metric]) -> str:
-    rows = [f"| {m.name} | {figure(m.baseline)} | {figure(m.candidate)} | {figure(m.value)} | {m.limit} | {'pass' if m.passed else 'FAIL'} |" for m in metrics]
-    return "\n".join(["| gate | baseline | candidate | value | threshold | result |", "|---|---|---|---|---|---|", *rows])
+    rows = [
+        f"| {m.name} | {figure(m.baseline)} | {figure(m.candidate)} | {figure(m.value)} | {m.limit} | {'pass' if m.passed else 'FAIL'} |"
+        for m in metrics
+    ]
+    return "\n".join(
+        ["| gate | baseline | candidate | value | threshold | result |", "|---|---|---|---|---|---|", *rows]
+    )
 
 
 def model_card(manifest: dict) -> str:
@@ -28,7 +33,14 @@ def model_card(manifest: dict) -> str:
         if result.get("status") == "skipped":  # allowed by the policy, and said so: never shown as passed
             lines.append(f"| {stage} | not run: {'; '.join(result['reasons'])} | - | - | - |")
         for name, m in result["metrics"].items():
-            lines.append(f"| {stage} | {name} | {figure(m['baseline'])} | {figure(m['candidate'])} | {figure(m['threshold'])} |")
-    lines += ["", "## Lineage", "", f"checkpoint id {manifest['checkpoint']['id']}, calibration set id {manifest['calibration']['id']}, "
-              f"quantization run id {manifest['quantization']['id']}, release id {manifest['release_id']}; file hashes in manifest.json."]  # fmt: skip
+            lines.append(
+                f"| {stage} | {name} | {figure(m['baseline'])} | {figure(m['candidate'])} | {figure(m['threshold'])} |"
+            )
+    lines += [
+        "",
+        "## Lineage",
+        "",
+        f"checkpoint id {manifest['checkpoint']['id']}, calibration set id {manifest['calibration']['id']}, "
+        f"quantization run id {manifest['quantization']['id']}, release id {manifest['release_id']}; file hashes in manifest.json.",
+    ]
     return "\n".join(lines) + "\n"

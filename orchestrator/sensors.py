@@ -28,7 +28,9 @@ def signature(folder: Path) -> str:
     return h.hexdigest()
 
 
-def scan(checkpoints_dir: Path, cursor: dict, known_partitions: set[str], log) -> tuple[list[dg.RunRequest], list[str], dict]:
+def scan(
+    checkpoints_dir: Path, cursor: dict, known_partitions: set[str], log
+) -> tuple[list[dg.RunRequest], list[str], dict]:
     """One tick: (run requests, partitions to add, next cursor). Logs why each folder is skipped."""
     last_seen: dict = cursor.get("signatures", {})
     requested: list = cursor.get("requested", [])
@@ -51,7 +53,11 @@ def scan(checkpoints_dir: Path, cursor: dict, known_partitions: set[str], log) -
             log.info(f"skip {folder.name!r}: content {digest[:12]} already requested")
             continue
         requested.append(digest)
-        requests.append(dg.RunRequest(run_key=digest, partition_key=key, tags={"checkpoint_folder": folder.name, "content_hash": digest}))
+        requests.append(
+            dg.RunRequest(
+                run_key=digest, partition_key=key, tags={"checkpoint_folder": folder.name, "content_hash": digest}
+            )
+        )
         if key not in known_partitions and key not in new_keys:
             new_keys.append(key)
     return requests, new_keys, {"signatures": signatures, "requested": requested}

@@ -12,10 +12,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa
 
 from awq_core import QuantConfig, build_calibration, quantize  # noqa: E402
 from deploy.capability import vllm_awq_capability  # noqa: E402
-
 from orchestrator.demo import DemoAssets, demo_assets  # noqa: E402
 
-MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+MODEL_TYPES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
@@ -37,7 +41,14 @@ def demo() -> DemoAssets:
     return demo_assets()
 
 
-def make_tiny_model(path: Path, tokenizer_dir: Path, architecture: str = "LlamaForCausalLM", hidden: int = 128, kv_heads: int = 2, seed: int = 0) -> Path:
+def make_tiny_model(
+    path: Path,
+    tokenizer_dir: Path,
+    architecture: str = "LlamaForCausalLM",
+    hidden: int = 128,
+    kv_heads: int = 2,
+    seed: int = 0,
+) -> Path:
     """A 2-block random model with the demo tokenizer. A few input channels are boosted in every norm,
     as real LLMs have salient activation channels: that is what AWQ's scales exist for."""
     torch.manual_seed(seed)
@@ -87,6 +98,10 @@ def demo_quantized(tmp_path_factory, demo) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
     calib = build_calibration(tokenizer, demo.calibration_texts, n_samples=16, seqlen=256)
     root = tmp_path_factory.mktemp("demo")
-    for name, config in {"awq": QuantConfig(search_tokens=2048), "rtn": QuantConfig(method="rtn"), "rtn2": QuantConfig(method="rtn", bits=2)}.items():
+    for name, config in {
+        "awq": QuantConfig(search_tokens=2048),
+        "rtn": QuantConfig(method="rtn"),
+        "rtn2": QuantConfig(method="rtn", bits=2),
+    }.items():
         quantize(demo.model_dir, root / name, calib, config, progress=False)
     return root

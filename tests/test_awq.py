@@ -1,6 +1,7 @@
 """AWQ end to end on tiny random models of every supported architecture."""
 
 import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -51,14 +52,30 @@ def test_scale_folding_keeps_the_block_function(tiny_llama, calib):
     torch.testing.assert_close(run_block(block, x, kwargs), before, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("architecture, kv_heads", [("LlamaForCausalLM", 4), ("LlamaForCausalLM", 2), ("MistralForCausalLM", 2), ("Qwen2ForCausalLM", 2), ("Qwen3ForCausalLM", 2)])
+@pytest.mark.parametrize(
+    "architecture, kv_heads",
+    [
+        ("LlamaForCausalLM", 4),
+        ("LlamaForCausalLM", 2),
+        ("MistralForCausalLM", 2),
+        ("Qwen2ForCausalLM", 2),
+        ("Qwen3ForCausalLM", 2),
+    ],
+)
 def test_awq_beats_round_to_nearest(tmp_path, demo, calib, held_out, architecture, kv_heads):
     model_dir = make_tiny_model(tmp_path / "model", demo.model_dir, architecture, kv_heads=kv_heads, seed=1)
     awq = quantize(model_dir, tmp_path / "awq", calib, QuantConfig(**FAST), progress=False)
     quantize(model_dir, tmp_path / "rtn", calib, QuantConfig(method="rtn", **FAST), progress=False)
 
     config = json.loads((tmp_path / "awq" / "config.json").read_text())
-    assert config["quantization_config"] == {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm", "modules_to_not_convert": ["lm_head"]}
+    assert config["quantization_config"] == {
+        "quant_method": "awq",
+        "bits": 4,
+        "group_size": 32,
+        "zero_point": True,
+        "version": "gemm",
+        "modules_to_not_convert": ["lm_head"],
+    }
     assert (tmp_path / "awq" / "tokenizer.json").is_file() and (tmp_path / "awq" / "chat_template.jinja").is_file()
     tensors = {}
     for shard in (tmp_path / "awq").glob("*.safetensors"):
@@ -115,5 +132,7 @@ def test_interrupted_run_resumes_at_first_unfinished_block(tmp_path, tiny_llama,
 def test_partial_run_from_other_inputs_is_discarded(tmp_path, tiny_llama, calib, monkeypatch, change):
     interrupt_after_first_block(monkeypatch, tiny_llama, tmp_path / "out", calib, QuantConfig(**FAST))
     config = QuantConfig(**(FAST | {"group_size": 64})) if change == "settings" else QuantConfig(**FAST)
-    report = quantize(tiny_llama, tmp_path / "out", calib if change == "settings" else calib[:, :64], config, progress=False)
+    report = quantize(
+        tiny_llama, tmp_path / "out", calib if change == "settings" else calib[:, :64], config, progress=False
+    )
     assert report.resumed_blocks == 0

@@ -16,7 +16,21 @@ CLI = str(Path(sys.executable).parent / "awq-release")
 
 
 def run_quantize(model_dir: Path, out_dir: Path, calib: list[Path], *extra: str) -> subprocess.CompletedProcess:
-    args = [CLI, "quantize", str(model_dir), str(out_dir), "--calib", *map(str, calib), "--group-size", "32", "--n-samples", "4", "--seqlen", "64", *extra]
+    args = [
+        CLI,
+        "quantize",
+        str(model_dir),
+        str(out_dir),
+        "--calib",
+        *map(str, calib),
+        "--group-size",
+        "32",
+        "--n-samples",
+        "4",
+        "--seqlen",
+        "64",
+        *extra,
+    ]
     return subprocess.run(args, capture_output=True, text=True, timeout=300)
 
 
@@ -38,7 +52,11 @@ def test_cli_quantizes_and_prints_json(tmp_path, tiny_llama, calib_file):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["out_dir"] == str(tmp_path / "out") and summary["seconds"] > 0 and summary["peak_rss_mb"] > 0
-    assert Path(summary["report_path"]).is_file() and summary["config"]["calibration"] == {"n_samples": 4, "seqlen": 64, "fingerprint": summary["config"]["calibration"]["fingerprint"]}
+    assert Path(summary["report_path"]).is_file() and summary["config"]["calibration"] == {
+        "n_samples": 4,
+        "seqlen": 64,
+        "fingerprint": summary["config"]["calibration"]["fingerprint"],
+    }
 
 
 def test_group_size_that_does_not_divide_a_layer(tmp_path, demo, calib_file):
@@ -50,7 +68,12 @@ def test_group_size_that_does_not_divide_a_layer(tmp_path, demo, calib_file):
 def test_unknown_architecture(tmp_path, model_copy, calib_file):
     config = json.loads((model_copy / "config.json").read_text())
     (model_copy / "config.json").write_text(json.dumps(config | {"architectures": ["GPT2LMHeadModel"]}))
-    assert_refused(run_quantize(model_copy, tmp_path / "out", [calib_file]), tmp_path / "out", "GPT2LMHeadModel", "Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM")
+    assert_refused(
+        run_quantize(model_copy, tmp_path / "out", [calib_file]),
+        tmp_path / "out",
+        "GPT2LMHeadModel",
+        "Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
+    )
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -59,7 +82,11 @@ def test_non_finite_weights(tmp_path, model_copy, calib_file, value):
     tensors = load_file(path)
     tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = value
     save_file(tensors, path, metadata={"format": "pt"})
-    assert_refused(run_quantize(model_copy, tmp_path / "out", [calib_file]), tmp_path / "out", "model.layers.1.mlp.up_proj.weight holds 1 NaN/Inf")
+    assert_refused(
+        run_quantize(model_copy, tmp_path / "out", [calib_file]),
+        tmp_path / "out",
+        "model.layers.1.mlp.up_proj.weight holds 1 NaN/Inf",
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,7 +95,10 @@ def test_non_finite_weights(tmp_path, model_copy, calib_file, value):
         (lambda d: (d / "config.json").unlink(), "no config.json"),
         (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer"),
         (lambda d: (d / "model.safetensors").unlink(), "no *.safetensors weights"),
-        (lambda d: torch.save({"w": torch.zeros(1)}, d / "pytorch_model.bin") or (d / "model.safetensors").unlink(), "only pickle weights (pytorch_model.bin)"),
+        (
+            lambda d: torch.save({"w": torch.zeros(1)}, d / "pytorch_model.bin") or (d / "model.safetensors").unlink(),
+            "only pickle weights (pytorch_model.bin)",
+        ),
         (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-1000]), "truncated"),
     ],
     ids=["no-config", "no-tokenizer", "no-weights", "pickle-only", "truncated"],
@@ -84,13 +114,17 @@ def test_empty_and_too_short_calibration(tmp_path, tiny_llama):
     assert_refused(run_quantize(tiny_llama, tmp_path / "out", [empty]), tmp_path / "out", "hold no text")
     short = tmp_path / "short.txt"
     short.write_text("Only a few words of domain text.")
-    assert_refused(run_quantize(tiny_llama, tmp_path / "out", [short]), tmp_path / "out", "4 windows of 64 need 256", "--n-samples")
+    assert_refused(
+        run_quantize(tiny_llama, tmp_path / "out", [short]), tmp_path / "out", "4 windows of 64 need 256", "--n-samples"
+    )
 
 
 def test_malformed_jsonl_names_the_line(tmp_path, tiny_llama):
     bad = tmp_path / "chats.jsonl"
     bad.write_text('{"text": "fine"}\n{"messages": [{"role": "user", "content": "hi"}]}\n{oops\n')
-    assert_refused(run_quantize(tiny_llama, tmp_path / "out", [bad]), tmp_path / "out", "chats.jsonl:3 is not valid JSON")
+    assert_refused(
+        run_quantize(tiny_llama, tmp_path / "out", [bad]), tmp_path / "out", "chats.jsonl:3 is not valid JSON"
+    )
 
 
 def test_existing_output_is_never_overwritten(tmp_path, tiny_llama, calib_file):

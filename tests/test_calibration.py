@@ -11,7 +11,10 @@ from awq_core.calibration import build_calibration, read_documents, token_stream
 def test_jsonl_text_and_chat_messages(tmp_path, tiny_llama):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     path = tmp_path / "data.jsonl"
-    rows = [{"text": "The budget was balanced."}, {"messages": [{"role": "user", "content": "Who signed it?"}, {"role": "assistant", "content": "Congress."}]}]
+    rows = [
+        {"text": "The budget was balanced."},
+        {"messages": [{"role": "user", "content": "Who signed it?"}, {"role": "assistant", "content": "Congress."}]},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     plain, chat = read_documents([path], tokenizer)
     assert plain == "The budget was balanced."

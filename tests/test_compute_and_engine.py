@@ -30,7 +30,10 @@ def cpu_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-@pytest.mark.parametrize("flags, dtype", [(AVX2_FLAGS, torch.float32), (AVX512_BF16_FLAGS, torch.bfloat16), (AVX2_FLAGS | {"amx_bf16"}, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "flags, dtype",
+    [(AVX2_FLAGS, torch.float32), (AVX512_BF16_FLAGS, torch.bfloat16), (AVX2_FLAGS | {"amx_bf16"}, torch.bfloat16)],
+)
 def test_auto_on_cpu_uses_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch, cpu_only, flags, dtype):
     monkeypatch.setattr(compute_module, "cpu_flags", lambda: flags)
     resolved = resolve(Compute())
@@ -61,12 +64,23 @@ def test_checkpoint_format_is_the_same_whatever_the_compute(tmp_path, tiny_llama
     calib = build_calibration(AutoTokenizer.from_pretrained(tiny_llama), [calib_file], n_samples=4, seqlen=128)
     shards = {}
     for dtype in ("float32", "bfloat16"):
-        report = quantize(tiny_llama, tmp_path / dtype, calib, QuantConfig(**FAST), progress=False, compute=Compute(device="cpu", dtype=dtype))
+        report = quantize(
+            tiny_llama,
+            tmp_path / dtype,
+            calib,
+            QuantConfig(**FAST),
+            progress=False,
+            compute=Compute(device="cpu", dtype=dtype),
+        )
         assert report.compute["dtype"] == dtype and report.peak_gpu_mb is None
         assert json.loads((tmp_path / dtype / "quant_report.json").read_text())["compute"]["device"] == "cpu"
-        shards[dtype] = {k: v for shard in sorted((tmp_path / dtype).glob("*.safetensors")) for k, v in load_file(shard).items()}
+        shards[dtype] = {
+            k: v for shard in sorted((tmp_path / dtype).glob("*.safetensors")) for k, v in load_file(shard).items()
+        }
     fp32, bf16 = shards["float32"], shards["bfloat16"]
-    assert fp32.keys() == bf16.keys() and all(fp32[k].dtype == bf16[k].dtype and fp32[k].shape == bf16[k].shape for k in fp32)
+    assert fp32.keys() == bf16.keys() and all(
+        fp32[k].dtype == bf16[k].dtype and fp32[k].shape == bf16[k].shape for k in fp32
+    )
     assert fp32["model.layers.0.input_layernorm.weight"].dtype == torch.bfloat16  # the checkpoint's storage dtype
 
 
@@ -93,8 +107,16 @@ def test_awq_linear_on_cpu_dequantizes_once(monkeypatch):
     "found, runs, phrase",
     [
         ({"installed": True, "cuda": True, "platform": "CudaPlatform"}, True, "CUDA"),
-        ({"installed": True, "cuda": False, "platform": "CpuPlatform", "cpu_w4a16": True, "isa": "AVX512"}, True, "cpu_gemm_wna16"),
-        ({"installed": True, "cuda": False, "platform": "CpuPlatform", "cpu_w4a16": False, "isa": "AVX2"}, False, "AVX2 build) has no 4-bit AWQ kernel"),
+        (
+            {"installed": True, "cuda": False, "platform": "CpuPlatform", "cpu_w4a16": True, "isa": "AVX512"},
+            True,
+            "cpu_gemm_wna16",
+        ),
+        (
+            {"installed": True, "cuda": False, "platform": "CpuPlatform", "cpu_w4a16": False, "isa": "AVX2"},
+            False,
+            "AVX2 build) has no 4-bit AWQ kernel",
+        ),
         ({"installed": False, "detail": "No module named 'vllm'"}, False, "not installed"),
     ],
 )
@@ -119,7 +141,9 @@ def test_load_stage_where_vllm_cannot_run_awq(monkeypatch, tmp_path, tiny_llama,
     cannot = Capability(False, "this host's vLLM (CpuPlatform, AVX2 build) has no 4-bit AWQ kernel: fix it")
     monkeypatch.setattr(load_test, "vllm_awq_capability", lambda: cannot)
     monkeypatch.setattr(load_test, "serve", lambda *a, **k: pytest.fail("a server was started"))
-    settings = LoadSettings(prompt_texts=(calib_file,), requests_per_level=2, prompt_tokens=32, log_dir=tmp_path, required=required)
+    settings = LoadSettings(
+        prompt_texts=(calib_file,), requests_per_level=2, prompt_tokens=32, log_dir=tmp_path, required=required
+    )
     result = load_test.run(tiny_llama, tiny_llama, settings)
     assert not result.passed and result.metrics == [] and not list(Path(tmp_path).iterdir())
     if required:
@@ -136,7 +160,17 @@ def test_quantizer_on_cuda_matches_cpu(tmp_path, tiny_llama, calib_file):
     at a rounding boundary, so at least 98% of the packed words match and the models' logits agree
     to 1e-2 relative."""
     calib = build_calibration(AutoTokenizer.from_pretrained(tiny_llama), [calib_file], n_samples=4, seqlen=128)
-    reports = {d: quantize(tiny_llama, tmp_path / d, calib, QuantConfig(**FAST), progress=False, compute=Compute(device=d, dtype="float32")) for d in ("cpu", "cuda")}
+    reports = {
+        d: quantize(
+            tiny_llama,
+            tmp_path / d,
+            calib,
+            QuantConfig(**FAST),
+            progress=False,
+            compute=Compute(device=d, dtype="float32"),
+        )
+        for d in ("cpu", "cuda")
+    }
     assert reports["cuda"].compute["device"].startswith("cuda") and reports["cuda"].peak_gpu_mb > 0
     cpu, gpu = (load_file(tmp_path / d / "model-00002-of-00003.safetensors") for d in ("cpu", "cuda"))
     for name in (k for k in cpu if k.endswith(".qweight")):

@@ -17,7 +17,16 @@ from orchestrator.main_job import prepare_home
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = {"checkpoint", "calibration_set", "awq_model", "perplexity_validation", "tasks_validation", "long_context_validation", "load_validation", "release"}
+ASSETS = {
+    "checkpoint",
+    "calibration_set",
+    "awq_model",
+    "perplexity_validation",
+    "tasks_validation",
+    "long_context_validation",
+    "load_validation",
+    "release",
+}
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
@@ -51,7 +60,9 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
     home = tmp_path / "platform"
     dagster_home = prepare_home(home)
     (home / "policy.yaml").write_text("{}\n")
-    broken = home / "checkpoints" / "no-weights"  # ingest refuses it at once (no tokenizer, no weights): the launched run ends quickly
+    broken = (
+        home / "checkpoints" / "no-weights"
+    )  # ingest refuses it at once (no tokenizer, no weights): the launched run ends quickly
     broken.mkdir(parents=True)
     (broken / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
@@ -62,33 +73,65 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
     env = os.environ | {"DAGSTER_HOME": str(dagster_home), "AWQ_RELEASE_HOME": str(home)}
     dagster = Path(sys.executable).parent / "dagster"
     log = (tmp_path / "dagster-dev.log").open("w")
-    server = subprocess.Popen([dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: up(port) or server.poll() is not None, 240, "dagster dev answered")
         assert server.poll() is None, (tmp_path / "dagster-dev.log").read_text()[-3000:]
-        nodes = wait_until(lambda: graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"], 120, "the code location loaded")
+        nodes = wait_until(
+            lambda: graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"], 120, "the code location loaded"
+        )
         assert {"/".join(n["assetKey"]["path"]) for n in nodes} == ASSETS
 
-        repos = graphql(port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")["repositoriesOrError"]["nodes"]
-        launched = graphql(port, """mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
+        repos = graphql(
+            port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+        )["repositoriesOrError"]["nodes"]
+        launched = graphql(
+            port,
+            """mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
               __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } } } }""",
-            {"params": {"selector": {"repositoryLocationName": repos[0]["location"]["name"], "repositoryName": repos[0]["name"], "jobName": "release_job"},
-                        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "no-weights"}]}}})["launchRun"]  # fmt: skip
+            {
+                "params": {
+                    "selector": {
+                        "repositoryLocationName": repos[0]["location"]["name"],
+                        "repositoryName": repos[0]["name"],
+                        "jobName": "release_job",
+                    },
+                    "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "no-weights"}]},
+                }
+            },
+        )["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
         run_id = launched["run"]["runId"]
 
         def finished():
-            run = graphql(port, 'query ($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }', {"id": run_id})["runOrError"]
+            run = graphql(
+                port,
+                "query ($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }",
+                {"id": run_id},
+            )["runOrError"]
             return run if run["status"] in ("SUCCESS", "FAILURE", "CANCELED") else None
 
         run = wait_until(finished, 240, "the launched run finished")
         assert run["status"] == "FAILURE"  # the checkpoint has no weights: ingest refuses, nothing is promoted
         assert {"key": "dagster/partition", "value": "no-weights"} in run["tags"]
-        events = graphql(port, """query ($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
-              __typename ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } } } } } }""", {"id": run_id})["logsForRun"]["events"]
+        events = graphql(
+            port,
+            """query ($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
+              __typename ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } } } } } }""",
+            {"id": run_id},
+        )["logsForRun"]["events"]
         failures = [e for e in events if e["__typename"] == "ExecutionStepFailureEvent"]
         assert [f["stepKey"] for f in failures] == ["checkpoint"], failures
-        assert "CheckpointError" in failures[0]["error"]["causes"][0]["message"]  # refused by ingest's checks, not broken wiring
+        assert (
+            "CheckpointError" in failures[0]["error"]["causes"][0]["message"]
+        )  # refused by ingest's checks, not broken wiring
         assert not (home / "registry").exists() or not any((home / "registry").iterdir())
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -21,7 +21,15 @@ from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, 
 from orchestrator.lineage import record_release, record_stage
 from validation.result import StageResult, gate
 
-TABLES = {"checkpoints", "calibration_sets", "quantization_runs", "validation_stages", "validation_metrics", "releases", "release_events"}
+TABLES = {
+    "checkpoints",
+    "calibration_sets",
+    "quantization_runs",
+    "validation_stages",
+    "validation_metrics",
+    "releases",
+    "release_events",
+}
 
 
 def _postgres_bin() -> Path:
@@ -40,9 +48,15 @@ def postgres_url():
     if as_postgres:
         shutil.chown(data, "postgres")
     port = free_port()
-    subprocess.run([*as_postgres, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_postgres, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-o", options, "-l", data / "log", "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_postgres, bindir / "pg_ctl", "-D", data, "-o", options, "-l", data / "log", "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -65,14 +79,36 @@ def database_url(request, tmp_path):
 def add_lineage(engine, name: str = "ckpt") -> int:
     """A checkpoint, its calibration set and quantization run: returns the run id."""
     with session_scope(engine) as session:
-        ckpt = Checkpoint(name=name, path=f"/models/{name}", content_hash=name * 8, architecture="LlamaForCausalLM", size_bytes=300 * 2**30)
+        ckpt = Checkpoint(
+            name=name,
+            path=f"/models/{name}",
+            content_hash=name * 8,
+            architecture="LlamaForCausalLM",
+            size_bytes=300 * 2**30,
+        )
         session.add(ckpt)
         session.flush()
-        calib = CalibrationSet(checkpoint_id=ckpt.id, source_hashes={"a.txt": "00"}, n_samples=4, seqlen=128, tokens_path="/t", tokens_hash="ab")
+        calib = CalibrationSet(
+            checkpoint_id=ckpt.id,
+            source_hashes={"a.txt": "00"},
+            n_samples=4,
+            seqlen=128,
+            tokens_path="/t",
+            tokens_hash="ab",
+        )
         session.add(calib)
         session.flush()
-        run = QuantizationRun(checkpoint_id=ckpt.id, calibration_set_id=calib.id, settings={"group_size": 64}, seconds=1.0, peak_rss_mb=1.0,
-                              layer_errors=[{"linear": "q"}], block_mse=[0.1], output_path="/out", output_hash="cd")  # fmt: skip
+        run = QuantizationRun(
+            checkpoint_id=ckpt.id,
+            calibration_set_id=calib.id,
+            settings={"group_size": 64},
+            seconds=1.0,
+            peak_rss_mb=1.0,
+            layer_errors=[{"linear": "q"}],
+            block_mse=[0.1],
+            output_path="/out",
+            output_hash="cd",
+        )
         session.add(run)
         session.flush()
         return run.id
@@ -103,9 +139,16 @@ def test_history_show_diff_and_rollback(database_url, tmp_path):
     versions = []
     for name, increase in (("a", 0.05), ("b", 0.08)):
         run_id = add_lineage(engine, name)
-        record_stage(engine, run_id, StageResult("perplexity", [gate("domain perplexity increase", 10.0, 10 * (1 + increase), increase, 0.15)]), "/r.json")
+        record_stage(
+            engine,
+            run_id,
+            StageResult("perplexity", [gate("domain perplexity increase", 10.0, 10 * (1 + increase), increase, 0.15)]),
+            "/r.json",
+        )
         with session_scope(engine) as session:
-            row = record_release(session, "bot", "promoted", session.get(QuantizationRun, run_id).checkpoint_id, run_id, {"n": name})
+            row = record_release(
+                session, "bot", "promoted", session.get(QuantizationRun, run_id).checkpoint_id, run_id, {"n": name}
+            )
             row.path = str(publish(registry, "bot", row.version, model_dir, {"n": name}, "# card", {}))
             versions.append(row.version)
     assert versions == ["v0001", "v0002"] and current_version(registry, "bot") == "v0002"
@@ -113,7 +156,9 @@ def test_history_show_diff_and_rollback(database_url, tmp_path):
     rows = releases.history(engine, "bot")
     assert [(r["version"], r["status"]) for r in rows] == [("v0001", "promoted"), ("v0002", "promoted")]
     assert rows[1]["gates"]["perplexity.domain perplexity increase"]["value"] == pytest.approx(0.08)
-    assert releases.diff(engine, "v0001", "v0002", "bot") == {"gate.perplexity.domain perplexity increase": (pytest.approx(10.5), pytest.approx(10.8))}
+    assert releases.diff(engine, "v0001", "v0002", "bot") == {
+        "gate.perplexity.domain perplexity increase": (pytest.approx(10.5), pytest.approx(10.8))
+    }
 
     assert releases.rollback(engine, registry, "bot") == {"model": "bot", "rolled_back": "v0002", "current": "v0001"}
     assert current_version(registry, "bot") == "v0001"
@@ -131,7 +176,9 @@ def test_rollback_keeps_registry_and_database_in_step_when_the_commit_fails(tmp_
     for name in ("a", "b"):
         run_id = add_lineage(engine, name)
         with session_scope(engine) as session:
-            row = record_release(session, "bot", "promoted", session.get(QuantizationRun, run_id).checkpoint_id, run_id, {})
+            row = record_release(
+                session, "bot", "promoted", session.get(QuantizationRun, run_id).checkpoint_id, run_id, {}
+            )
             publish(registry, "bot", row.version, model_dir, {}, "", {})
 
     @contextmanager
@@ -157,9 +204,18 @@ def test_unreachable_database_is_a_clear_error():
 def test_stage_rows_keep_every_metric(database_url):
     engine = upgrade(database_url)
     run_id = add_lineage(engine)
-    result = StageResult("load", [gate("c=1 TTFT p90 s", None, 0.5, 0.5, 0.2), gate("c=1 output tokens/s", None, 30.0, 30.0, 1.0, higher_is_better=True)])
+    result = StageResult(
+        "load",
+        [
+            gate("c=1 TTFT p90 s", None, 0.5, 0.5, 0.2),
+            gate("c=1 output tokens/s", None, 30.0, 30.0, 1.0, higher_is_better=True),
+        ],
+    )
     record_stage(engine, run_id, result, "/load.json")
     with session_scope(engine) as session:
         stage = session.scalars(select(ValidationStage)).one()
         assert stage.passed is False and stage.reasons == result.reasons
-        assert [(m.metric, m.baseline, m.passed) for m in stage.metrics] == [("c=1 TTFT p90 s", None, False), ("c=1 output tokens/s", None, True)]
+        assert [(m.metric, m.baseline, m.passed) for m in stage.metrics] == [
+            ("c=1 TTFT p90 s", None, False),
+            ("c=1 output tokens/s", None, True),
+        ]

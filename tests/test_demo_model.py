@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 def test_awq_closes_most_of_the_rtn_perplexity_gap(demo_quantized, demo):
     tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
     ids = token_stream(tokenizer, demo.domain_eval_texts[-3:])[:2560]
-    original, awq, rtn = (perplexity(load_model(path), ids) for path in (demo.model_dir, demo_quantized / "awq", demo_quantized / "rtn"))
+    original, awq, rtn = (
+        perplexity(load_model(path), ids) for path in (demo.model_dir, demo_quantized / "awq", demo_quantized / "rtn")
+    )
     assert original < awq < rtn
     assert awq - original < 0.7 * (rtn - original), f"original {original:.2f}, awq {awq:.2f}, rtn {rtn:.2f}"
 
@@ -34,8 +36,19 @@ def post(url: str, body: dict) -> dict:
 def test_vllm_serves_the_awq_checkpoint(demo_quantized, tmp_path):
     model_dir = demo_quantized / "awq"
     with serve(model_dir, tmp_path / "vllm.log") as server:
-        completion = post(f"{server.base_url}/v1/completions", {"model": server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0})
-        chat = post(f"{server.base_url}/v1/chat/completions", {"model": server.model, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 24, "temperature": 0})
+        completion = post(
+            f"{server.base_url}/v1/completions",
+            {"model": server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0},
+        )
+        chat = post(
+            f"{server.base_url}/v1/chat/completions",
+            {
+                "model": server.model,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "max_tokens": 24,
+                "temperature": 0,
+            },
+        )
     with pytest.raises(ProcessLookupError):
         os.kill(server.pid, 0)  # stopped, not orphaned
     assert "Application startup complete" in server.log_path.read_text()

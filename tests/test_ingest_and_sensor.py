@@ -26,7 +26,16 @@ log = logging.getLogger("test")
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"checkpoint", "calibration_set", "awq_model", "perplexity_validation", "tasks_validation", "long_context_validation", "load_validation", "release"}
+    assert keys == {
+        "checkpoint",
+        "calibration_set",
+        "awq_model",
+        "perplexity_validation",
+        "tasks_validation",
+        "long_context_validation",
+        "load_validation",
+        "release",
+    }
     job = defs.resolve_job_def("release_job")
     assert job.partitions_def is not None and defs.resolve_sensor_def("checkpoint_sensor").job_name == "release_job"
     checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
@@ -45,12 +54,25 @@ def test_sensor_requests_exactly_one_run(tmp_path):
     write(watched / "half-written", {"config.json": "{}"})
     write(watched / "seen-before", {"config.json": "{}", "model.safetensors": "y"})
     write(watched / ".copy-in-progress", {"config.json": "{}"})
-    platform = Platform(checkpoints_dir=str(watched), registry_dir=str(tmp_path / "r"), work_dir=str(tmp_path / "w"), policy_path=str(tmp_path / "p.yaml"))
+    platform = Platform(
+        checkpoints_dir=str(watched),
+        registry_dir=str(tmp_path / "r"),
+        work_dir=str(tmp_path / "w"),
+        policy_path=str(tmp_path / "p.yaml"),
+    )
     with dg.instance_for_test() as instance:
-        first = checkpoint_sensor(dg.build_sensor_context(instance=instance, cursor=json.dumps({"requested": [content_hash(watched / "seen-before")]}), resources={"platform": platform}))
+        first = checkpoint_sensor(
+            dg.build_sensor_context(
+                instance=instance,
+                cursor=json.dumps({"requested": [content_hash(watched / "seen-before")]}),
+                resources={"platform": platform},
+            )
+        )
         assert first.run_requests == []  # nothing has been stable for two ticks yet
         (watched / "half-written" / "model.safetensors").write_text("still copying")
-        second = checkpoint_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"platform": platform}))
+        second = checkpoint_sensor(
+            dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"platform": platform})
+        )
     (request,) = second.run_requests
     assert request.partition_key == "complete-model" and request.run_key == content_hash(watched / "complete model")
     assert [r.partition_keys for r in second.dynamic_partitions_requests] == [["complete-model"]]
@@ -58,7 +80,16 @@ def test_sensor_requests_exactly_one_run(tmp_path):
     assert [r.partition_key for r in third_requests] == ["half-written"]  # stable now; the first is not requested again
 
 
-@pytest.mark.parametrize("name, key", [("my model v2", "my-model-v2"), ("fine..tune", "fine.tune"), ("modèle-ünïcode", "modele-unicode"), ("..", None), ("🤖", None)])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("my model v2", "my-model-v2"),
+        ("fine..tune", "fine.tune"),
+        ("modèle-ünïcode", "modele-unicode"),
+        ("..", None),
+        ("🤖", None),
+    ],
+)
 def test_hostile_names_become_safe_partition_keys(name, key):
     if key is None:
         with pytest.raises(PromotionError, match="no letters or digits"):
@@ -103,7 +134,9 @@ def test_checkpoint_too_big_for_the_gpu(tmp_path, demo):
     with pytest.raises(CheckpointError, match=r"more than the .* GiB usable on the target GPU \(tiny\)"):
         ingest(demo.model_dir, tmp_path, ReleasePolicy(target_gpu=TargetGPU(name="tiny", memory_gib=0.05)))
     found = ingest(demo.model_dir, tmp_path, ReleasePolicy())
-    assert found.footprint["fits"] and 0.05 < found.footprint["weights_gib"] < 0.15  # 135M: ~28M embedding params in 16-bit, the rest 4-bit
+    assert (
+        found.footprint["fits"] and 0.05 < found.footprint["weights_gib"] < 0.15
+    )  # 135M: ~28M embedding params in 16-bit, the rest 4-bit
 
 
 def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
@@ -121,11 +154,24 @@ def test_unreachable_database_fails_the_run_and_writes_nothing(tmp_path, tiny_ll
 
     shutil.copytree(tiny_llama, tmp_path / "checkpoints" / "tiny")
     (tmp_path / "policy.yaml").write_text("{}\n")
-    platform = Platform(checkpoints_dir=str(tmp_path / "checkpoints"), registry_dir=str(tmp_path / "registry"), work_dir=str(tmp_path / "work"), policy_path=str(tmp_path / "policy.yaml"))
+    platform = Platform(
+        checkpoints_dir=str(tmp_path / "checkpoints"),
+        registry_dir=str(tmp_path / "registry"),
+        work_dir=str(tmp_path / "work"),
+        policy_path=str(tmp_path / "policy.yaml"),
+    )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(CHECKPOINTS.name, ["tiny"])
-        result = dg.materialize([checkpoint], partition_key="tiny", instance=instance, raise_on_error=False,
-                                resources={"platform": platform, "lineage": LineageDatabase(url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/lineage")})  # fmt: skip
+        result = dg.materialize(
+            [checkpoint],
+            partition_key="tiny",
+            instance=instance,
+            raise_on_error=False,
+            resources={
+                "platform": platform,
+                "lineage": LineageDatabase(url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/lineage"),
+            },
+        )
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.error.to_string()  # with its cause chain

@@ -16,7 +16,6 @@ from kernels import AWQLinear  # noqa: E402
 from kernels.reference import awq_gemm_reference  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True)
 def interpret(monkeypatch):
     """The interpreter also reads the variable while a kernel runs."""

@@ -41,8 +41,12 @@ def test_multiple_choice_accuracy_equals_lm_eval(tmp_path, demo, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
     ours = score_multiple_choice(model, tokenizer, load_task(subset), batch_size=8)
 
-    results = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8), tasks=["parity_capitals"],
-                              task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)  # fmt: skip
+    results = simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8),
+        tasks=["parity_capitals"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+        log_samples=True,
+    )
     samples = sorted(results["samples"]["parity_capitals"], key=lambda s: s["doc_id"])
     assert len(samples) == ITEMS
     assert ours["acc"] == [int(s["acc"]) for s in samples], json.dumps(results["results"])

@@ -19,7 +19,15 @@ from deploy.capability import vllm_awq_capability
 from deploy.registry import current_version
 from orchestrator.assets import CHECKPOINTS, VALIDATIONS, awq_model, calibration_set, checkpoint, release
 from orchestrator.db import session_scope
-from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, Release, ReleaseEvent, ValidationMetric, ValidationStage
+from orchestrator.db.models import (
+    CalibrationSet,
+    Checkpoint,
+    QuantizationRun,
+    Release,
+    ReleaseEvent,
+    ValidationMetric,
+    ValidationStage,
+)
 from orchestrator.resources import LineageDatabase, Platform
 
 pytestmark = pytest.mark.slow
@@ -35,15 +43,35 @@ def policy(demo, work, quantization: dict) -> dict:
         "calibration": {"texts": [str(p) for p in demo.calibration_texts[-8:]], "n_samples": 4, "seqlen": 256},
         "quantization": {"group_size": 64, "search_tokens": 1024, "n_grid": 10, "clip_tokens": 256} | quantization,
         "validation": {
-            "perplexity": {"domain_texts": domain[-2:], "max_tokens": 1024, "seqlen": 256, "stride": 128, "max_increase": 0.3},
+            "perplexity": {
+                "domain_texts": domain[-2:],
+                "max_tokens": 1024,
+                "seqlen": 256,
+                "stride": 128,
+                "max_increase": 0.3,
+            },
             "tasks": {"tasks": [{"path": str(tasks)}], "max_drop": 0.3},
-            "long_context": {"texts": domain, "lengths": [512], "documents": 1, "max_degradation": 0.5, "max_growth": 1.0, "max_retrieval_drop": 1.0},
-            "load": {"prompt_texts": domain, "concurrency": [2], "requests_per_level": 4, "prompt_tokens": 64, "output_tokens": 8, "max_model_len": 512,
-                     "required": False},
+            "long_context": {
+                "texts": domain,
+                "lengths": [512],
+                "documents": 1,
+                "max_degradation": 0.5,
+                "max_growth": 1.0,
+                "max_retrieval_drop": 1.0,
+            },
+            "load": {
+                "prompt_texts": domain,
+                "concurrency": [2],
+                "requests_per_level": 4,
+                "prompt_tokens": 64,
+                "output_tokens": 8,
+                "max_model_len": 512,
+                "required": False,
+            },
         },
         "target_gpu": {"name": "L4 24GB", "memory_gib": 24},
         "serving": {"max_model_len": 2048, "max_num_seqs": 8, "dtype": "bfloat16"},
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +84,21 @@ def platform_root(tmp_path_factory, demo):
 
 
 def materialize(root, folder_name: str, policy_name: str, instance) -> dg.ExecuteInProcessResult:
-    platform = Platform(checkpoints_dir=str(root / "checkpoints"), registry_dir=str(root / "registry"), work_dir=str(root / "work"), policy_path=str(root / f"{policy_name}.yaml"))
+    platform = Platform(
+        checkpoints_dir=str(root / "checkpoints"),
+        registry_dir=str(root / "registry"),
+        work_dir=str(root / "work"),
+        policy_path=str(root / f"{policy_name}.yaml"),
+    )
     key = folder_name.replace(" ", "-")
     instance.add_dynamic_partitions(CHECKPOINTS.name, [key])
-    return dg.materialize(ASSETS, partition_key=key, instance=instance, raise_on_error=False,
-                          resources={"platform": platform, "lineage": LineageDatabase(url=f"sqlite:///{root / 'lineage.db'}")})  # fmt: skip
+    return dg.materialize(
+        ASSETS,
+        partition_key=key,
+        instance=instance,
+        raise_on_error=False,
+        resources={"platform": platform, "lineage": LineageDatabase(url=f"sqlite:///{root / 'lineage.db'}")},
+    )
 
 
 def count(session, model) -> int:
@@ -78,13 +116,21 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
     with dg.instance_for_test() as instance:
         result = materialize(root, "demo bot", "honest", instance)
         assert result.success, [e.message for e in result.all_events if e.is_failure]
-        metadata = {m.asset_key.to_user_string(): m.metadata for m in (e.event_specific_data.materialization for e in result.get_asset_materialization_events())}
+        metadata = {
+            m.asset_key.to_user_string(): m.metadata
+            for m in (e.event_specific_data.materialization for e in result.get_asset_materialization_events())
+        }
         assert "layer_errors" in metadata["awq_model"] and "footprint" in metadata["checkpoint"]
-        assert metadata["awq_model"]["device"].value == "cpu" and metadata["perplexity_validation"]["compute"].value["device"] == "cpu"
+        assert (
+            metadata["awq_model"]["device"].value == "cpu"
+            and metadata["perplexity_validation"]["compute"].value["device"] == "cpu"
+        )
         checks = {check.check_name: check.passed for check in result.get_asset_check_evaluations()}
         assert all(passed for name, passed in checks.items() if name != "load_gate")
         assert metadata["load_validation"]["status"].value == ("passed" if load_runs else "skipped")
-        assert checks["load_gate"] is load_runs and ("plot" in metadata["load_validation"]) is load_runs  # skipped is never shown as passed
+        assert (
+            checks["load_gate"] is load_runs and ("plot" in metadata["load_validation"]) is load_runs
+        )  # skipped is never shown as passed
 
         with session_scope(engine) as session:
             assert [count(session, m) for m in (Checkpoint, CalibrationSet, QuantizationRun)] == [1, 1, 1]
@@ -100,9 +146,13 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         assert manifest["validation"]["load"]["status"] == ("passed" if load_runs else "skipped")
         assert manifest["quantization"]["settings"]["compute"]["dtype"] in ("float32", "bfloat16")
         assert load_runs or "| load | not run: skipped: " in (release_dir / "README.md").read_text()
-        assert manifest["files"]["config.json"] and (release_dir / "README.md").read_text().startswith("# demo-bot v0001")
+        assert manifest["files"]["config.json"] and (release_dir / "README.md").read_text().startswith(
+            "# demo-bot v0001"
+        )
         launch = yaml.safe_load((release_dir / "vllm-config.yaml").read_text())
-        assert launch["quantization"] == "awq" and launch["model"] == str(release_dir) and launch["max-model-len"] == 2048
+        assert (
+            launch["quantization"] == "awq" and launch["model"] == str(release_dir) and launch["max-model-len"] == 2048
+        )
         assert current_version(root / "registry", "demo-bot") == "v0001"
 
         result = materialize(root, "demo bot 2", "damaged", instance)
@@ -110,7 +160,9 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         assert not [c for c in result.get_asset_check_evaluations() if c.check_name == "perplexity_gate" and c.passed]
 
     with session_scope(engine) as session:
-        (rejected,) = session.scalars(select(Release).where(Release.status == "rejected")).all()  # one per quantization run
+        (rejected,) = session.scalars(
+            select(Release).where(Release.status == "rejected")
+        ).all()  # one per quantization run
         assert rejected.path is None and rejected.version == "v0002" and "perplexity gate failed" in rejected.reason
         events = session.scalars(select(ReleaseEvent).where(ReleaseEvent.release_id == rejected.id)).all()
         assert len(events) == rejected.reason.count("gate failed")  # one event per failed gate
@@ -118,11 +170,21 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
     assert sorted(p.name for p in (root / "registry" / "demo-bot" / "releases").iterdir()) == ["v0001"]
 
     # The history commands read the same database.
-    env = os.environ | {"AWQ_RELEASE_DATABASE_URL": f"sqlite:///{root / 'lineage.db'}", "AWQ_RELEASE_REGISTRY": str(root / "registry")}
-    cli = lambda *args: subprocess.run([str(Path(sys.executable).parent / "awq-release"), *args], capture_output=True, text=True, env=env)  # noqa: E731
+    env = os.environ | {
+        "AWQ_RELEASE_DATABASE_URL": f"sqlite:///{root / 'lineage.db'}",
+        "AWQ_RELEASE_REGISTRY": str(root / "registry"),
+    }
+    cli = lambda *args: subprocess.run(
+        [str(Path(sys.executable).parent / "awq-release"), *args], capture_output=True, text=True, env=env
+    )  # noqa: E731
     history = json.loads(cli("history", "--model", "demo-bot", "--json").stdout)
-    assert [(r["model"], r["version"], r["status"]) for r in history] == [("demo-bot", "v0001", "promoted"), ("demo-bot", "v0002", "rejected")]
-    assert all(r["created_at"] for r in history) and history[0]["gates"]["perplexity.domain perplexity increase"]["passed"]
+    assert [(r["model"], r["version"], r["status"]) for r in history] == [
+        ("demo-bot", "v0001", "promoted"),
+        ("demo-bot", "v0002", "rejected"),
+    ]
+    assert (
+        all(r["created_at"] for r in history) and history[0]["gates"]["perplexity.domain perplexity increase"]["passed"]
+    )
     assert history[0]["stages"]["load"]["status"] == ("passed" if load_runs else "skipped")
     assert load_runs or "skipped: load" in cli("history", "--model", "demo-bot").stdout
     assert json.loads(cli("show", "v0001", "--model", "demo-bot").stdout)["manifest"]["version"] == "v0001"

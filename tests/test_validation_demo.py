@@ -23,28 +23,64 @@ CLI = str(Path(sys.executable).parent / "awq-release")
 def policy(tmp_path_factory, demo) -> dict:
     """The demo policy, trimmed so each stage takes seconds to a minute on 2 cores."""
     return {
-        "perplexity": {"domain_texts": [str(p) for p in demo.domain_eval_texts[-4:]], "general_texts": [str(demo.general_eval_texts[0])], "max_tokens": 2048, "max_increase": 0.25},
+        "perplexity": {
+            "domain_texts": [str(p) for p in demo.domain_eval_texts[-4:]],
+            "general_texts": [str(demo.general_eval_texts[0])],
+            "max_tokens": 2048,
+            "max_increase": 0.25,
+        },
         # The chat task's own threshold: AWQ loses about a quarter of a 135M model's chat answers, and
         # 48 items put a +-34% interval on that; 50% still catches a broken model, which loses them all.
-        "tasks": {"tasks": [{"path": str(demo.tasks["world_capitals"])}, {"path": str(demo.tasks["capitals_chat"]), "critical": True, "max_drop": 0.5}],
-                  "limit": 48, "max_drop": 0.2, "max_drop_critical": 0.2},
-        "long_context": {"texts": [str(p) for p in demo.domain_eval_texts], "lengths": [512, 2048], "documents": 1, "max_degradation": 0.25, "max_growth": 0.15, "max_retrieval_drop": 1.0},
-        "load": {"prompt_texts": [str(p) for p in demo.domain_eval_texts], "concurrency": [1, 4], "requests_per_level": 6, "prompt_tokens": 96, "output_tokens": 16,
-                 "log_dir": str(tmp_path_factory.mktemp("logs"))},
-    }  # fmt: skip
+        "tasks": {
+            "tasks": [
+                {"path": str(demo.tasks["world_capitals"])},
+                {"path": str(demo.tasks["capitals_chat"]), "critical": True, "max_drop": 0.5},
+            ],
+            "limit": 48,
+            "max_drop": 0.2,
+            "max_drop_critical": 0.2,
+        },
+        "long_context": {
+            "texts": [str(p) for p in demo.domain_eval_texts],
+            "lengths": [512, 2048],
+            "documents": 1,
+            "max_degradation": 0.25,
+            "max_growth": 0.15,
+            "max_retrieval_drop": 1.0,
+        },
+        "load": {
+            "prompt_texts": [str(p) for p in demo.domain_eval_texts],
+            "concurrency": [1, 4],
+            "requests_per_level": 6,
+            "prompt_tokens": 96,
+            "output_tokens": 16,
+            "log_dir": str(tmp_path_factory.mktemp("logs")),
+        },
+    }
 
 
 def validate(baseline: Path, candidate: Path, stages: list[str], policy: dict, tmp_path: Path) -> tuple[int, dict, str]:
     config = tmp_path / "policy.yaml"
     config.write_text(yaml.safe_dump({"validation": policy}))
-    args = [CLI, "validate", str(baseline), str(candidate), *[a for s in stages for a in ("--stage", s)], "--config", str(config), "--json"]
+    args = [
+        CLI,
+        "validate",
+        str(baseline),
+        str(candidate),
+        *[a for s in stages for a in ("--stage", s)],
+        "--config",
+        str(config),
+        "--json",
+    ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     return result.returncode, json.loads(result.stdout) if result.stdout.strip() else {}, result.stderr
 
 
 def test_honest_awq_passes_and_damaged_candidate_fails_quality_gates(demo, demo_quantized, policy, tmp_path):
     code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["perplexity", "tasks"], policy, tmp_path)
-    assert code == 0 and report["passed"] is True, stderr + json.dumps({k: v["reasons"] for k, v in report.get("stages", {}).items()})
+    assert code == 0 and report["passed"] is True, stderr + json.dumps(
+        {k: v["reasons"] for k, v in report.get("stages", {}).items()}
+    )
     tasks = report["stages"]["tasks"]
     capitals = tasks["details"]["world_capitals"]["metrics"]
     assert capitals["acc"]["baseline"] > 0.5 and capitals["acc_norm"]["n"] == 48  # clearly above the 0.25 of chance
@@ -61,9 +97,19 @@ def test_long_context_stage(demo, demo_quantized, policy, tmp_path):
     stage = report["stages"]["long-context"]
     assert code == 0, stderr + json.dumps(stage["reasons"])
     assert stage["details"]["lengths"] == [512, 2048]
-    assert {m["name"] for m in stage["metrics"]} >= {"perplexity increase at 512 tokens", "perplexity increase at 2048 tokens", "degradation growth 512 -> 2048 tokens"}
+    assert {m["name"] for m in stage["metrics"]} >= {
+        "perplexity increase at 512 tokens",
+        "perplexity increase at 2048 tokens",
+        "degradation growth 512 -> 2048 tokens",
+    }
 
-    code, _, stderr = validate(demo.model_dir, demo_quantized / "awq", ["long-context"], policy | {"long_context": policy["long_context"] | {"lengths": [512, 16384]}}, tmp_path)
+    code, _, stderr = validate(
+        demo.model_dir,
+        demo_quantized / "awq",
+        ["long-context"],
+        policy | {"long_context": policy["long_context"] | {"lengths": [512, 16384]}},
+        tmp_path,
+    )
     assert code == 2 and "[16384] exceed the model's 8192 positions" in stderr
 
 
@@ -89,7 +135,9 @@ def test_server_that_cannot_start_fails_cleanly(demo, demo_quantized, policy, tm
     stage = report["stages"]["load"]
     assert code == 1 and stage["passed"] is False and "vLLM exited with status" in stage["error"]
     assert Path(stage["details"]["log"]).is_file()
-    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1  # nothing left running
+    assert (
+        subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
+    )  # nothing left running
 
 
 def test_port_already_in_use_is_a_clear_error(demo, demo_quantized, policy, tmp_path):
@@ -97,14 +145,26 @@ def test_port_already_in_use_is_a_clear_error(demo, demo_quantized, policy, tmp_
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        code, _, stderr = validate(demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": policy["load"] | {"port": port}}, tmp_path)
+        code, _, stderr = validate(
+            demo.model_dir,
+            demo_quantized / "awq",
+            ["load"],
+            policy | {"load": policy["load"] | {"port": port}},
+            tmp_path,
+        )
     assert code == 2 and f"Port {port} on 127.0.0.1 is already in use" in stderr
 
 
 def test_empty_task_set_is_a_clear_error(demo, demo_quantized, policy, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    code, _, stderr = validate(demo.model_dir, demo_quantized / "awq", ["tasks"], policy | {"tasks": {"tasks": [{"path": str(empty)}]}}, tmp_path)
+    code, _, stderr = validate(
+        demo.model_dir,
+        demo_quantized / "awq",
+        ["tasks"],
+        policy | {"tasks": {"tasks": [{"path": str(empty)}]}},
+        tmp_path,
+    )
     assert code == 2 and "has no items" in stderr
 
 
@@ -118,8 +178,15 @@ def test_load_stage_drives_a_running_endpoint(demo, demo_quantized, policy, tmp_
     with no probe and no server of its own. Here it is vLLM on the dense model (any host can serve
     that); in production, a staging deployment of the candidate on the target GPU."""
     with serve_dense(demo, tmp_path / "vllm.log", max_model_len=512) as server:
-        load = policy["load"] | {"endpoint": server.base_url, "concurrency": [2], "requests_per_level": 4, "max_model_len": 512}
-        code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": load}, tmp_path)
+        load = policy["load"] | {
+            "endpoint": server.base_url,
+            "concurrency": [2],
+            "requests_per_level": 4,
+            "max_model_len": 512,
+        }
+        code, report, stderr = validate(
+            demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": load}, tmp_path
+        )
     stage = report["stages"]["load"]
     assert code == 0 and stage["status"] == "passed", stderr + json.dumps(stage.get("reasons"))
     assert stage["compute"]["server"] == server.base_url and "capability" not in stage["compute"]
@@ -131,9 +198,17 @@ def test_endpoint_that_does_not_answer_fails_the_stage(demo, demo_quantized, pol
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    code, report, _ = validate(demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": policy["load"] | {"endpoint": url}}, tmp_path)
+    code, report, _ = validate(
+        demo.model_dir,
+        demo_quantized / "awq",
+        ["load"],
+        policy | {"load": policy["load"] | {"endpoint": url}},
+        tmp_path,
+    )
     stage = report["stages"]["load"]
-    assert code == 1 and stage["status"] == "failed" and f"No OpenAI-compatible server answers at {url}" in stage["error"]
+    assert (
+        code == 1 and stage["status"] == "failed" and f"No OpenAI-compatible server answers at {url}" in stage["error"]
+    )
 
 
 def test_server_that_cannot_start_is_stopped_with_its_log(demo, tmp_path):
@@ -141,4 +216,6 @@ def test_server_that_cannot_start_is_stopped_with_its_log(demo, tmp_path):
         with serve_dense(demo, tmp_path / "vllm.log", max_model_len=100000):  # beyond the model's 8192 positions
             pass
     assert str(tmp_path / "vllm.log") in str(failure.value) and (tmp_path / "vllm.log").is_file()
-    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1  # nothing left running
+    assert (
+        subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
+    )  # nothing left running

@@ -21,7 +21,9 @@ def test_settings_file_types_globs_and_unknown_keys(tmp_path):
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text("x")
     config = tmp_path / "policy.yaml"
-    config.write_text(f"validation:\n  perplexity:\n    domain_texts: ['{tmp_path}/*.txt']\n    max_increase: 1\n  load:\n    sla: {{ttft_p90_s: 0.5}}\n")
+    config.write_text(
+        f"validation:\n  perplexity:\n    domain_texts: ['{tmp_path}/*.txt']\n    max_increase: 1\n  load:\n    sla: {{ttft_p90_s: 0.5}}\n"
+    )
     settings = load_settings(config)
     assert settings.perplexity.domain_texts == (tmp_path / "a.txt", tmp_path / "b.txt")
     assert settings.perplexity.max_increase == 1.0 and settings.load.sla.ttft_p90_s == 0.5
@@ -72,7 +74,10 @@ def test_paired_drop_interval():
 def test_multiple_choice_scores_match_a_direct_computation(tiny_llama):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    items = [tasks.MultipleChoice("What is the capital of France?", ("Paris", "Lyon", "Nice"), 0), tasks.MultipleChoice("2 + 2 =", ("four", "five"), 1)]
+    items = [
+        tasks.MultipleChoice("What is the capital of France?", ("Paris", "Lyon", "Nice"), 0),
+        tasks.MultipleChoice("2 + 2 =", ("four", "five"), 1),
+    ]
     lls = tasks.loglikelihoods(model, tokenizer, [(i.context, " " + c) for i in items for c in i.choices], batch_size=2)
     for (item, choice), ll in zip([(i, c) for i in items for c in i.choices], lls):
         ctx = tokenizer(item.context, add_special_tokens=False)["input_ids"]
@@ -90,7 +95,11 @@ def test_multiple_choice_scores_match_a_direct_computation(tiny_llama):
 
 
 def test_stage_result_serialises_with_reasons():
-    result = StageResult("tasks", [gate("acc relative drop", 0.8, 0.7, 0.125, 0.03), gate("tok/s", None, 5.0, 5.0, 1.0, higher_is_better=True)], ["few items"])
+    result = StageResult(
+        "tasks",
+        [gate("acc relative drop", 0.8, 0.7, 0.125, 0.03), gate("tok/s", None, 5.0, 5.0, 1.0, higher_is_better=True)],
+        ["few items"],
+    )
     data = json.loads(json.dumps(result.to_dict()))
     assert data["passed"] is False and data["stage"] == "tasks" and data["warnings"] == ["few items"]
     assert data["reasons"] == ["acc relative drop: 0.125 > threshold 0.03 (baseline 0.8, candidate 0.7)"]

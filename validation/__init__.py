@@ -20,7 +20,9 @@ STAGES: dict[str, tuple[Callable[..., StageResult], str]] = {  # CLI name -> (ru
 }
 
 
-def run_stage(name: str, baseline: str | Path, candidate: str | Path, settings: ValidationSettings, compute: Compute = Compute()) -> StageResult:
+def run_stage(
+    name: str, baseline: str | Path, candidate: str | Path, settings: ValidationSettings, compute: Compute = Compute()
+) -> StageResult:
     run, attribute = STAGES[name]
     return run(baseline, candidate, getattr(settings, attribute), resolve(compute))
 

@@ -16,8 +16,8 @@ import aiohttp
 import numpy as np
 
 from awq_core.calibration import token_stream
-from awq_core.errors import ServerError, ValidationError
 from awq_core.compute import Resolved
+from awq_core.errors import ServerError, ValidationError
 from deploy.capability import vllm_awq_capability
 from deploy.server import Server, check_port, connect, serve
 from validation.models import load_tokenizer
@@ -35,9 +35,18 @@ class RequestTiming:
     error: str = ""
 
 
-async def _one_request(session: aiohttp.ClientSession, server: Server, prompt: str, settings: LoadSettings) -> RequestTiming:
-    body = {"model": server.model, "prompt": prompt, "max_tokens": settings.output_tokens, "temperature": 0.0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+async def _one_request(
+    session: aiohttp.ClientSession, server: Server, prompt: str, settings: LoadSettings
+) -> RequestTiming:
+    body = {
+        "model": server.model,
+        "prompt": prompt,
+        "max_tokens": settings.output_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     arrivals, tokens = [], 0
     try:
@@ -60,7 +69,9 @@ async def _one_request(session: aiohttp.ClientSession, server: Server, prompt: s
     return RequestTiming(True, arrivals[0] - start, arrivals[-1] - start, list(np.diff(arrivals)), tokens)
 
 
-async def _level(server: Server, prompts: list[str], concurrency: int, settings: LoadSettings) -> tuple[list[RequestTiming], float]:
+async def _level(
+    server: Server, prompts: list[str], concurrency: int, settings: LoadSettings
+) -> tuple[list[RequestTiming], float]:
     limit = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
 
@@ -105,12 +116,16 @@ def drive(server: Server, prompts: list[str], settings: LoadSettings) -> dict[in
 
 def make_prompts(model_dir: str | Path, settings: LoadSettings) -> list[str]:
     if not settings.prompt_texts:
-        raise ValidationError("The load stage has no prompt text: set load.prompt_texts to texts like your users' prompts.")
+        raise ValidationError(
+            "The load stage has no prompt text: set load.prompt_texts to texts like your users' prompts."
+        )
     tokenizer = load_tokenizer(model_dir)
     stream = token_stream(tokenizer, list(settings.prompt_texts))
     n = settings.requests_per_level
     if stream.numel() < n * settings.prompt_tokens:
-        raise ValidationError(f"load.prompt_texts hold {stream.numel()} tokens; {n} prompts of {settings.prompt_tokens} need {n * settings.prompt_tokens}.")
+        raise ValidationError(
+            f"load.prompt_texts hold {stream.numel()} tokens; {n} prompts of {settings.prompt_tokens} need {n * settings.prompt_tokens}."
+        )
     return [tokenizer.decode(stream[i * settings.prompt_tokens : (i + 1) * settings.prompt_tokens]) for i in range(n)]
 
 
@@ -118,8 +133,17 @@ def server_log(settings: LoadSettings, role: str) -> Path:
     return Path(settings.log_dir) / f"vllm-{role}.log"
 
 
-def _serve_and_drive(model_dir: str | Path, quantization: str | None, role: str, prompts: list[str], settings: LoadSettings) -> dict[int, dict]:
-    with serve(model_dir, server_log(settings, role), port=settings.port, quantization=quantization, max_model_len=settings.max_model_len, startup_timeout_s=settings.startup_timeout_s) as server:
+def _serve_and_drive(
+    model_dir: str | Path, quantization: str | None, role: str, prompts: list[str], settings: LoadSettings
+) -> dict[int, dict]:
+    with serve(
+        model_dir,
+        server_log(settings, role),
+        port=settings.port,
+        quantization=quantization,
+        max_model_len=settings.max_model_len,
+        startup_timeout_s=settings.startup_timeout_s,
+    ) as server:
         return drive(server, prompts, settings)
 
 
@@ -134,13 +158,22 @@ SLA_ROWS = (  # label, the level's figure, the SLA field that limits it, whether
 
 def sla_metrics(levels: dict[int, dict], sla: SLA, baseline_levels: dict[int, dict] | None = None) -> list[Metric]:
     return [
-        gate(f"c={c} {label}", figure(baseline_levels[c]) if baseline_levels else None, figure(level), figure(level), getattr(sla, limit), higher)
+        gate(
+            f"c={c} {label}",
+            figure(baseline_levels[c]) if baseline_levels else None,
+            figure(level),
+            figure(level),
+            getattr(sla, limit),
+            higher,
+        )
         for c, level in levels.items()
         for label, figure, limit, higher in SLA_ROWS
     ]
 
 
-def _measure(baseline: str | Path, candidate: str | Path, prompts: list[str], settings: LoadSettings, details: dict) -> tuple[dict, dict | None]:
+def _measure(
+    baseline: str | Path, candidate: str | Path, prompts: list[str], settings: LoadSettings, details: dict
+) -> tuple[dict, dict | None]:
     """The candidate's levels (and the baseline's, if asked) from a server started here."""
     details["log"] = str(server_log(settings, "candidate"))
     levels = _serve_and_drive(candidate, "awq", "candidate", prompts, settings)
@@ -148,20 +181,31 @@ def _measure(baseline: str | Path, candidate: str | Path, prompts: list[str], se
         return levels, None
     details["baseline_log"] = str(server_log(settings, "baseline"))
     baseline_levels = _serve_and_drive(baseline, None, "baseline", prompts, settings)
-    details["speedup"] = {c: levels[c]["output_tokens_per_s"] / baseline_levels[c]["output_tokens_per_s"] for c in levels}
+    details["speedup"] = {
+        c: levels[c]["output_tokens_per_s"] / baseline_levels[c]["output_tokens_per_s"] for c in levels
+    }
     return levels, baseline_levels
 
 
-def run(baseline: str | Path, candidate: str | Path, settings: LoadSettings = LoadSettings(), compute: Resolved | None = None) -> StageResult:
+def run(
+    baseline: str | Path,
+    candidate: str | Path,
+    settings: LoadSettings = LoadSettings(),
+    compute: Resolved | None = None,
+) -> StageResult:
     """Serve the candidate (and, if asked, the baseline), or drive `settings.endpoint`, and gate on the
     SLA. Where this host's vLLM cannot run AWQ the stage fails in seconds with the cause and the
     fixes, or is skipped if the policy says it is not required. A server that cannot start fails the
     stage with its log; a port already in use is an error. `compute` is vLLM's own business."""
     start = time.perf_counter()
     if settings.prompt_tokens + settings.output_tokens > settings.max_model_len:
-        raise ValidationError(f"prompt_tokens + output_tokens = {settings.prompt_tokens + settings.output_tokens} exceed max_model_len {settings.max_model_len}.")
+        raise ValidationError(
+            f"prompt_tokens + output_tokens = {settings.prompt_tokens + settings.output_tokens} exceed max_model_len {settings.max_model_len}."
+        )
     if settings.endpoint and settings.compare_baseline:
-        raise ValidationError("load.compare_baseline serves the baseline on this host, load.endpoint drives a remote server: set only one.")
+        raise ValidationError(
+            "load.compare_baseline serves the baseline on this host, load.endpoint drives a remote server: set only one."
+        )
     if settings.port and not settings.endpoint:
         check_port("127.0.0.1", settings.port)  # a setting to fix, whatever vLLM can do here
     prompts = make_prompts(candidate, settings)
@@ -175,7 +219,9 @@ def run(baseline: str | Path, candidate: str | Path, settings: LoadSettings = Lo
         capability = vllm_awq_capability()
         engine["capability"] = capability.reason
         if not capability.runs_awq:
-            return result(metrics=[], **({"error": capability.reason} if settings.required else {"skipped": capability.reason}))
+            return result(
+                metrics=[], **({"error": capability.reason} if settings.required else {"skipped": capability.reason})
+            )
     try:
         if settings.endpoint:
             levels, baseline_levels = drive(connect(settings.endpoint), prompts, settings), None

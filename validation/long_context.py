@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from awq_core.errors import ValidationError
 from awq_core.compute import Resolved, resolve
+from awq_core.errors import ValidationError
 from validation.models import context_length, load_model, load_tokenizer
 from validation.result import StageResult, gate
 from validation.settings import LongContextSettings
@@ -34,7 +34,9 @@ def lengths_for(settings: LongContextSettings, max_positions: int) -> tuple[list
     if settings.lengths:
         too_long = [n for n in settings.lengths if n > max_positions]
         if too_long:
-            raise ValidationError(f"Context lengths {too_long} exceed the model's {max_positions} positions: remove them from long_context.lengths.")
+            raise ValidationError(
+                f"Context lengths {too_long} exceed the model's {max_positions} positions: remove them from long_context.lengths."
+            )
         return sorted(settings.lengths), []
     kept = [n for n in DEFAULT_LENGTHS if n <= max_positions]
     dropped = [n for n in DEFAULT_LENGTHS if n > max_positions]
@@ -58,7 +60,9 @@ def build_probe(tokenizer, document: list[int], length: int, target_tokens: int,
     question = tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
     body = document[: length - len(fact) - len(question)]
     if len(body) < target_tokens + 1:
-        raise ValidationError(f"Length {length} leaves no room for {target_tokens} scored tokens: raise the length or lower target_tokens.")
+        raise ValidationError(
+            f"Length {length} leaves no room for {target_tokens} scored tokens: raise the length or lower target_tokens."
+        )
     end = len(fact) + len(body)
     return Probe(torch.tensor(fact + body + question), code, (end - target_tokens, end))
 
@@ -80,20 +84,33 @@ def evaluate_probe(model: nn.Module, tokenizer, probe: Probe) -> tuple[float, bo
     return nll, probe.code in tokenizer.decode(answer)
 
 
-def run(baseline: str | Path, candidate: str | Path, settings: LongContextSettings = LongContextSettings(), compute: Resolved | None = None) -> StageResult:
+def run(
+    baseline: str | Path,
+    candidate: str | Path,
+    settings: LongContextSettings = LongContextSettings(),
+    compute: Resolved | None = None,
+) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
     if not settings.texts:
-        raise ValidationError("The long-context stage has no documents: set long_context.texts to long texts of your domain.")
+        raise ValidationError(
+            "The long-context stage has no documents: set long_context.texts to long texts of your domain."
+        )
     lengths, warnings = lengths_for(settings, context_length(candidate))
     tokenizer = load_tokenizer(candidate)
-    documents = sorted((tokenizer(Path(p).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"] for p in settings.texts), key=len, reverse=True)
+    documents = sorted(
+        (tokenizer(Path(p).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"] for p in settings.texts),
+        key=len,
+        reverse=True,
+    )
     probes = {}
     rng = random.Random(0)
     for length in lengths:
         fitting = [d for d in documents if len(d) >= length][: settings.documents]
         if not fitting:
-            raise ValidationError(f"No long_context text reaches {length} tokens (the longest has {len(documents[0])}): add longer documents or drop that length.")
+            raise ValidationError(
+                f"No long_context text reaches {length} tokens (the longest has {len(documents[0])}): add longer documents or drop that length."
+            )
         probes[length] = [build_probe(tokenizer, d, length, settings.target_tokens, rng) for d in fitting]
 
     figures: dict[str, dict[int, dict]] = {}
@@ -102,15 +119,46 @@ def run(baseline: str | Path, candidate: str | Path, settings: LongContextSettin
         figures[role] = {}
         for length in tqdm(lengths, desc=f"{role} long context", leave=False):
             results = [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
-            figures[role][length] = {"perplexity": math.exp(sum(r[0] for r in results) / len(results)), "retrieved": sum(r[1] for r in results), "probes": len(results)}
+            figures[role][length] = {
+                "perplexity": math.exp(sum(r[0] for r in results) / len(results)),
+                "retrieved": sum(r[1] for r in results),
+                "probes": len(results),
+            }
         del model
 
     degradation = {n: figures["candidate"][n]["perplexity"] / figures["baseline"][n]["perplexity"] - 1 for n in lengths}
-    metrics = [gate(f"perplexity increase at {n} tokens", figures["baseline"][n]["perplexity"], figures["candidate"][n]["perplexity"], degradation[n], settings.max_degradation) for n in lengths]
+    metrics = [
+        gate(
+            f"perplexity increase at {n} tokens",
+            figures["baseline"][n]["perplexity"],
+            figures["candidate"][n]["perplexity"],
+            degradation[n],
+            settings.max_degradation,
+        )
+        for n in lengths
+    ]
     growth = degradation[lengths[-1]] - degradation[lengths[0]]
-    metrics.append(gate(f"degradation growth {lengths[0]} -> {lengths[-1]} tokens", degradation[lengths[0]], degradation[lengths[-1]], growth, settings.max_growth))
+    metrics.append(
+        gate(
+            f"degradation growth {lengths[0]} -> {lengths[-1]} tokens",
+            degradation[lengths[0]],
+            degradation[lengths[-1]],
+            growth,
+            settings.max_growth,
+        )
+    )
     total = sum(f["probes"] for f in figures["baseline"].values())
     retrieved = {role: sum(f["retrieved"] for f in figures[role].values()) / total for role in figures}
-    metrics.append(gate("retrieval accuracy lost", retrieved["baseline"], retrieved["candidate"], retrieved["baseline"] - retrieved["candidate"], settings.max_retrieval_drop))
+    metrics.append(
+        gate(
+            "retrieval accuracy lost",
+            retrieved["baseline"],
+            retrieved["candidate"],
+            retrieved["baseline"] - retrieved["candidate"],
+            settings.max_retrieval_drop,
+        )
+    )
     details = {"lengths": lengths, "by_length": figures, "degradation": degradation}
-    return StageResult("long_context", metrics, warnings, details, time.perf_counter() - start, compute=compute.describe())
+    return StageResult(
+        "long_context", metrics, warnings, details, time.perf_counter() - start, compute=compute.describe()
+    )

@@ -28,7 +28,9 @@ class Metric:
         return f"{'>=' if self.higher_is_better else '<='} {figure(self.threshold)}"
 
 
-def gate(name: str, baseline: float | None, candidate: float, value: float, threshold: float, higher_is_better: bool = False) -> Metric:
+def gate(
+    name: str, baseline: float | None, candidate: float, value: float, threshold: float, higher_is_better: bool = False
+) -> Metric:
     passed = value >= threshold if higher_is_better else value <= threshold
     return Metric(name, baseline, candidate, value, threshold, passed, higher_is_better)
 
@@ -64,4 +66,9 @@ class StageResult:
         ]
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "status": self.status, "passed": self.passed, "reasons": self.reasons} | dataclasses.asdict(self)
+        return {
+            "stage": self.stage,
+            "status": self.status,
+            "passed": self.passed,
+            "reasons": self.reasons,
+        } | dataclasses.asdict(self)

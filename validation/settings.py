@@ -1,9 +1,9 @@
 """Each stage's settings and thresholds (the user's, with defaults), read from one YAML or JSON file.
 
-    perplexity:   {domain_texts: [a.txt], general_texts: [b.txt], max_increase: 0.15}
-    tasks:        {tasks: [{path: capitals.jsonl, critical: true}], max_drop: 0.03}
-    long_context: {texts: [long.txt], lengths: [512, 2048, 4096, 8192]}
-    load:         {concurrency: [1, 4], sla: {ttft_p90_s: 2.0}}
+perplexity:   {domain_texts: [a.txt], general_texts: [b.txt], max_increase: 0.15}
+tasks:        {tasks: [{path: capitals.jsonl, critical: true}], max_drop: 0.03}
+long_context: {texts: [long.txt], lengths: [512, 2048, 4096, 8192]}
+load:         {concurrency: [1, 4], sla: {ttft_p90_s: 2.0}}
 """
 
 import dataclasses

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from awq_core.errors import ValidationError
 from awq_core.compute import Resolved, resolve
+from awq_core.errors import ValidationError
 from validation.models import load_model, load_tokenizer
 from validation.result import StageResult, gate
 from validation.settings import TaskSettings
@@ -56,21 +56,38 @@ def _parse_item(record, where: str) -> Item:
         raise ValidationError(f"{where}: expected a JSON object, got {type(record).__name__}.")
     if "choices" in record:
         choices, answer = record.get("choices"), record.get("answer")
-        if not isinstance(record.get("question"), str) or not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise ValidationError(f"{where}: a multiple-choice item needs a 'question' string and at least two 'choices' strings.")
+        if (
+            not isinstance(record.get("question"), str)
+            or not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) for c in choices)
+        ):
+            raise ValidationError(
+                f"{where}: a multiple-choice item needs a 'question' string and at least two 'choices' strings."
+            )
         if not isinstance(answer, int) or not 0 <= answer < len(choices):
-            raise ValidationError(f"{where}: 'answer' must be the index of the right choice (0..{len(choices) - 1}), got {answer!r}.")
+            raise ValidationError(
+                f"{where}: 'answer' must be the index of the right choice (0..{len(choices) - 1}), got {answer!r}."
+            )
         return MultipleChoice(record["question"], tuple(choices), answer)
     if "prompt" in record:
         answers = record.get("answer")
         answers = [answers] if isinstance(answers, str) else answers
         match = record.get("match", "contains")
-        if not isinstance(record["prompt"], str) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-            raise ValidationError(f"{where}: a generation item needs a 'prompt' string and a non-empty 'answer' (string or list of strings).")
+        if (
+            not isinstance(record["prompt"], str)
+            or not answers
+            or not all(isinstance(a, str) and a.strip() for a in answers)
+        ):
+            raise ValidationError(
+                f"{where}: a generation item needs a 'prompt' string and a non-empty 'answer' (string or list of strings)."
+            )
         if match not in ("exact", "contains"):
             raise ValidationError(f"{where}: 'match' must be 'exact' or 'contains', got {match!r}.")
         return Generation(record["prompt"], tuple(answers), match)
-    raise ValidationError(f"{where}: an item needs 'choices' (multiple choice) or 'prompt' (generation); found keys {sorted(record)}.")
+    raise ValidationError(
+        f"{where}: an item needs 'choices' (multiple choice) or 'prompt' (generation); found keys {sorted(record)}."
+    )
 
 
 def load_task(path: str | Path) -> list[Item]:
@@ -130,7 +147,9 @@ def loglikelihoods(model: nn.Module, tokenizer, pairs: list[tuple[str, str]], ba
     return token_loglikelihoods(model, [_encode_pair(tokenizer, c, x) for c, x in pairs], batch_size)
 
 
-def score_multiple_choice(model: nn.Module, tokenizer, items: list[MultipleChoice], batch_size: int) -> dict[str, list[int]]:
+def score_multiple_choice(
+    model: nn.Module, tokenizer, items: list[MultipleChoice], batch_size: int
+) -> dict[str, list[int]]:
     pairs = [(item.context, TARGET_DELIMITER + choice) for item in items for choice in item.choices]
     lls = iter(loglikelihoods(model, tokenizer, pairs, batch_size))
     acc, acc_norm = [], []
@@ -147,14 +166,21 @@ def _normalise(text: str) -> str:
 
 
 @torch.no_grad()
-def score_generation(model: nn.Module, tokenizer, items: list[Generation], batch_size: int, max_new_tokens: int) -> dict[str, list[int]]:
+def score_generation(
+    model: nn.Module, tokenizer, items: list[Generation], batch_size: int, max_new_tokens: int
+) -> dict[str, list[int]]:
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"  # generation continues from the right edge
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     correct = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": item.prompt}], add_generation_prompt=True, tokenize=False) for item in chunk]
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": item.prompt}], add_generation_prompt=True, tokenize=False
+            )
+            for item in chunk
+        ]
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
         for item, tokens in zip(chunk, out[:, batch["input_ids"].shape[1] :]):
@@ -181,11 +207,24 @@ def paired_drop(baseline: list[int], candidate: list[int], z: float = 1.96) -> d
     sd = math.sqrt(sum((d - drop) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
     half = z * sd / math.sqrt(n)
     base_acc = sum(baseline) / n
-    return {"n": n, "baseline": base_acc, "candidate": sum(candidate) / n, "drop": drop, "ci_low": drop - half, "ci_high": drop + half,
-            "relative_drop": drop / base_acc if base_acc else drop, "relative_ci_half_width": half / base_acc if base_acc else half}  # fmt: skip
+    return {
+        "n": n,
+        "baseline": base_acc,
+        "candidate": sum(candidate) / n,
+        "drop": drop,
+        "ci_low": drop - half,
+        "ci_high": drop + half,
+        "relative_drop": drop / base_acc if base_acc else drop,
+        "relative_ci_half_width": half / base_acc if base_acc else half,
+    }
 
 
-def run(baseline: str | Path, candidate: str | Path, settings: TaskSettings = TaskSettings(), compute: Resolved | None = None) -> StageResult:
+def run(
+    baseline: str | Path,
+    candidate: str | Path,
+    settings: TaskSettings = TaskSettings(),
+    compute: Resolved | None = None,
+) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
     if not settings.tasks:
@@ -195,21 +234,44 @@ def run(baseline: str | Path, candidate: str | Path, settings: TaskSettings = Ta
     scores: dict[str, dict[str, dict[str, list[int]]]] = {}
     for role, path in (("baseline", baseline), ("candidate", candidate)):
         model = load_model(path, compute)
-        scores[role] = {name: score(model, tokenizer, items, settings) for name, (_, items) in tqdm(tasks.items(), desc=f"{role} tasks", leave=False)}
+        scores[role] = {
+            name: score(model, tokenizer, items, settings)
+            for name, (_, items) in tqdm(tasks.items(), desc=f"{role} tasks", leave=False)
+        }
         del model
 
     metrics, warnings, details = [], [], {}
     for name, (spec, items) in tasks.items():
-        per_metric = {m: paired_drop(scores["baseline"][name][m], scores["candidate"][name][m]) for m in scores["baseline"][name]}
+        per_metric = {
+            m: paired_drop(scores["baseline"][name][m], scores["candidate"][name][m]) for m in scores["baseline"][name]
+        }
         gated = "acc" if "acc" in per_metric else "match"
         stats = per_metric[gated]
-        threshold = spec.max_drop if spec.max_drop is not None else settings.max_drop_critical if spec.critical else settings.max_drop
-        metrics.append(gate(f"{name} {gated} relative drop{' (critical)' if spec.critical else ''}", stats["baseline"], stats["candidate"], stats["relative_drop"], threshold))
+        threshold = (
+            spec.max_drop
+            if spec.max_drop is not None
+            else settings.max_drop_critical
+            if spec.critical
+            else settings.max_drop
+        )
+        metrics.append(
+            gate(
+                f"{name} {gated} relative drop{' (critical)' if spec.critical else ''}",
+                stats["baseline"],
+                stats["candidate"],
+                stats["relative_drop"],
+                threshold,
+            )
+        )
         if len(items) < settings.min_items:
             warnings.append(
                 f"{name}: {len(items)} items; the 95% interval of the relative drop is ±{stats['relative_ci_half_width']:.1%}, "
                 f"too wide to resolve a {threshold:.0%} threshold: use at least {settings.min_items} items."
             )
-        details[name] = {"critical": spec.critical, "items": len(items), "metrics": per_metric,
-                         "per_item": {role: scores[role][name] for role in scores}}  # fmt: skip
+        details[name] = {
+            "critical": spec.critical,
+            "items": len(items),
+            "metrics": per_metric,
+            "per_item": {role: scores[role][name] for role in scores},
+        }
     return StageResult("tasks", metrics, warnings, details, time.perf_counter() - start, compute=compute.describe())

@@ -35,8 +35,10 @@ def engine_for(url: str) -> Engine:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except OperationalError as e:
-        raise DatabaseError(f"The lineage database at {engine.url.render_as_string(hide_password=True)} is unreachable ({str(e.orig).splitlines()[0]}): "
-                            "start it or fix database_url.") from e  # fmt: skip
+        raise DatabaseError(
+            f"The lineage database at {engine.url.render_as_string(hide_password=True)} is unreachable ({str(e.orig).splitlines()[0]}): "
+            "start it or fix database_url."
+        ) from e
     return engine
 
 
