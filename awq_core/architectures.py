@@ -6,7 +6,7 @@ quantized with guessed defaults.
 
 from dataclasses import dataclass
 
-from awq_core.errors import UnsupportedArchitecture
+from awq_release.errors import UnsupportedArchitecture
 
 
 @dataclass(frozen=True)

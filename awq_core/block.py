@@ -63,7 +63,8 @@ def _collect(
 
 
 def _apply_scales(block: nn.Module, group: ScaleGroup, scales: Tensor) -> None:
-    """Fold 1/s into the previous op's output and s into the linears' input columns: the block's function is unchanged."""
+    """Fold 1/s into the previous op's output and s into the linears' input columns: the block's
+    function is unchanged."""
     prev = block.get_submodule(group.prev)
     if isinstance(prev, nn.Linear):
         prev.weight.data.div_(scales.view(-1, 1).to(prev.weight.dtype))

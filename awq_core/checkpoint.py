@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from awq_core.errors import CheckpointError
+from awq_release.errors import CheckpointError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -39,7 +39,8 @@ def _read_header(path: Path) -> dict:
         (header_len,) = struct.unpack("<Q", prefix)
         if 8 + header_len > size:
             raise CheckpointError(
-                f"{path.name}: header claims {header_len} bytes but the file has {size}: the copy is truncated; copy it again."
+                f"{path.name}: header claims {header_len} bytes but the "
+                f"file has {size}: the copy is truncated; copy it again."
             )
         try:
             header = json.loads(f.read(header_len))
@@ -57,7 +58,7 @@ def _read_header(path: Path) -> dict:
     return header
 
 
-class Checkpoint:
+class CheckpointFolder:
     """A checked checkpoint folder: config, tokenizer and safetensors weights."""
 
     def __init__(self, model_dir: str | Path):
@@ -75,15 +76,17 @@ class Checkpoint:
             raise CheckpointError(f"{config_path} is not valid JSON ({e}): fix or re-save the config.") from e
         if not any((self.dir / name).is_file() for name in TOKENIZER_FILES):
             raise CheckpointError(
-                f"{self.dir} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): save it beside the model with `tokenizer.save_pretrained`."
+                f"{self.dir} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): save it beside the model with "
+                "`tokenizer.save_pretrained`."
             )
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:
             pickles = sorted(p.name for p in self.dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
             if pickles:
                 raise CheckpointError(
-                    f"{self.dir} holds only pickle weights ({', '.join(pickles)}), which can run code when loaded and are refused. "
-                    "Convert them: `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`."
+                    f"{self.dir} holds only pickle weights ({', '.join(pickles)}), which can run code when loaded "
+                    "and are refused. Convert them: "
+                    "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`."
                 )
             raise CheckpointError(f"{self.dir} has no *.safetensors weights: save the model with `save_pretrained`.")
         self.tensors: dict[str, TensorInfo] = {}
@@ -119,8 +122,8 @@ class Checkpoint:
             if t.is_floating_point() and not torch.isfinite(t).all():
                 bad = int((~torch.isfinite(t)).sum())
                 raise CheckpointError(
-                    f"{info.file.name}: tensor {name} holds {bad} NaN/Inf values: the fine-tune diverged or the file is damaged; "
-                    "fix the checkpoint before quantizing."
+                    f"{info.file.name}: tensor {name} holds {bad} NaN/Inf values: the fine-tune diverged or the "
+                    "file is damaged; fix the checkpoint before quantizing."
                 )
 
     def fingerprint(self) -> str:

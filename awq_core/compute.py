@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from awq_core.errors import ComputeError
+from awq_release.errors import ComputeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot products
@@ -77,11 +77,13 @@ def _device(setting: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ComputeError(
-                f"compute.device={setting!r} but this torch sees no CUDA GPU: use device auto or cpu, or run on a GPU host."
+                f"compute.device={setting!r} but this torch sees no CUDA "
+                "GPU: use device auto or cpu, or run on a GPU host."
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ComputeError(
-                f"compute.device={setting!r} but this host has {torch.cuda.device_count()} GPU(s): choose cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+                f"compute.device={setting!r} but this host has {torch.cuda.device_count()} GPU(s): choose cuda:0 "
+                f"to cuda:{torch.cuda.device_count() - 1}."
             )
     return device
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from awq_core.errors import QuantizationError
+from awq_release.errors import QuantizationError
 
 Propagation = Literal["quantized", "original"]
 Method = Literal["awq", "rtn"]
@@ -32,7 +32,8 @@ class QuantConfig:
             raise QuantizationError(f"method={self.method!r}: choose 'awq' or 'rtn'.")
         if self.bits not in (2, 3, 4):
             raise QuantizationError(
-                f"bits={self.bits}: the AWQ GEMM layout holds at most 4 bits per weight; choose 4 (2 or 3 only for testing)."
+                f"bits={self.bits}: the AWQ GEMM layout holds at most 4 "
+                "bits per weight; choose 4 (2 or 3 only for testing)."
             )
         if self.group_size not in (32, 64, 128):
             raise QuantizationError(f"group_size={self.group_size}: choose 32, 64 or 128.")

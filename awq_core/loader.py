@@ -5,10 +5,10 @@ from pathlib import Path
 from torch import nn
 
 from awq_core.architectures import architecture_for
-from awq_core.checkpoint import Checkpoint
+from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
-from awq_core.errors import CheckpointError
 from awq_core.model import meta_model, rotary_embedding
+from awq_release.errors import CheckpointError
 from kernels import AWQLinear
 
 
@@ -16,7 +16,7 @@ def load_quantized(model_dir: str | Path, compute: Resolved | None = None) -> nn
     """The model on compute's device, floating tensors in its dtype (auto when None); packed
     weights and fp16 scales stay as stored."""
     compute = compute or resolve()
-    ckpt = Checkpoint(model_dir)
+    ckpt = CheckpointFolder(model_dir)
     qcfg = ckpt.config.get("quantization_config") or {}
     if (qcfg.get("quant_method"), qcfg.get("bits"), str(qcfg.get("version", "gemm")).lower()) != ("awq", 4, "gemm"):
         raise CheckpointError(f"{ckpt.dir} is not a 4-bit AWQ GEMM checkpoint (quantization_config: {qcfg or 'none'}).")
@@ -44,7 +44,8 @@ def load_quantized(model_dir: str | Path, compute: Resolved | None = None) -> nn
     tied = {f"{arch.lm_head}.weight"} if hf_config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise CheckpointError(
-            f"{ckpt.dir} does not match its config: missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}."
+            f"{ckpt.dir} does not match its config: missing {sorted(set(missing) - tied)[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]}."
         )
     if tied:
         model.get_submodule(arch.lm_head).weight = model.get_submodule(arch.embed).weight

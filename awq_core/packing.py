@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of each int32 holds column AWQ_ORDER[i] of its run of 8
+from kernels.reference import AWQ_PACK_ORDER
 
 
 def pack_awq_int4(values: Tensor) -> Tensor:
@@ -11,7 +11,7 @@ def pack_awq_int4(values: Tensor) -> Tensor:
     rows, cols = values.shape
     runs = values.to(torch.int32).reshape(rows, cols // 8, 8)  # (R, C // 8, 8)
     packed = torch.zeros(rows, cols // 8, dtype=torch.int32, device=values.device)
-    for nibble, col in enumerate(AWQ_ORDER):
+    for nibble, col in enumerate(AWQ_PACK_ORDER):
         packed |= runs[:, :, col] << (4 * nibble)
     return packed
 

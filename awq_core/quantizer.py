@@ -12,7 +12,7 @@ import logging
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 from awq_core.architectures import Architecture, architecture_for
 from awq_core.block import quantize_block
 from awq_core.calibration import calibration_fingerprint
-from awq_core.checkpoint import PICKLE_SUFFIXES, Checkpoint
+from awq_core.checkpoint import PICKLE_SUFFIXES, CheckpointFolder
 from awq_core.compute import Compute, Resolved, resolve
 from awq_core.config import QuantConfig
-from awq_core.errors import CalibrationError, QuantizationError, UnsupportedArchitecture
 from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
+from awq_release.errors import CalibrationError, QuantizationError, UnsupportedArchitecture
 from kernels.reference import dequantize_awq
 
 log = logging.getLogger(__name__)
@@ -84,19 +84,21 @@ def quantization_config(cfg: QuantConfig, arch: Architecture) -> dict:
     }
 
 
-def _check_shapes(ckpt: Checkpoint, arch: Architecture, n_layers: int, cfg: QuantConfig) -> None:
+def _check_shapes(ckpt: CheckpointFolder, arch: Architecture, n_layers: int, cfg: QuantConfig) -> None:
     for i in range(n_layers):
         prefix = f"{arch.layers}.{i}."
         for name in arch.linears:
             info = ckpt.tensors.get(f"{prefix}{name}.weight")
             if info is None:
                 raise UnsupportedArchitecture(
-                    f"Block {i} has no {name}.weight although its architecture maps it: the checkpoint does not match its config."
+                    f"Block {i} has no {name}.weight although its architecture "
+                    "maps it: the checkpoint does not match its config."
                 )
             out_features, in_features = info.shape
             if in_features % cfg.group_size:
                 raise QuantizationError(
-                    f"group_size={cfg.group_size} does not divide {prefix}{name}'s {in_features} input features: choose a group size that divides it (32 or 64 divide more)."
+                    f"group_size={cfg.group_size} does not divide {prefix}{name}'s {in_features} input features: "
+                    "choose a group size that divides it (32 or 64 divide more)."
                 )
             if out_features % 8:
                 raise QuantizationError(
@@ -111,11 +113,12 @@ def _check_shapes(ckpt: Checkpoint, arch: Architecture, n_layers: int, cfg: Quan
         ]
         if unmapped:
             raise UnsupportedArchitecture(
-                f"Block {i} has linears the mapping does not cover ({', '.join(unmapped)}): extend awq_core/architectures.py."
+                f"Block {i} has linears the mapping does not cover ({', '.join(unmapped)}): extend "
+                "awq_core/architectures.py."
             )
 
 
-def _inputs_fingerprint(ckpt: Checkpoint, calib: Tensor, cfg: QuantConfig, compute: Resolved) -> str:
+def _inputs_fingerprint(ckpt: CheckpointFolder, calib: Tensor, cfg: QuantConfig, compute: Resolved) -> str:
     """Blocks are reused only from a run with the same weights, calibration, settings and precision."""
     parts = (
         ckpt.fingerprint(),
@@ -182,6 +185,87 @@ def _copy_side_files(source: Path, dest: Path) -> None:
             shutil.copy2(path, dest / path.name)
 
 
+@dataclass
+class _Blocks:
+    """What the block loop leaves behind: where each tensor is stored and each block's figures."""
+
+    weight_map: dict[str, str] = field(default_factory=dict)  # tensor name -> shard file
+    block_mse: list[float] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+    resumed: int = 0
+
+
+def _shard_name(index: int, n_layers: int) -> str:
+    """Shard `index` of n_layers + 1: one per decoder block, then one for everything else."""
+    return f"model-{index + 1:05d}-of-{n_layers + 1:05d}.safetensors"
+
+
+def _checked_source(model_dir: str | Path, calib: Tensor, config: QuantConfig) -> tuple[CheckpointFolder, Architecture]:
+    """The checkpoint and its architecture, refused before any work if anything would fail later."""
+    ckpt = CheckpointFolder(model_dir)
+    arch = architecture_for(ckpt.config)
+    _check_shapes(ckpt, arch, ckpt.config["num_hidden_layers"], config)
+    _check_calibration(calib, ckpt.config.get("max_position_embeddings"))
+    ckpt.check_finite()
+    return ckpt, arch
+
+
+def _quantize_blocks(
+    ckpt: CheckpointFolder,
+    arch: Architecture,
+    calib: Tensor,
+    config: QuantConfig,
+    compute: Resolved,
+    work: Path,
+    progress: bool,
+) -> _Blocks:
+    """Each decoder block in turn: reuse its shard if an earlier run with the same inputs finished it,
+    else search, quantize and write it; its output feeds the next block."""
+    n_layers = ckpt.config["num_hidden_layers"]
+    embed_name = f"{arch.embed}.weight"
+    store_dtype = STORAGE_DTYPES[ckpt.tensors[embed_name].dtype]
+    model, hf_config = meta_model(ckpt.dir, compute.dtype)
+    kwargs = block_kwargs(rotary_embedding(model, arch, hf_config, compute.device), calib.shape[1], compute)
+    hidden = F.embedding(calib, ckpt.get(embed_name)).to(compute.dtype)  # (N, L, C)
+    hidden = hidden.to(activation_device(hidden, compute))
+    blocks = _Blocks()
+    desc = f"AWQ blocks ({compute.device} {compute.dtype_name})"
+    bar = tqdm(range(n_layers), desc=desc, unit="block", disable=not progress)
+    for i in bar:
+        prefix, shard = f"{arch.layers}.{i}.", work / _shard_name(i, n_layers)
+        block_report = work / ".blocks" / f"{i:05d}.json"
+        if block_report.is_file():  # finished by an earlier run with the same inputs
+            tensors = {k.removeprefix(prefix): v for k, v in load_file(shard).items()}
+            quantized = config.propagate == "quantized"
+            state = _dense_block_state(tensors, arch, config.group_size) if quantized else ckpt.load_prefix(prefix)
+            hidden = run_block(materialize_block(model, arch, i, state, compute), hidden, kwargs)
+            report = json.loads(block_report.read_text())
+            blocks.resumed += 1
+        else:
+            block = materialize_block(model, arch, i, ckpt.load_prefix(prefix), compute)
+            result = quantize_block(block, arch, hidden, kwargs, config, store_dtype)
+            hidden, tensors = result.output, result.tensors
+            save_file({prefix + k: v.contiguous() for k, v in tensors.items()}, shard, metadata={"format": "pt"})
+            report = {"block_mse": result.output_mse, "layers": [{"block": i, **row} for row in result.layers]}
+            _write_json(block_report, report)
+        blocks.weight_map |= {prefix + name: shard.name for name in tensors}
+        blocks.block_mse.append(report["block_mse"])
+        blocks.layers += report["layers"]
+        bar.set_postfix(out_mse=f"{report['block_mse']:.2e}")
+    return blocks
+
+
+def _write_rest(ckpt: CheckpointFolder, arch: Architecture, config: QuantConfig, work: Path, weight_map: dict) -> None:
+    """The last shard (embeddings, final norm, head), the index, config.json and the side files."""
+    n_layers = ckpt.config["num_hidden_layers"]
+    rest = {name: ckpt.get(name) for name in ckpt.tensors if not name.startswith(f"{arch.layers}.")}
+    save_file(rest, work / _shard_name(n_layers, n_layers), metadata={"format": "pt"})
+    weight_map = weight_map | {name: _shard_name(n_layers, n_layers) for name in rest}
+    _write_json(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))})
+    _write_json(work / "config.json", ckpt.config | {"quantization_config": quantization_config(config, arch)})
+    _copy_side_files(ckpt.dir, work)
+
+
 def quantize(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -197,84 +281,30 @@ def quantize(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise QuantizationError(f"{out_dir} already exists: remove it or choose another output folder.")
-    ckpt = Checkpoint(model_dir)
-    arch = architecture_for(ckpt.config)
-    n_layers = ckpt.config["num_hidden_layers"]
-    _check_shapes(ckpt, arch, n_layers, config)
-    _check_calibration(calib, ckpt.config.get("max_position_embeddings"))
-    ckpt.check_finite()
+    ckpt, arch = _checked_source(model_dir, calib, config)
     resolved = resolve(compute)
     log.info("Quantizing on %s", resolved)
     if resolved.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(resolved.device)
 
-    embed_name = f"{arch.embed}.weight"
-    store_dtype = STORAGE_DTYPES[ckpt.tensors[embed_name].dtype]
-    model, hf_config = meta_model(ckpt.dir, resolved.dtype)
-    kwargs = block_kwargs(rotary_embedding(model, arch, hf_config, resolved.device), calib.shape[1], resolved)
-
     work = out_dir.parent / f".{out_dir.name}.partial"
     _open_work_dir(work, _inputs_fingerprint(ckpt, calib, config, resolved))
-    shard = lambda i: f"model-{i + 1:05d}-of-{n_layers + 1:05d}.safetensors"  # noqa: E731
-    weight_map: dict[str, str] = {}
-
-    hidden = F.embedding(calib, ckpt.get(embed_name)).to(resolved.dtype)  # (N, L, C)
-    hidden = hidden.to(activation_device(hidden, resolved))
-    resumed, block_mse, layers = 0, [], []
-    bar = tqdm(
-        range(n_layers),
-        desc=f"AWQ blocks ({resolved.device} {resolved.dtype_name})",
-        unit="block",
-        disable=not progress,
-    )
-    for i in bar:
-        prefix = f"{arch.layers}.{i}."
-        block_report = work / ".blocks" / f"{i:05d}.json"
-        if block_report.is_file():  # finished by an earlier run with the same inputs
-            tensors = {k.removeprefix(prefix): v for k, v in load_file(work / shard(i)).items()}
-            state = (
-                _dense_block_state(tensors, arch, config.group_size)
-                if config.propagate == "quantized"
-                else ckpt.load_prefix(prefix)
-            )
-            hidden = run_block(materialize_block(model, arch, i, state, resolved), hidden, kwargs)
-            report = json.loads(block_report.read_text())
-            resumed += 1
-        else:
-            block = materialize_block(model, arch, i, ckpt.load_prefix(prefix), resolved)
-            result = quantize_block(block, arch, hidden, kwargs, config, store_dtype)
-            hidden, tensors = result.output, result.tensors
-            save_file(
-                {prefix + k: v.contiguous() for k, v in tensors.items()}, work / shard(i), metadata={"format": "pt"}
-            )
-            report = {"block_mse": result.output_mse, "layers": [{"block": i, **row} for row in result.layers]}
-            _write_json(block_report, report)
-        weight_map |= {prefix + name: shard(i) for name in tensors}
-        block_mse.append(report["block_mse"])
-        layers += report["layers"]
-        bar.set_postfix(out_mse=f"{report['block_mse']:.2e}")
-
-    rest = {name: ckpt.get(name) for name in ckpt.tensors if not name.startswith(f"{arch.layers}.")}
-    save_file(rest, work / shard(n_layers), metadata={"format": "pt"})
-    weight_map |= {name: shard(n_layers) for name in rest}
-    _write_json(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))})
-    _write_json(work / "config.json", ckpt.config | {"quantization_config": quantization_config(config, arch)})
-    _copy_side_files(ckpt.dir, work)
+    blocks = _quantize_blocks(ckpt, arch, calib, config, resolved, work, progress)
+    _write_rest(ckpt, arch, config, work, blocks.weight_map)
 
     calibration = {"n_samples": calib.shape[0], "seqlen": calib.shape[1], "fingerprint": calibration_fingerprint(calib)}
+    on_gpu = resolved.device.type == "cuda"
     report = QuantReport(
         out_dir=str(out_dir),
         report_path=str(out_dir / REPORT_NAME),
         seconds=round(time.perf_counter() - start, 2),
         peak_rss_mb=_rss_mb("VmHWM"),
         start_rss_mb=start_rss_mb,
-        peak_gpu_mb=round(torch.cuda.max_memory_allocated(resolved.device) / 2**20, 1)
-        if resolved.device.type == "cuda"
-        else None,
+        peak_gpu_mb=round(torch.cuda.max_memory_allocated(resolved.device) / 2**20, 1) if on_gpu else None,
         compute=resolved.describe(),
-        resumed_blocks=resumed,
-        block_mse=block_mse,
-        layers=layers,
+        resumed_blocks=blocks.resumed,
+        block_mse=blocks.block_mse,
+        layers=blocks.layers,
         config=dataclasses.asdict(config) | {"source": str(ckpt.dir), "calibration": calibration},
     )
     _write_json(work / REPORT_NAME, dataclasses.asdict(report))

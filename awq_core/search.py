@@ -65,7 +65,7 @@ def search_scales(
             (f"{name}.weight" if name else "weight"): (
                 fake_quantize(w.float() * scales, cfg.group_size, cfg.zero_point, cfg.bits) / scales
             ).to(w.dtype)
-            for name, w in zip(names, weights)
+            for name, w in zip(names, weights, strict=True)
         }
         return mse(call_module(inspect, x, kwargs, swapped), reference)
 

@@ -4,9 +4,10 @@
 
 llm-compressor needs its own environment (`pip install torch==2.13.0 llmcompressor` in a venv).
 Both compute in the same precision, awq_core.compute's choice for this host (fp32 on a CPU without
-native bf16, where bf16 would be emulated for both). Both quantize the demo model (or, with --layers K, its first K blocks, for a quick timing) with
-the benchmark's 64 x 512 calibration windows; on the whole model both are also scored by this
-project's perplexity function on held-out text.
+native bf16, where bf16 would be emulated for both). Both quantize the demo model (or, with
+--layers K, its first K blocks, for a quick timing) with the benchmark's 64 x 512 calibration
+windows; on the whole model both are also scored by this project's perplexity function on held-out
+text.
 """
 
 import argparse
@@ -97,7 +98,8 @@ def main() -> None:
             raise SystemExit(f"llm-compressor failed:\n{peer.stderr[-3000:]}")
         theirs = json.loads(peer.stdout.strip().splitlines()[-1])
     print(
-        f"{blocks} of {total_blocks} blocks of {assets.model_dir.name}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens, "
+        f"{blocks} of {total_blocks} blocks of {assets.model_dir.name}, group {args.group_size}, {args.n_samples} "
+        f"x {args.seqlen} calibration tokens, "
         f"both computing in {compute}"
     )
     print(f"{'':22} {'seconds':>9} {'s / block':>10} {'domain ppl':>11} {'general ppl':>12}")

@@ -6,8 +6,9 @@ Validation runs the candidate through kernels.AWQLinear. On the CPU there is no 
 layer dequantizes its weight once and keeps it, where the reference path unpacks the int4 weights
 again on every forward. This times perplexity over the same held-out tokens (2048 tokens a forward)
 and greedy decoding (one token a forward, where unpacking costs most) for the dense model, the
-candidate as validation runs it, and the candidate through the per-call reference path, in one run. Without --candidate a round-to-nearest checkpoint of the demo model is made first (the
-layout and the cost are the same as AWQ's).
+candidate as validation runs it, and the candidate through the per-call reference path, in one run.
+Without --candidate a round-to-nearest checkpoint of the demo model is made first (the layout and the
+cost are the same as AWQ's).
 """
 
 import argparse
@@ -75,12 +76,14 @@ def main() -> None:
             kernels.linear.AWQLinear.forward = forward
     _, dense_ppl_s, dense_decode_s = rows["dense original"]
     print(
-        f"compute: {compute}; perplexity over {ids.numel()} held-out tokens (windows of 512 every 256); {args.new_tokens} tokens decoded"
+        f"compute: {compute}; perplexity over {ids.numel()} held-out tokens (windows of 512 every 256); "
+        f"{args.new_tokens} tokens decoded"
     )
     print(f"{'model':40} {'perplexity':>11} {'ppl s':>7} {'/ dense':>8} {'decode s':>9} {'/ dense':>8}")
     for name, (value, ppl_s, decode_s) in rows.items():
         print(
-            f"{name:40} {value:11.3f} {ppl_s:7.1f} {ppl_s / dense_ppl_s:8.2f} {decode_s:9.2f} {decode_s / dense_decode_s:8.2f}"
+            f"{name:40} {value:11.3f} {ppl_s:7.1f} {ppl_s / dense_ppl_s:8.2f} {decode_s:9.2f} "
+            f"{decode_s / dense_decode_s:8.2f}"
         )
 
 

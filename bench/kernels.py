@@ -9,6 +9,7 @@ against a BF16 matmul on already-dense weights.
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -65,16 +66,16 @@ def main() -> None:
         for M in M_VALUES:
             x = torch.randn(M, K, device=device, dtype=dtype)
             t_w4 = timed(
-                lambda: awq_gemm(x, layer["qweight"], layer["qzeros"], layer["scales"], args.group_size), args.reps
+                partial(awq_gemm, x, layer["qweight"], layer["qzeros"], layer["scales"], args.group_size), args.reps
             )
-            t_dense = timed(lambda: x @ dense, args.reps)
-            moved = (
-                x.numel() * 2 + K * N // 2 + (K // args.group_size) * N * (2 + 0.5) + M * N * 2
-            )  # bytes: x, int4 W, scales + zeros, y
+            t_dense = timed(partial(torch.matmul, x, dense), args.reps)
+            # bytes: x, int4 W, scales + zeros, y
+            moved = x.numel() * 2 + K * N // 2 + (K // args.group_size) * N * (2 + 0.5) + M * N * 2
             gbps = moved / t_w4 / 1e9
             fraction = f"{gbps / peak:8.2f}" if peak else f"{'-':>8}"
             print(
-                f"{M:5d} {K:6d} {N:6d} {t_w4 * 1e6:10.1f} {t_dense * 1e6:10.1f} {t_dense / t_w4:9.2f} {gbps:8.1f} {fraction}"
+                f"{M:5d} {K:6d} {N:6d} {t_w4 * 1e6:10.1f} {t_dense * 1e6:10.1f} "
+                f"{t_dense / t_w4:9.2f} {gbps:8.1f} {fraction}"
             )
 
 

@@ -1,7 +1,8 @@
 """llm-compressor's AWQModifier on a model folder and calibration ids: the peer that bench.compare times.
 
 Runs in llm-compressor's own environment (it pins other versions than ours):
-    LLMC/bin/python -P bench/llmcompressor_awq.py MODEL_DIR CALIB_IDS.safetensors GROUP_SIZE DTYPE [EVAL_IDS.safetensors]
+    LLMC/bin/python -P bench/llmcompressor_awq.py MODEL_DIR CALIB_IDS.safetensors GROUP_SIZE DTYPE \
+        [EVAL_IDS.safetensors]
 Prints one JSON line: {"seconds": ..., "perplexity": {name: ...}}. Perplexity of the quantized model
 (llm-compressor fake-quantizes in forward) uses this project's own function on the given token streams.
 """
@@ -22,9 +23,8 @@ from transformers import AutoModelForCausalLM
 
 def main() -> None:
     model_dir, calib_path, group_size, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), getattr(torch, sys.argv[4])
-    torch.Tensor.pin_memory = lambda self, *args, **kwargs: (
-        self
-    )  # on CPU it fails with "Cannot access accelerator device"
+    # llm-compressor pins cached activations, which on a CPU fails with "Cannot access accelerator device".
+    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
     ids = load_file(calib_path)["input_ids"]  # (N, L): the very windows our quantizer used
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)  # the precision our quantizer computes in
@@ -42,9 +42,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
     perplexities = {}
     if len(sys.argv) > 5:
-        sys.path.insert(
-            0, str(Path(__file__).resolve().parents[1])
-        )  # after transformers' imports: our `kernels` must not shadow theirs
+        # after transformers' imports: our `kernels` must not shadow theirs
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from validation.perplexity import perplexity
 
         perplexities = {name: perplexity(model.eval(), ids) for name, ids in load_file(sys.argv[5]).items()}

@@ -1,6 +1,7 @@
 """Quantization benchmark on the demo model: original vs RTN vs AWQ perplexity, wall time, peak memory.
 
-    .venv/bin/python -m bench.quantize [--n-samples 64 --seqlen 512 --group-size 64] [--propagate both] [--device D --dtype T]
+    .venv/bin/python -m bench.quantize [--n-samples 64 --seqlen 512 --group-size 64] [--propagate both] \
+        [--device D --dtype T]
 
 Device and dtype are awq_core.compute's (auto: CUDA if present, else bf16 only on CPUs with native
 bf16); the table prints what each run used, its seconds per block, and peak host and GPU memory.
@@ -95,7 +96,9 @@ def main() -> None:
             label = "RTN" if method == "rtn" else f"AWQ ({propagate} outputs feed the next block)"
             rows.append((label, {name: perplexity(model, ids) for name, ids in texts.items()}, summary))
 
-    header = f"{'device':>7} {'dtype':>9} {'wall s':>7} {'s/block':>8} {'peak RSS MiB':>13} {'above start':>12} {'that / BF16':>12} {'peak GPU MiB':>13}"
+    columns = (("device", 7), ("dtype", 9), ("wall s", 7), ("s/block", 8), ("peak RSS MiB", 13), ("above start", 12))
+    columns += (("that / BF16", 12), ("peak GPU MiB", 13))
+    header = " ".join(f"{name:>{width}}" for name, width in columns)
     print(f"\n{'model':44} {'domain ppl':>11} {'general ppl':>12} {header}")
     for label, ppl, summary in rows:
         figures = ""
@@ -103,7 +106,8 @@ def main() -> None:
             added = summary["peak_rss_mb"] - summary["start_rss_mb"]
             gpu = "-" if summary["peak_gpu_mb"] is None else f"{summary['peak_gpu_mb']:.0f}"
             figures = (
-                f"{summary['compute']['device']:>7} {summary['compute']['dtype']:>9} {summary['seconds']:7.0f} {summary['seconds'] / blocks:8.1f} "
+                f"{summary['compute']['device']:>7} {summary['compute']['dtype']:>9} {summary['seconds']:7.0f} "
+                f"{summary['seconds'] / blocks:8.1f} "
                 f"{summary['peak_rss_mb']:13.0f} {added:12.0f} {added * 2**20 / bf16_bytes:12.2f} {gpu:>13}"
             )
         print(f"{label:44} {ppl['domain']:11.3f} {ppl['general']:12.3f} {figures}")

@@ -32,8 +32,8 @@ print(json.dumps(found))
 FIXES = (
     "run the load stage on a GPU host (AWQ_RELEASE_ENGINE=gpu bash scripts/setup.sh installs CUDA vLLM), "
     "or on a CPU with AVX-512; or point load.endpoint at an OpenAI-compatible server already serving the candidate "
-    "(a staging deployment on the target GPU); or, where the policy accepts it, set load.required: false to record "
-    "the stage as skipped"
+    "(a staging deployment on the target GPU); or, where the policy "
+    "accepts it, set load.required: false to record the stage as skipped"
 )
 
 
@@ -56,8 +56,9 @@ def capability_from(found: dict) -> Capability:
     if "cpu_w4a16" in found:
         return Capability(
             False,
-            f"this host's vLLM ({found.get('platform')}, {found.get('isa')} build) has no 4-bit AWQ kernel (cpu_gemm_wna16 "
-            f"exists only in its AVX-512 build): a server would start and die on the first request. Fix: {FIXES}.",
+            f"this host's vLLM ({found.get('platform')}, {found.get('isa')} build) has no 4-bit AWQ kernel "
+            "(cpu_gemm_wna16 exists only in its AVX-512 build): a server "
+            f"would start and die on the first request. Fix: {FIXES}.",
         )
     return Capability(False, f"vLLM's platform here is {found.get('platform')}, which has no AWQ kernel: {FIXES}.")
 

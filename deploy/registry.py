@@ -17,11 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from awq_core.errors import ReleaseError
-
-
-class PromotionError(ReleaseError):
-    """A release could not be published, or rolled back, in the registry."""
+from awq_release.errors import PromotionError
 
 
 def safe_name(name: str) -> str:

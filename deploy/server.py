@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from awq_core.errors import ServerError
+from awq_release.errors import ServerError
 
 # CPU-only settings, ignored by GPU builds: KV cache size in GiB, and exact W4A16 (no int8 activations).
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_INT4_W4A8": "0"}
@@ -117,7 +117,8 @@ def serve(
         while not _healthy(base_url):
             if process.poll() is not None:
                 raise ServerError(
-                    f"vLLM exited with status {process.returncode} before it was ready; log {log_path}:\n{_log_tail(log_path)}"
+                    f"vLLM exited with status {process.returncode} before it was ready; log "
+                    f"{log_path}:\n{_log_tail(log_path)}"
                 )
             if time.monotonic() > deadline:
                 raise ServerError(

@@ -54,4 +54,5 @@ class AWQLinear(nn.Module):
         return F.linear(x, self.dense_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, bias={self.bias is not None}"
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+        return f"{sizes}, bias={self.bias is not None}"

@@ -5,20 +5,21 @@ Layout (what `awq_core` writes and vLLM reads with quantization="awq"):
   qzeros  int32 [K // g, N // 8]   same packing
   scales  fp16  [K // g, N]
   w[k, n] = (q[k, n] - z[k // g, n]) * s[k // g, n]
-Within each int32, column j of a run of eight sits in nibble AWQ_REVERSE_ORDER[j] (the packer
-writes columns in the order 0, 2, 4, 6, 1, 3, 5, 7).
+Within each int32, nibble i holds column AWQ_PACK_ORDER[i] of its run of eight: the one spelling
+of that order, which the packer (awq_core.packing) and the Triton kernel read from here.
 """
 
 import torch
 from torch import Tensor
 
-AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+AWQ_NIBBLE_OF_COLUMN = tuple(AWQ_PACK_ORDER.index(column) for column in range(8))  # (0, 4, 1, 5, 2, 6, 3, 7)
 
 
 def unpack_awq_int4(packed: Tensor) -> Tensor:
     """int32 [R, C // 8] -> int32 [R, C] with values in 0..15."""
     rows, packed_cols = packed.shape
-    shifts = torch.tensor(AWQ_REVERSE_ORDER, dtype=torch.int32, device=packed.device) * 4
+    shifts = torch.tensor(AWQ_NIBBLE_OF_COLUMN, dtype=torch.int32, device=packed.device) * 4
     values = (packed[:, :, None] >> shifts) & 0xF  # (R, C // 8, 8)
     return values.reshape(rows, packed_cols * 8)
 

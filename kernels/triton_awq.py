@@ -14,11 +14,14 @@ happened before TRITON_INTERPRET=1 was set (as in a test session).
 """
 
 import os
+from functools import cache
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from kernels.reference import AWQ_NIBBLE_OF_COLUMN
 
 SMALL_M = 16
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -31,6 +34,7 @@ def _awq_gemm_kernel(
     qzeros_ptr,
     scales_ptr,
     bias_ptr,
+    nibble_ptr,
     y_ptr,
     M,
     N,
@@ -52,19 +56,15 @@ def _awq_gemm_kernel(
     offs_n = (pid % grid_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m, mask_n = offs_m < M, offs_n < N
-    # Column j of each run of 8 sits in nibble [0, 4, 1, 5, 2, 6, 3, 7][j] of its int32.
-    j = offs_n % 8
-    shifts = ((j // 2) + (j % 2) * 4) * 4  # (BLOCK_N,)
+    shifts = tl.load(nibble_ptr + offs_n % 8) * 4  # (BLOCK_N,): column j of a run of 8 sits in nibble_ptr[j]
 
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
     for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
         k = k0 + offs_k
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk, mask=mask_m[:, None], other=0.0
-        )  # (BM, BK)
-        packed = tl.load(
-            qweight_ptr + k[:, None] * (N // 8) + offs_n[None, :] // 8, mask=mask_n[None, :], other=0
-        )  # (BK, BN) int32
+        x_offsets = offs_m[:, None] * stride_xm + k[None, :] * stride_xk  # (BM, BK)
+        x = tl.load(x_ptr + x_offsets, mask=mask_m[:, None], other=0.0)
+        w_offsets = k[:, None] * (N // 8) + offs_n[None, :] // 8  # (BK, BN): the int32 word of each weight
+        packed = tl.load(qweight_ptr + w_offsets, mask=mask_n[None, :], other=0)
         group = k0 // group_size
         packed_zeros = tl.load(qzeros_ptr + group * (N // 8) + offs_n // 8, mask=mask_n, other=0)  # (BN,)
         scales = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN,)
@@ -126,6 +126,12 @@ _large_m_kernel = triton.autotune(LARGE_CONFIGS, key=_KEY, prune_configs_by={"ea
 )
 
 
+@cache
+def _nibble_table(device: torch.device) -> Tensor:
+    """(8,) int32 on the device, made once: the nibble that holds each column of a run of eight."""
+    return torch.tensor(AWQ_NIBBLE_OF_COLUMN, dtype=torch.int32, device=device)
+
+
 def awq_gemm_triton(
     x: Tensor, qweight: Tensor, qzeros: Tensor, scales: Tensor, group_size: int, bias: Tensor | None = None
 ) -> Tensor:
@@ -154,6 +160,7 @@ def awq_gemm_triton(
         qzeros,
         scales,
         bias_arg,
+        _nibble_table(x.device),
         y,
         M,
         N,

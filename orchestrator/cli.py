@@ -7,9 +7,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from awq_core.errors import ReleaseError
+from awq_release.errors import ReleaseError
 from validation import STAGES, load_settings, run_stage
-from validation.result import figure
+from validation.result import format_number
 
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
@@ -54,9 +54,9 @@ def _calibration(model_dir: Path, files: list[Path], n_samples: int, seqlen: int
     from transformers import AutoTokenizer
 
     from awq_core import build_calibration
-    from awq_core.checkpoint import Checkpoint
+    from awq_core.checkpoint import CheckpointFolder
 
-    Checkpoint(model_dir)  # a clear error for a broken folder before the tokenizer tries to read it
+    CheckpointFolder(model_dir)  # a clear error for a broken folder before the tokenizer tries to read it
     return build_calibration(AutoTokenizer.from_pretrained(model_dir), files, n_samples, seqlen)
 
 
@@ -70,7 +70,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print(json.dumps(report.summary(), indent=1))
     else:
         print(
-            f"wrote {report.out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']} ({report.compute['why']}), "
+            f"wrote {report.out_dir} in {report.seconds:.0f} s on {report.compute['device']} "
+            f"{report.compute['dtype']} ({report.compute['why']}), "
             f"peak RSS {report.peak_rss_mb:.0f} MB; per-layer report: {report.report_path}"
         )
     return 0
@@ -89,21 +90,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out_dir = cache_dir() / "demo" / f"SmolLM2-135M-Instruct-{args.method}-g{args.group_size}"
     shutil.rmtree(out_dir, ignore_errors=True)  # the demo's own output: always made afresh
     print(
-        f"Quantizing {assets.model_dir.name} ({args.method}, group {args.group_size}, {args.n_samples} x {args.seqlen} calibration tokens from "
+        f"Quantizing {assets.model_dir.name} ({args.method}, group {args.group_size}, {args.n_samples} x "
+        f"{args.seqlen} calibration tokens from "
         f"{len(assets.calibration_texts)} State of the Union addresses before 2000)"
     )
     calib = _calibration(assets.model_dir, assets.calibration_texts, args.n_samples, args.seqlen)
     compute = _compute(args)
     report = quantize(assets.model_dir, out_dir, calib, _config(args), compute=compute)
     print(
-        f"wrote {out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, peak RSS {report.peak_rss_mb:.0f} MB"
+        f"wrote {out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, peak "
+        f"RSS {report.peak_rss_mb:.0f} MB"
     )
 
     texts = assets.eval_streams(AutoTokenizer.from_pretrained(assets.model_dir), args.eval_tokens)
     resolved = resolve(compute)
     models = {"original": load_model(assets.model_dir, resolved), args.method.upper(): load_model(out_dir, resolved)}
     print(
-        f"\nperplexity on {args.eval_tokens} held-out tokens each of SOTU 2000-2021 (domain) and Shakespeare (general), windows of 512 every 256:"
+        f"\nperplexity on {args.eval_tokens} held-out tokens each of SOTU 2000-2021 (domain) and Shakespeare "
+        "(general), windows of 512 every 256:"
     )
     print(f"{'text':10} {'original':>8} {args.method.upper():>8} {'change':>8}")
     for name, ids in texts.items():
@@ -117,8 +121,9 @@ def _print_stage(result) -> None:
     print(f"\n[{result.status.upper()}] {result.stage} ({result.seconds:.0f} s; {where})")
     for m in result.metrics:
         print(
-            f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {figure(m.baseline):>9}  candidate {figure(m.candidate):>9}  "
-            f"value {figure(m.value):>9} {m.limit}"
+            f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {format_number(m.baseline):>9}  candidate "
+            f"{format_number(m.candidate):>9}  "
+            f"value {format_number(m.value):>9} {m.limit}"
         )
     for line in [r for r in (result.error, result.skipped) if r] + [f"warning: {w}" for w in result.warnings]:
         print(f"  {line}")
@@ -180,7 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         latest = next((r for r in reversed(rows) if r["status"] != "rolled_back"), None)
         print(
-            f"run {outcome.run_id} for checkpoint {outcome.partition_key}: {'succeeded' if outcome.success else 'FAILED'}"
+            f"run {outcome.run_id} for checkpoint {outcome.partition_key}: "
+            f"{'succeeded' if outcome.success else 'FAILED'}"
         )
         if latest:
             print(
@@ -242,7 +248,8 @@ def cmd_fetch_demo(args: argparse.Namespace) -> int:
     assets = demo_assets()
     policy = write_demo_policy(assets, cache_dir() / "demo-policy.yaml")
     print(
-        f"demo model: {assets.model_dir}\ncalibration texts: {len(assets.calibration_texts)}, held-out: {len(assets.domain_eval_texts)}, "
+        f"demo model: {assets.model_dir}\ncalibration texts: {len(assets.calibration_texts)}, held-out: "
+        f"{len(assets.domain_eval_texts)}, "
         f"general: {len(assets.general_eval_texts)}, tasks: {', '.join(assets.tasks)}\nvalidation settings: {policy}"
     )
     return 0

@@ -1,7 +1,8 @@
 """The platform's one Definitions: `dagster dev -w workspace.yaml` loads it.
 
 Folders and the database come from the environment, with a local default under $AWQ_RELEASE_HOME
-(./.platform): checkpoints/ (watched), registry/, work/, policy.yaml, lineage.db.
+(./.platform): checkpoints/ (watched), registry/, work/, policy.yaml, lineage.db. The records the
+assets hand each other are kept in work/.records by Dagster's filesystem IO manager.
 """
 
 import os
@@ -20,14 +21,18 @@ def platform_home() -> Path:
 
 def default_resources() -> dict:
     home = platform_home()
+    work_dir = os.environ.get("AWQ_RELEASE_WORK", str(home / "work"))
+    database_url = os.environ.get("AWQ_RELEASE_DATABASE_URL", f"sqlite:///{home / 'lineage.db'}")
     return {
         "platform": Platform(
             checkpoints_dir=os.environ.get("AWQ_RELEASE_CHECKPOINTS", str(home / "checkpoints")),
             registry_dir=os.environ.get("AWQ_RELEASE_REGISTRY", str(home / "registry")),
-            work_dir=os.environ.get("AWQ_RELEASE_WORK", str(home / "work")),
+            work_dir=work_dir,
             policy_path=os.environ.get("AWQ_RELEASE_POLICY", str(home / "policy.yaml")),
         ),
-        "lineage": LineageDatabase(url=os.environ.get("AWQ_RELEASE_DATABASE_URL", f"sqlite:///{home / 'lineage.db'}")),
+        "lineage": LineageDatabase(url=database_url),
+        # Hidden, so it never maps to a checkpoint's work folder (partition keys never start with a dot).
+        "io_manager": dg.FilesystemIOManager(base_dir=str(Path(work_dir) / ".records")),
     }
 
 
@@ -38,8 +43,7 @@ release_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[checkpoint, calibration_set, awq_model, *(asset for asset, _ in VALIDATIONS), release],
-    asset_checks=[check for _, check in VALIDATIONS],
+    assets=[checkpoint, calibration_set, awq_model, *VALIDATIONS, release],
     jobs=[release_job],
     sensors=[checkpoint_sensor],
     resources=default_resources(),

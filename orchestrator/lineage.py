@@ -1,62 +1,158 @@
-"""Lineage writes and look-ups: each asset records its row, the next one finds it by partition key."""
+"""Every read and write of the lineage database, by row id: the one module that holds SQL.
+
+Writers open their own transaction and return ids; readers take the caller's session and return
+rows, so one transaction can read a release's whole lineage and record its promotion together.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from awq_core.errors import ReleaseError
+from awq_release.errors import ReleaseError
 from orchestrator.db import session_scope
-from orchestrator.db.models import Checkpoint, QuantizationRun, Release, ReleaseEvent, ValidationMetric, ValidationStage
-from validation.result import StageResult
+from orchestrator.db.models import (
+    Base,
+    CalibrationSet,
+    Checkpoint,
+    QuantizationRun,
+    Release,
+    ReleaseEvent,
+    ValidationMetric,
+    ValidationStage,
+)
+from validation.result import Metric, StageResult
+
+if TYPE_CHECKING:  # the history commands read the database without importing torch
+    from awq_core.quantizer import QuantReport
+    from orchestrator.ingest import Ingested
 
 
-class MissingUpstream(ReleaseError):
-    """An asset ran before the one it depends on had recorded anything for this checkpoint."""
+@dataclass(frozen=True)
+class Lineage:
+    """The rows a release of one quantization run descends from, in one session."""
+
+    checkpoint: Checkpoint
+    calibration: CalibrationSet
+    run: QuantizationRun
+    stages: dict[str, ValidationStage]  # the newest result of each stage
 
 
-def latest(session: Session, model, **where):
-    row = session.scalars(select(model).filter_by(**where).order_by(model.id.desc()).limit(1)).first()
-    if row is None:
-        raise MissingUpstream(
-            f"No {model.__tablename__} row for {where}: materialize the upstream asset for this checkpoint first."
+# Writes, one transaction each.
+
+
+def _insert(session: Session, row: Base) -> int:
+    """Add the row and send it, so its id is known inside the transaction."""
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def register_checkpoint(engine: Engine, name: str, found: "Ingested") -> int:
+    """The checkpoint row for this content: the existing one if the same bytes were registered before."""
+    with session_scope(engine) as session:
+        existing = session.scalars(select(Checkpoint.id).where(Checkpoint.content_hash == found.content_hash)).first()
+        if existing is not None:
+            return existing
+        row = Checkpoint(
+            name=name,
+            path=str(found.model_dir),
+            content_hash=found.content_hash,
+            base_model=found.base_model,
+            adapter_path=found.adapter_path,
+            architecture=found.architecture,
+            size_bytes=found.size_bytes,
         )
-    return row
+        return _insert(session, row)
 
 
-def latest_checkpoint(session: Session, key: str) -> Checkpoint:
-    return latest(session, Checkpoint, name=key)
+def record_calibration(
+    engine: Engine,
+    checkpoint_id: int,
+    sources: dict[str, str],
+    n_samples: int,
+    seqlen: int,
+    tokens_path: Path,
+    tokens_hash: str,
+) -> int:
+    row = CalibrationSet(
+        checkpoint_id=checkpoint_id,
+        source_hashes=sources,
+        n_samples=n_samples,
+        seqlen=seqlen,
+        tokens_path=str(tokens_path),
+        tokens_hash=tokens_hash,
+    )
+    with session_scope(engine) as session:
+        return _insert(session, row)
 
 
-def latest_quantization(session: Session, key: str) -> QuantizationRun:
-    return latest(session, QuantizationRun, checkpoint_id=latest_checkpoint(session, key).id)
+def record_quantization(
+    engine: Engine, checkpoint_id: int, calibration_set_id: int, report: "QuantReport", output_hash: str
+) -> int:
+    row = QuantizationRun(
+        checkpoint_id=checkpoint_id,
+        calibration_set_id=calibration_set_id,
+        settings=report.config | {"compute": report.compute},
+        seconds=report.seconds,
+        peak_rss_mb=report.peak_rss_mb,
+        layer_errors=report.layers,
+        block_mse=report.block_mse,
+        output_path=report.out_dir,
+        output_hash=output_hash,
+    )
+    with session_scope(engine) as session:
+        return _insert(session, row)
+
+
+def _metric_row(metric: Metric) -> ValidationMetric:
+    return ValidationMetric(
+        metric=metric.name,
+        baseline=metric.baseline,
+        candidate=metric.candidate,
+        value=metric.value,
+        threshold=metric.threshold,
+        passed=metric.passed,
+    )
 
 
 def record_stage(engine: Engine, quantization_run_id: int, result: StageResult, report_path: str) -> int:
+    row = ValidationStage(
+        quantization_run_id=quantization_run_id,
+        stage=result.stage,
+        passed=result.passed,
+        status=result.status,
+        reasons=result.reasons,
+        warnings=result.warnings,
+        report_path=report_path,
+        seconds=result.seconds,
+        compute=result.compute,
+        metrics=[_metric_row(m) for m in result.metrics],
+    )
     with session_scope(engine) as session:
-        row = ValidationStage(
-            quantization_run_id=quantization_run_id,
-            stage=result.stage,
-            passed=result.passed,
-            status=result.status,
-            reasons=result.reasons,
-            warnings=result.warnings,
-            report_path=report_path,
-            seconds=result.seconds,
-            compute=result.compute,
-        )
-        row.metrics = [
-            ValidationMetric(
-                metric=m.name,
-                baseline=m.baseline,
-                candidate=m.candidate,
-                value=m.value,
-                threshold=m.threshold,
-                passed=m.passed,
-            )
-            for m in result.metrics
-        ]
-        session.add(row)
-        session.flush()
-        return row.id
+        return _insert(session, row)
+
+
+def record_rejection(engine: Engine, model: str, quantization_run_id: int, reason: str) -> str:
+    """A gate failed: the quantization run becomes one rejected release; each further failed gate
+    adds its reason and an event to it. Returns the rejected release's version."""
+    with session_scope(engine) as session:
+        query = select(Release).where(Release.quantization_run_id == quantization_run_id, Release.status == "rejected")
+        rejected = session.scalars(query).first()
+        if rejected is None:
+            run = session.get(QuantizationRun, quantization_run_id)
+            manifest = {"checkpoint": session.get(Checkpoint, run.checkpoint_id).name}
+            return record_release(
+                session, model, "rejected", run.checkpoint_id, run.id, manifest, reason=reason
+            ).version
+        rejected.reason = f"{rejected.reason}; {reason}"
+        add_event(session, rejected.id, "rejected", reason)
+        return rejected.version
+
+
+# Writes inside the caller's transaction.
 
 
 def next_version(session: Session, model: str) -> str:
@@ -73,12 +169,11 @@ def record_release(
     manifest: dict,
     path: str | None = None,
     reason: str | None = None,
-    version: str | None = None,
 ) -> Release:
-    """One release row and its first event, in the caller's transaction."""
+    """One release row, numbered next for its model, and its first event."""
     release = Release(
         model=model,
-        version=version or next_version(session, model),
+        version=next_version(session, model),
         status=status,
         checkpoint_id=checkpoint_id,
         quantization_run_id=quantization_run_id,
@@ -86,24 +181,67 @@ def record_release(
         reason=reason,
         manifest=manifest,
     )
-    session.add(release)
-    session.flush()
-    session.add(ReleaseEvent(release_id=release.id, action=status, detail=reason))
+    _insert(session, release)
+    add_event(session, release.id, status, reason)
     return release
 
 
-def record_rejection(engine: Engine, model: str, key: str, reason: str) -> str:
-    """A gate failed: the checkpoint's quantization run becomes one rejected release; each further
-    failed gate adds its reason and an event to it."""
+def add_event(session: Session, release_id: int, action: str, detail: str | None) -> None:
+    session.add(ReleaseEvent(release_id=release_id, action=action, detail=detail))
+
+
+# Reads.
+
+
+def latest_stages(session: Session, quantization_run_id: int) -> dict[str, ValidationStage]:
+    """The newest result of each validation stage for one quantization run."""
+    query = select(ValidationStage).where(ValidationStage.quantization_run_id == quantization_run_id)
+    rows = session.scalars(query.order_by(ValidationStage.id)).all()
+    return {row.stage: row for row in rows}  # later rows overwrite earlier ones
+
+
+def lineage_of(session: Session, quantization_run_id: int) -> Lineage:
+    run = session.get(QuantizationRun, quantization_run_id)
+    return Lineage(
+        checkpoint=session.get(Checkpoint, run.checkpoint_id),
+        calibration=session.get(CalibrationSet, run.calibration_set_id),
+        run=run,
+        stages=latest_stages(session, run.id),
+    )
+
+
+def promoted_versions(engine: Engine, quantization_run_id: int) -> list[str]:
+    """The versions under which this quantization run was promoted (at most one, unless forced)."""
     with session_scope(engine) as session:
-        run = latest_quantization(session, key)
-        rejected = session.scalars(
-            select(Release).where(Release.quantization_run_id == run.id, Release.status == "rejected")
-        ).first()
-        if rejected is None:
-            return record_release(
-                session, model, "rejected", run.checkpoint_id, run.id, {"checkpoint": key}, reason=reason
-            ).version
-        rejected.reason = f"{rejected.reason}; {reason}"
-        session.add(ReleaseEvent(release_id=rejected.id, action="rejected", detail=reason))
-        return rejected.version
+        query = select(Release.version).where(
+            Release.quantization_run_id == quantization_run_id, Release.status == "promoted"
+        )
+        return list(session.scalars(query).all())
+
+
+def releases(session: Session, model: str | None = None) -> list[Release]:
+    """Every release, oldest first; of one model if named."""
+    query = select(Release).order_by(Release.created_at, Release.id)
+    return list(session.scalars(query.where(Release.model == model) if model else query))
+
+
+def promoted_releases(session: Session, model: str) -> list[Release]:
+    """The model's releases that are promoted now, in the order they were promoted."""
+    query = select(Release).where(Release.model == model, Release.status == "promoted")
+    return list(session.scalars(query.order_by(Release.id)))
+
+
+def find_release(session: Session, version: str, model: str | None = None) -> Release:
+    query = select(Release).where(Release.version == version)
+    rows = session.scalars(query.where(Release.model == model) if model else query).all()
+    if len(rows) != 1:
+        found = "No" if not rows else "More than one"
+        raise ReleaseError(
+            f"{found} release has version {version!r}" + ("" if model else ": name the model too (--model).")
+        )
+    return rows[0]
+
+
+def release_events(session: Session, release_id: int) -> list[ReleaseEvent]:
+    query = select(ReleaseEvent).where(ReleaseEvent.release_id == release_id)
+    return list(session.scalars(query.order_by(ReleaseEvent.id)))

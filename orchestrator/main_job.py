@@ -40,10 +40,8 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
         "calibration": {"texts": [str(p) for p in assets.calibration_texts], "n_samples": 16, "seqlen": 512},
         # 2048 search tokens (4 of the 16 windows) instead of 4096: the demo fits 10 minutes on a 2-core AVX2 CPU.
         "quantization": {"group_size": 64, "search_tokens": 2048},
-        "compute": {
-            "device": "auto",
-            "dtype": "auto",
-        },  # CUDA if present, else bf16 only on CPUs that multiply it natively
+        # CUDA if present, else bf16 only on CPUs that multiply it natively
+        "compute": {"device": "auto", "dtype": "auto"},
         "validation": demo_validation_settings(assets),
         "target_gpu": {"name": "H100 80GB", "memory_gib": 80},
         "serving": {"max_model_len": 8192, "max_num_seqs": 16, "dtype": "bfloat16"},
@@ -90,9 +88,8 @@ def run_demo(assets: DemoAssets) -> list[JobOutcome]:
     target = Path(platform.checkpoints_dir) / assets.model_dir.name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(
-            assets.model_dir, target.with_name(f".{target.name}.copying")
-        )  # hidden while copying: the sensor skips it
+        # hidden while copying: the sensor skips it
+        shutil.copytree(assets.model_dir, target.with_name(f".{target.name}.copying"))
         target.with_name(f".{target.name}.copying").rename(target)
     with dg.DagsterInstance.get() as instance:
         return tick_and_run(instance, resources)

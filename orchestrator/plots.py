@@ -40,7 +40,7 @@ def perplexity_by_length(by_length: dict[str, dict[int, dict]], path: Path) -> P
 
 def latency_percentiles(levels: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(10, 3))
-    for ax, key in zip(axes, ("ttft_s", "itl_s", "e2e_s")):
+    for ax, key in zip(axes, ("ttft_s", "itl_s", "e2e_s"), strict=True):
         for c, level in levels.items():
             ax.plot(["p50", "p90", "p99"], [level[key][p] for p in ("p50", "p90", "p99")], marker="o", label=f"c={c}")
         ax.set(title=key.removesuffix("_s").upper() + " (s)")

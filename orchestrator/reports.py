@@ -1,11 +1,12 @@
 """Markdown for the UI and the registry: gate tables and the model card."""
 
-from validation.result import Metric, figure
+from validation.result import Metric, format_number
 
 
 def metrics_table(metrics: list[Metric]) -> str:
     rows = [
-        f"| {m.name} | {figure(m.baseline)} | {figure(m.candidate)} | {figure(m.value)} | {m.limit} | {'pass' if m.passed else 'FAIL'} |"
+        f"| {m.name} | {format_number(m.baseline)} | {format_number(m.candidate)} | {format_number(m.value)} | "
+        f"{m.limit} | {'pass' if m.passed else 'FAIL'} |"
         for m in metrics
     ]
     return "\n".join(
@@ -18,9 +19,11 @@ def model_card(manifest: dict) -> str:
     lines = [
         f"# {manifest['model']} {manifest['version']} (AWQ INT4)",
         "",
-        f"4-bit AWQ of checkpoint `{manifest['checkpoint']['name']}` (sha256 {manifest['checkpoint']['content_hash'][:16]}…), "
+        f"4-bit AWQ of checkpoint `{manifest['checkpoint']['name']}` (sha256 "
+        f"{manifest['checkpoint']['content_hash'][:16]}…), "
         f"group size {q['group_size']}, {'asymmetric' if q['zero_point'] else 'symmetric'}, "
-        f"calibrated on {manifest['calibration']['n_samples']} × {manifest['calibration']['seqlen']} tokens of the team's domain text.",
+        f"calibrated on {manifest['calibration']['n_samples']} × "
+        f"{manifest['calibration']['seqlen']} tokens of the team's domain text.",
         "",
         "Serve it as is: `python -m vllm.entrypoints.openai.api_server --config vllm-config.yaml`.",
         "",
@@ -34,13 +37,15 @@ def model_card(manifest: dict) -> str:
             lines.append(f"| {stage} | not run: {'; '.join(result['reasons'])} | - | - | - |")
         for name, m in result["metrics"].items():
             lines.append(
-                f"| {stage} | {name} | {figure(m['baseline'])} | {figure(m['candidate'])} | {figure(m['threshold'])} |"
+                f"| {stage} | {name} | {format_number(m['baseline'])} | {format_number(m['candidate'])} | "
+                f"{format_number(m['threshold'])} |"
             )
     lines += [
         "",
         "## Lineage",
         "",
         f"checkpoint id {manifest['checkpoint']['id']}, calibration set id {manifest['calibration']['id']}, "
-        f"quantization run id {manifest['quantization']['id']}, release id {manifest['release_id']}; file hashes in manifest.json.",
+        f"quantization run id {manifest['quantization']['id']}, release "
+        f"id {manifest['release_id']}; file hashes in manifest.json.",
     ]
     return "\n".join(lines) + "\n"

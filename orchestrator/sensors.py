@@ -12,10 +12,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from awq_core.errors import ReleaseError
+from awq_release.errors import ReleaseError
 from deploy.registry import safe_name
-from orchestrator.assets import CHECKPOINTS
-from orchestrator.ingest import content_hash
+from orchestrator.hashing import content_hash
+from orchestrator.partitions import CHECKPOINTS
 from orchestrator.resources import Platform
 
 

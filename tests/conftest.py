@@ -20,6 +20,17 @@ MODEL_TYPES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
 }
+# The release chain's assets, as the UI and the definitions must name them.
+RELEASE_ASSETS = {
+    "checkpoint",
+    "calibration_set",
+    "awq_model",
+    "perplexity_validation",
+    "tasks_validation",
+    "long_context_validation",
+    "load_validation",
+    "release",
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 

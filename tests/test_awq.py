@@ -11,7 +11,7 @@ import awq_core.quantizer as quantizer_module
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.architectures import LLAMA
 from awq_core.block import _apply_scales
-from awq_core.compute import Compute, Resolved, resolve
+from awq_core.compute import Resolved, resolve
 from awq_core.loader import load_quantized
 from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
 from tests.conftest import make_tiny_model
@@ -38,9 +38,9 @@ def logits_mse(model_dir, quantized_dir, ids) -> float:
 
 def test_scale_folding_keeps_the_block_function(tiny_llama, calib):
     model, config = meta_model(tiny_llama, torch.float32)
-    from awq_core.checkpoint import Checkpoint
+    from awq_core.checkpoint import CheckpointFolder
 
-    ckpt = Checkpoint(tiny_llama)
+    ckpt = CheckpointFolder(tiny_llama)
     cpu_fp32 = Resolved(torch.device("cpu"), torch.float32, "test")
     block = materialize_block(model, LLAMA, 0, ckpt.load_prefix("model.layers.0."), cpu_fp32)
     kwargs = block_kwargs(rotary_embedding(model, LLAMA, config), 16, cpu_fp32)

@@ -5,7 +5,8 @@ import json
 import torch
 from transformers import AutoTokenizer
 
-from awq_core.calibration import build_calibration, read_documents, token_stream
+from awq_core.calibration import build_calibration
+from awq_release.texts import read_documents, token_stream
 
 
 def test_jsonl_text_and_chat_messages(tmp_path, tiny_llama):

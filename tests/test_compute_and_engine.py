@@ -13,8 +13,8 @@ import awq_core.compute as compute_module
 import kernels.linear as linear_module
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.compute import Compute, resolve
-from awq_core.errors import ComputeError
 from awq_core.loader import load_quantized
+from awq_release.errors import ComputeError
 from deploy.capability import Capability, capability_from, vllm_awq_capability
 from kernels import AWQLinear, awq_gemm_reference
 from validation import load_test

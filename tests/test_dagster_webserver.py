@@ -14,19 +14,10 @@ import pytest
 
 from deploy.server import free_port
 from orchestrator.main_job import prepare_home
+from tests.conftest import RELEASE_ASSETS
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = {
-    "checkpoint",
-    "calibration_set",
-    "awq_model",
-    "perplexity_validation",
-    "tasks_validation",
-    "long_context_validation",
-    "load_validation",
-    "release",
-}
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
@@ -60,9 +51,8 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
     home = tmp_path / "platform"
     dagster_home = prepare_home(home)
     (home / "policy.yaml").write_text("{}\n")
-    broken = (
-        home / "checkpoints" / "no-weights"
-    )  # ingest refuses it at once (no tokenizer, no weights): the launched run ends quickly
+    # ingest refuses it at once (no tokenizer, no weights): the launched run ends quickly
+    broken = home / "checkpoints" / "no-weights"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
@@ -87,7 +77,7 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
         nodes = wait_until(
             lambda: graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"], 120, "the code location loaded"
         )
-        assert {"/".join(n["assetKey"]["path"]) for n in nodes} == ASSETS
+        assert {"/".join(n["assetKey"]["path"]) for n in nodes} == RELEASE_ASSETS
 
         repos = graphql(
             port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
@@ -95,7 +85,8 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
         launched = graphql(
             port,
             """mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
-              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } } } }""",
+              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+              ... on RunConfigValidationInvalid { errors { message } } } }""",
             {
                 "params": {
                     "selector": {
@@ -129,9 +120,8 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
         )["logsForRun"]["events"]
         failures = [e for e in events if e["__typename"] == "ExecutionStepFailureEvent"]
         assert [f["stepKey"] for f in failures] == ["checkpoint"], failures
-        assert (
-            "CheckpointError" in failures[0]["error"]["causes"][0]["message"]
-        )  # refused by ingest's checks, not broken wiring
+        # refused by ingest's checks, not broken wiring
+        assert "CheckpointError" in failures[0]["error"]["causes"][0]["message"]
         assert not (home / "registry").exists() or not any((home / "registry").iterdir())
     finally:
         os.killpg(server.pid, signal.SIGTERM)

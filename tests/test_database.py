@@ -12,11 +12,11 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from awq_core.errors import ReleaseError
+from awq_release.errors import DatabaseError, ReleaseError
 from deploy.registry import current_version, publish
 from deploy.server import free_port
 from orchestrator import releases
-from orchestrator.db import DatabaseError, engine_for, session_scope, upgrade
+from orchestrator.db import engine_for, session_scope, upgrade
 from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
 from orchestrator.lineage import record_release, record_stage
 from validation.result import StageResult, gate

@@ -7,8 +7,8 @@ import urllib.request
 import pytest
 from transformers import AutoTokenizer
 
-from awq_core.calibration import token_stream
 from awq_core.loader import load_quantized
+from awq_release.texts import token_stream
 from deploy.server import serve
 from validation.models import load_model
 from validation.perplexity import perplexity

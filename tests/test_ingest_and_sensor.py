@@ -11,14 +11,15 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from awq_core.errors import CheckpointError, UnsupportedArchitecture
-from deploy.registry import PromotionError, safe_name
+from awq_release.errors import CheckpointError, PromotionError, UnsupportedArchitecture
+from deploy.registry import safe_name
 from orchestrator.definitions import defs
-from orchestrator.ingest import content_hash, ingest
+from orchestrator.hashing import content_hash
+from orchestrator.ingest import ingest
 from orchestrator.policy import ReleasePolicy, TargetGPU
 from orchestrator.resources import Platform
 from orchestrator.sensors import checkpoint_sensor, scan
-from tests.conftest import make_tiny_model
+from tests.conftest import RELEASE_ASSETS, make_tiny_model
 
 log = logging.getLogger("test")
 
@@ -26,16 +27,7 @@ log = logging.getLogger("test")
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {
-        "checkpoint",
-        "calibration_set",
-        "awq_model",
-        "perplexity_validation",
-        "tasks_validation",
-        "long_context_validation",
-        "load_validation",
-        "release",
-    }
+    assert keys == RELEASE_ASSETS
     job = defs.resolve_job_def("release_job")
     assert job.partitions_def is not None and defs.resolve_sensor_def("checkpoint_sensor").job_name == "release_job"
     checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
@@ -134,9 +126,8 @@ def test_checkpoint_too_big_for_the_gpu(tmp_path, demo):
     with pytest.raises(CheckpointError, match=r"more than the .* GiB usable on the target GPU \(tiny\)"):
         ingest(demo.model_dir, tmp_path, ReleasePolicy(target_gpu=TargetGPU(name="tiny", memory_gib=0.05)))
     found = ingest(demo.model_dir, tmp_path, ReleasePolicy())
-    assert (
-        found.footprint["fits"] and 0.05 < found.footprint["weights_gib"] < 0.15
-    )  # 135M: ~28M embedding params in 16-bit, the rest 4-bit
+    # 135M: ~28M embedding params in 16-bit, the rest 4-bit
+    assert found.footprint["fits"] and 0.05 < found.footprint["weights_gib"] < 0.15
 
 
 def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
@@ -149,7 +140,8 @@ def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
 
 def test_unreachable_database_fails_the_run_and_writes_nothing(tmp_path, tiny_llama):
     from deploy.server import free_port
-    from orchestrator.assets import CHECKPOINTS, checkpoint
+    from orchestrator.assets import checkpoint
+    from orchestrator.partitions import CHECKPOINTS
     from orchestrator.resources import LineageDatabase
 
     shutil.copytree(tiny_llama, tmp_path / "checkpoints" / "tiny")

@@ -17,21 +17,14 @@ from sqlalchemy import func, select
 
 from deploy.capability import vllm_awq_capability
 from deploy.registry import current_version
-from orchestrator.assets import CHECKPOINTS, VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.assets import VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.db import models as db
 from orchestrator.db import session_scope
-from orchestrator.db.models import (
-    CalibrationSet,
-    Checkpoint,
-    QuantizationRun,
-    Release,
-    ReleaseEvent,
-    ValidationMetric,
-    ValidationStage,
-)
+from orchestrator.partitions import CHECKPOINTS
 from orchestrator.resources import LineageDatabase, Platform
 
 pytestmark = pytest.mark.slow
-ASSETS = [checkpoint, calibration_set, awq_model, *(a for a, _ in VALIDATIONS), release, *(c for _, c in VALIDATIONS)]
+ASSETS = [checkpoint, calibration_set, awq_model, *VALIDATIONS, release]
 
 
 def policy(demo, work, quantization: dict) -> dict:
@@ -128,16 +121,16 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         checks = {check.check_name: check.passed for check in result.get_asset_check_evaluations()}
         assert all(passed for name, passed in checks.items() if name != "load_gate")
         assert metadata["load_validation"]["status"].value == ("passed" if load_runs else "skipped")
-        assert (
-            checks["load_gate"] is load_runs and ("plot" in metadata["load_validation"]) is load_runs
-        )  # skipped is never shown as passed
+        # skipped is never shown as passed
+        assert checks["load_gate"] is load_runs and ("plot" in metadata["load_validation"]) is load_runs
 
         with session_scope(engine) as session:
-            assert [count(session, m) for m in (Checkpoint, CalibrationSet, QuantizationRun)] == [1, 1, 1]
-            assert count(session, ValidationStage) == 4 and count(session, ValidationMetric) >= (10 if load_runs else 5)
-            load_row = session.scalars(select(ValidationStage).where(ValidationStage.stage == "load")).one()
+            assert [count(session, m) for m in (db.Checkpoint, db.CalibrationSet, db.QuantizationRun)] == [1, 1, 1]
+            assert count(session, db.ValidationStage) == 4
+            assert count(session, db.ValidationMetric) >= (10 if load_runs else 5)
+            load_row = session.scalars(select(db.ValidationStage).where(db.ValidationStage.stage == "load")).one()
             assert load_row.status == ("passed" if load_runs else "skipped") and load_row.passed is load_runs
-            (promoted,) = session.scalars(select(Release)).all()
+            (promoted,) = session.scalars(select(db.Release)).all()
             assert (promoted.model, promoted.version, promoted.status) == ("demo-bot", "v0001", "promoted")
         release_dir = root / "registry" / "demo-bot" / "releases" / "v0001"
         manifest = json.loads((release_dir / "manifest.json").read_text())
@@ -161,10 +154,10 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
 
     with session_scope(engine) as session:
         (rejected,) = session.scalars(
-            select(Release).where(Release.status == "rejected")
+            select(db.Release).where(db.Release.status == "rejected")
         ).all()  # one per quantization run
         assert rejected.path is None and rejected.version == "v0002" and "perplexity gate failed" in rejected.reason
-        events = session.scalars(select(ReleaseEvent).where(ReleaseEvent.release_id == rejected.id)).all()
+        events = session.scalars(select(db.ReleaseEvent).where(db.ReleaseEvent.release_id == rejected.id)).all()
         assert len(events) == rejected.reason.count("gate failed")  # one event per failed gate
     assert current_version(root / "registry", "demo-bot") == "v0001"
     assert sorted(p.name for p in (root / "registry" / "demo-bot" / "releases").iterdir()) == ["v0001"]
@@ -174,9 +167,12 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         "AWQ_RELEASE_DATABASE_URL": f"sqlite:///{root / 'lineage.db'}",
         "AWQ_RELEASE_REGISTRY": str(root / "registry"),
     }
-    cli = lambda *args: subprocess.run(
-        [str(Path(sys.executable).parent / "awq-release"), *args], capture_output=True, text=True, env=env
-    )  # noqa: E731
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "awq-release"), *args], capture_output=True, text=True, env=env
+        )
+
     history = json.loads(cli("history", "--model", "demo-bot", "--json").stdout)
     assert [(r["model"], r["version"], r["status"]) for r in history] == [
         ("demo-bot", "v0001", "promoted"),

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from awq_core.compute import resolve
-from awq_core.errors import ServerError
+from awq_release.errors import ServerError
 from deploy.server import serve
 from validation import load_test
 from validation.settings import SLA
@@ -93,8 +93,8 @@ def test_honest_awq_passes_and_damaged_candidate_fails_quality_gates(demo, demo_
 
 
 def test_long_context_stage(demo, demo_quantized, policy, tmp_path):
-    code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["long-context"], policy, tmp_path)
-    stage = report["stages"]["long-context"]
+    code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["long_context"], policy, tmp_path)
+    stage = report["stages"]["long_context"]
     assert code == 0, stderr + json.dumps(stage["reasons"])
     assert stage["details"]["lengths"] == [512, 2048]
     assert {m["name"] for m in stage["metrics"]} >= {
@@ -106,7 +106,7 @@ def test_long_context_stage(demo, demo_quantized, policy, tmp_path):
     code, _, stderr = validate(
         demo.model_dir,
         demo_quantized / "awq",
-        ["long-context"],
+        ["long_context"],
         policy | {"long_context": policy["long_context"] | {"lengths": [512, 16384]}},
         tmp_path,
     )
@@ -135,9 +135,8 @@ def test_server_that_cannot_start_fails_cleanly(demo, demo_quantized, policy, tm
     stage = report["stages"]["load"]
     assert code == 1 and stage["passed"] is False and "vLLM exited with status" in stage["error"]
     assert Path(stage["details"]["log"]).is_file()
-    assert (
-        subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
-    )  # nothing left running
+    # nothing left running
+    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
 
 
 def test_port_already_in_use_is_a_clear_error(demo, demo_quantized, policy, tmp_path):
@@ -216,6 +215,5 @@ def test_server_that_cannot_start_is_stopped_with_its_log(demo, tmp_path):
         with serve_dense(demo, tmp_path / "vllm.log", max_model_len=100000):  # beyond the model's 8192 positions
             pass
     assert str(tmp_path / "vllm.log") in str(failure.value) and (tmp_path / "vllm.log").is_file()
-    assert (
-        subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
-    )  # nothing left running
+    # nothing left running
+    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1

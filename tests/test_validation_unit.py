@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from awq_core.errors import ValidationError
+from awq_release.errors import ValidationError
 from validation import long_context, perplexity, tasks
 from validation.result import StageResult, gate
 from validation.settings import LongContextSettings, PerplexitySettings, TaskSettings, TaskSpec, load_settings
@@ -22,7 +22,8 @@ def test_settings_file_types_globs_and_unknown_keys(tmp_path):
         (tmp_path / name).write_text("x")
     config = tmp_path / "policy.yaml"
     config.write_text(
-        f"validation:\n  perplexity:\n    domain_texts: ['{tmp_path}/*.txt']\n    max_increase: 1\n  load:\n    sla: {{ttft_p90_s: 0.5}}\n"
+        f"validation:\n  perplexity:\n    domain_texts: ['{tmp_path}/*.txt']\n    max_increase: 1\n  load:\n    "
+        f"sla: {{ttft_p90_s: 0.5}}\n"
     )
     settings = load_settings(config)
     assert settings.perplexity.domain_texts == (tmp_path / "a.txt", tmp_path / "b.txt")
@@ -79,7 +80,7 @@ def test_multiple_choice_scores_match_a_direct_computation(tiny_llama):
         tasks.MultipleChoice("2 + 2 =", ("four", "five"), 1),
     ]
     lls = tasks.loglikelihoods(model, tokenizer, [(i.context, " " + c) for i in items for c in i.choices], batch_size=2)
-    for (item, choice), ll in zip([(i, c) for i in items for c in i.choices], lls):
+    for (item, choice), ll in zip([(i, c) for i in items for c in i.choices], lls, strict=True):
         ctx = tokenizer(item.context, add_special_tokens=False)["input_ids"]
         whole = tokenizer(item.context + " " + choice, add_special_tokens=False)["input_ids"]
         with torch.no_grad():

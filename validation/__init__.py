@@ -12,19 +12,20 @@ from validation import load_test, long_context, perplexity, tasks
 from validation.result import Metric, StageResult
 from validation.settings import ValidationSettings, load_settings
 
-STAGES: dict[str, tuple[Callable[..., StageResult], str]] = {  # CLI name -> (run, settings attribute)
-    "perplexity": (perplexity.run, "perplexity"),
-    "tasks": (tasks.run, "tasks"),
-    "long-context": (long_context.run, "long_context"),
-    "load": (load_test.run, "load"),
+# A stage's one name: the CLI's --stage, its ValidationSettings field, StageResult.stage, the lineage
+# row, and the Dagster asset (NAME_validation) and gate (NAME_gate).
+STAGES: dict[str, Callable[..., StageResult]] = {
+    "perplexity": perplexity.run,
+    "tasks": tasks.run,
+    "long_context": long_context.run,
+    "load": load_test.run,
 }
 
 
 def run_stage(
     name: str, baseline: str | Path, candidate: str | Path, settings: ValidationSettings, compute: Compute = Compute()
 ) -> StageResult:
-    run, attribute = STAGES[name]
-    return run(baseline, candidate, getattr(settings, attribute), resolve(compute))
+    return STAGES[name](baseline, candidate, getattr(settings, name), resolve(compute))
 
 
 __all__ = ["STAGES", "Metric", "StageResult", "ValidationSettings", "load_settings", "run_stage"]

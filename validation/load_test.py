@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from awq_core.calibration import token_stream
 from awq_core.compute import Resolved
-from awq_core.errors import ServerError, ValidationError
+from awq_release.errors import ServerError, ValidationError
+from awq_release.texts import token_stream
 from deploy.capability import vllm_awq_capability
 from deploy.server import Server, check_port, connect, serve
 from validation.models import load_tokenizer
@@ -62,7 +62,7 @@ async def _one_request(
                     tokens = event["usage"]["completion_tokens"]
                 if any(choice.get("text") for choice in event.get("choices", [])):
                     arrivals.append(time.perf_counter())
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         return RequestTiming(False, error=f"{type(e).__name__}: {e}")
     if not arrivals:
         return RequestTiming(False, error="the stream carried no tokens")
@@ -124,7 +124,8 @@ def make_prompts(model_dir: str | Path, settings: LoadSettings) -> list[str]:
     n = settings.requests_per_level
     if stream.numel() < n * settings.prompt_tokens:
         raise ValidationError(
-            f"load.prompt_texts hold {stream.numel()} tokens; {n} prompts of {settings.prompt_tokens} need {n * settings.prompt_tokens}."
+            f"load.prompt_texts hold {stream.numel()} tokens; {n} prompts of {settings.prompt_tokens} need "
+            f"{n * settings.prompt_tokens}."
         )
     return [tokenizer.decode(stream[i * settings.prompt_tokens : (i + 1) * settings.prompt_tokens]) for i in range(n)]
 
@@ -200,11 +201,13 @@ def run(
     start = time.perf_counter()
     if settings.prompt_tokens + settings.output_tokens > settings.max_model_len:
         raise ValidationError(
-            f"prompt_tokens + output_tokens = {settings.prompt_tokens + settings.output_tokens} exceed max_model_len {settings.max_model_len}."
+            f"prompt_tokens + output_tokens = {settings.prompt_tokens + settings.output_tokens} exceed "
+            f"max_model_len {settings.max_model_len}."
         )
     if settings.endpoint and settings.compare_baseline:
         raise ValidationError(
-            "load.compare_baseline serves the baseline on this host, load.endpoint drives a remote server: set only one."
+            "load.compare_baseline serves the baseline on this host, "
+            "load.endpoint drives a remote server: set only one."
         )
     if settings.port and not settings.endpoint:
         check_port("127.0.0.1", settings.port)  # a setting to fix, whatever vLLM can do here

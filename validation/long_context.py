@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from awq_core.compute import Resolved, resolve
-from awq_core.errors import ValidationError
+from awq_release.errors import ValidationError
 from validation.models import context_length, load_model, load_tokenizer
 from validation.result import StageResult, gate
 from validation.settings import LongContextSettings
@@ -35,7 +35,8 @@ def lengths_for(settings: LongContextSettings, max_positions: int) -> tuple[list
         too_long = [n for n in settings.lengths if n > max_positions]
         if too_long:
             raise ValidationError(
-                f"Context lengths {too_long} exceed the model's {max_positions} positions: remove them from long_context.lengths."
+                f"Context lengths {too_long} exceed the model's {max_positions} "
+                "positions: remove them from long_context.lengths."
             )
         return sorted(settings.lengths), []
     kept = [n for n in DEFAULT_LENGTHS if n <= max_positions]
@@ -61,7 +62,8 @@ def build_probe(tokenizer, document: list[int], length: int, target_tokens: int,
     body = document[: length - len(fact) - len(question)]
     if len(body) < target_tokens + 1:
         raise ValidationError(
-            f"Length {length} leaves no room for {target_tokens} scored tokens: raise the length or lower target_tokens."
+            f"Length {length} leaves no room for {target_tokens} "
+            "scored tokens: raise the length or lower target_tokens."
         )
     end = len(fact) + len(body)
     return Probe(torch.tensor(fact + body + question), code, (end - target_tokens, end))
@@ -94,7 +96,7 @@ def run(
     compute = compute or resolve()
     if not settings.texts:
         raise ValidationError(
-            "The long-context stage has no documents: set long_context.texts to long texts of your domain."
+            "The long_context stage has no documents: set long_context.texts to long texts of your domain."
         )
     lengths, warnings = lengths_for(settings, context_length(candidate))
     tokenizer = load_tokenizer(candidate)
@@ -109,7 +111,8 @@ def run(
         fitting = [d for d in documents if len(d) >= length][: settings.documents]
         if not fitting:
             raise ValidationError(
-                f"No long_context text reaches {length} tokens (the longest has {len(documents[0])}): add longer documents or drop that length."
+                f"No long_context text reaches {length} tokens (the longest has {len(documents[0])}): add longer "
+                "documents or drop that length."
             )
         probes[length] = [build_probe(tokenizer, d, length, settings.target_tokens, rng) for d in fitting]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from awq_core.checkpoint import Checkpoint
+from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
 from awq_core.loader import load_quantized
 
@@ -15,7 +15,7 @@ from awq_core.loader import load_quantized
 def load_model(model_dir: str | Path, compute: Resolved | None = None) -> nn.Module:
     """An AWQ checkpoint through awq_core's loader (kernels.AWQLinear), anything else through transformers."""
     compute = compute or resolve()
-    Checkpoint(model_dir)  # clear errors for a broken folder
+    CheckpointFolder(model_dir)  # clear errors for a broken folder
     quantized = "quantization_config" in json.loads((Path(model_dir) / "config.json").read_text())
     if quantized:
         return load_quantized(model_dir, compute)

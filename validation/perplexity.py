@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from awq_core.calibration import token_stream
 from awq_core.compute import Resolved, resolve
-from awq_core.errors import ValidationError
+from awq_release.errors import ValidationError
+from awq_release.texts import token_stream
 from validation.models import load_model, load_tokenizer
 from validation.result import StageResult, gate
 from validation.settings import PerplexitySettings
@@ -61,7 +61,8 @@ def run(
     }
     if not sources:
         raise ValidationError(
-            "The perplexity stage has no text: set perplexity.domain_texts (held out from calibration) and/or perplexity.general_texts."
+            "The perplexity stage has no text: set perplexity.domain_texts (held out from calibration) and/or "
+            "perplexity.general_texts."
         )
     tokenizer = load_tokenizer(candidate)
     streams = {name: token_stream(tokenizer, list(files))[: settings.max_tokens] for name, files in sources.items()}

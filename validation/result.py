@@ -4,7 +4,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
-def figure(value: float | None) -> str:
+def format_number(value: float | None) -> str:
     """A measured figure for tables and logs: 4 significant digits, '-' where there is none."""
     return "-" if value is None else f"{value:.4g}"
 
@@ -25,7 +25,7 @@ class Metric:
     @property
     def limit(self) -> str:
         """The pass condition on `value`, e.g. '<= 0.15'."""
-        return f"{'>=' if self.higher_is_better else '<='} {figure(self.threshold)}"
+        return f"{'>=' if self.higher_is_better else '<='} {format_number(self.threshold)}"
 
 
 def gate(
@@ -59,8 +59,9 @@ class StageResult:
     def reasons(self) -> list[str]:
         """One sentence per failed gate, or why the stage was skipped."""
         return [r for r in (self.error, self.skipped and f"skipped: {self.skipped}") if r] + [
-            f"{m.name}: {figure(m.value)} {'<' if m.higher_is_better else '>'} threshold {figure(m.threshold)} "
-            f"(baseline {figure(m.baseline)}, candidate {figure(m.candidate)})"
+            f"{m.name}: {format_number(m.value)} {'<' if m.higher_is_better else '>'} threshold "
+            f"{format_number(m.threshold)} "
+            f"(baseline {format_number(m.baseline)}, candidate {format_number(m.candidate)})"
             for m in self.metrics
             if not m.passed
         ]

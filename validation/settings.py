@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from awq_core.errors import ValidationError
+from awq_release.errors import ValidationError
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from awq_core.compute import Resolved, resolve
-from awq_core.errors import ValidationError
+from awq_release.errors import ValidationError
 from validation.models import load_model, load_tokenizer
 from validation.result import StageResult, gate
 from validation.settings import TaskSettings
@@ -80,7 +80,8 @@ def _parse_item(record, where: str) -> Item:
             or not all(isinstance(a, str) and a.strip() for a in answers)
         ):
             raise ValidationError(
-                f"{where}: a generation item needs a 'prompt' string and a non-empty 'answer' (string or list of strings)."
+                f"{where}: a generation item needs a 'prompt' string "
+                "and a non-empty 'answer' (string or list of strings)."
             )
         if match not in ("exact", "contains"):
             raise ValidationError(f"{where}: 'match' must be 'exact' or 'contains', got {match!r}.")
@@ -155,7 +156,7 @@ def score_multiple_choice(
     acc, acc_norm = [], []
     for item in items:
         ll = [next(lls) for _ in item.choices]
-        normed = [v / len(choice) for v, choice in zip(ll, item.choices)]
+        normed = [v / len(choice) for v, choice in zip(ll, item.choices, strict=True)]
         acc.append(int(max(range(len(ll)), key=ll.__getitem__) == item.answer))
         acc_norm.append(int(max(range(len(normed)), key=normed.__getitem__) == item.answer))
     return {"acc": acc, "acc_norm": acc_norm}
@@ -183,7 +184,7 @@ def score_generation(
         ]
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
-        for item, tokens in zip(chunk, out[:, batch["input_ids"].shape[1] :]):
+        for item, tokens in zip(chunk, out[:, batch["input_ids"].shape[1] :], strict=True):
             reply = _normalise(tokenizer.decode(tokens, skip_special_tokens=True))
             answers = [_normalise(a) for a in item.answers]
             correct.append(int(any(reply == a if item.match == "exact" else a in reply for a in answers)))
@@ -202,7 +203,7 @@ def score(model: nn.Module, tokenizer, items: list[Item], settings: TaskSettings
 def paired_drop(baseline: list[int], candidate: list[int], z: float = 1.96) -> dict[str, float]:
     """Accuracy drop (baseline - candidate) with a 95% interval from the per-item differences."""
     n = len(baseline)
-    diffs = [b - c for b, c in zip(baseline, candidate)]
+    diffs = [b - c for b, c in zip(baseline, candidate, strict=True)]
     drop = sum(diffs) / n
     sd = math.sqrt(sum((d - drop) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
     half = z * sd / math.sqrt(n)
@@ -265,7 +266,8 @@ def run(
         )
         if len(items) < settings.min_items:
             warnings.append(
-                f"{name}: {len(items)} items; the 95% interval of the relative drop is ±{stats['relative_ci_half_width']:.1%}, "
+                f"{name}: {len(items)} items; the 95% interval of the relative drop is "
+                f"±{stats['relative_ci_half_width']:.1%}, "
                 f"too wide to resolve a {threshold:.0%} threshold: use at least {settings.min_items} items."
             )
         details[name] = {

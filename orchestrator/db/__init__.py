@@ -10,13 +10,9 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from awq_core.errors import ReleaseError
+from awq_release.errors import DatabaseError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-class DatabaseError(ReleaseError):
-    """The lineage database cannot be reached or is not migrated."""
 
 
 def alembic_config(url: str) -> Config:
@@ -36,7 +32,8 @@ def engine_for(url: str) -> Engine:
             connection.execute(text("SELECT 1"))
     except OperationalError as e:
         raise DatabaseError(
-            f"The lineage database at {engine.url.render_as_string(hide_password=True)} is unreachable ({str(e.orig).splitlines()[0]}): "
+            f"The lineage database at {engine.url.render_as_string(hide_password=True)} is unreachable "
+            f"({str(e.orig).splitlines()[0]}): "
             "start it or fix database_url."
         ) from e
     return engine

@@ -12,8 +12,7 @@ if context.is_offline_mode():
         context.run_migrations()
 else:
     with create_engine(url).connect() as connection:
-        context.configure(
-            connection=connection, target_metadata=Base.metadata, render_as_batch=True
-        )  # batch: SQLite can alter too
+        # batch: SQLite can alter too
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()

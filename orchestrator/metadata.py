@@ -1,0 +1,102 @@
+"""What each asset shows in the Dagster UI: figures, tables, paths and plots, built from its results."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from awq_core import QuantReport
+from orchestrator import plots
+from orchestrator.ingest import Ingested
+from orchestrator.promotion import Promotion
+from orchestrator.records import CandidateRecord, CheckpointRecord
+from orchestrator.reports import metrics_table
+from validation import StageResult
+
+
+def _mib(size_bytes: int) -> float:
+    return round(size_bytes / 2**20, 1)
+
+
+def _plot(path: Path, title: str) -> dict:
+    return {"plot": dg.MetadataValue.md(plots.embed(path, title)), "plot_png": dg.MetadataValue.path(str(path))}
+
+
+def checkpoint_metadata(record: CheckpointRecord, found: Ingested) -> dict:
+    fit = found.footprint
+    footprint = (
+        "| 4-bit weights GiB | KV cache GiB | usable GiB | fits |\n|---|---|---|---|\n"
+        f"| {fit['weights_gib']:.2f} | {fit['kv_cache_gib']:.2f} | {fit['usable_gib']:.1f} | {fit['fits']} |"
+    )
+    return {
+        "checkpoint_id": record.id,
+        "path": dg.MetadataValue.path(record.model_dir),
+        "content_hash": found.content_hash,
+        "size_mib": _mib(found.size_bytes),
+        "architecture": found.architecture,
+        "lora_adapter": found.adapter_path or "none",
+        "footprint": dg.MetadataValue.md(footprint),
+    }
+
+
+def calibration_metadata(calibration_set_id: int, n_samples: int, seqlen: int, sources: int, tokens_hash: str) -> dict:
+    return {
+        "calibration_set_id": calibration_set_id,
+        "samples": n_samples,
+        "seqlen": seqlen,
+        "sources": sources,
+        "tokens_hash": tokens_hash,
+    }
+
+
+def quantization_metadata(record: CandidateRecord, report: QuantReport, group_size: int, plot_path: Path) -> dict:
+    size = sum(p.stat().st_size for p in Path(record.model_dir).glob("*.safetensors"))
+    return {
+        "quantization_run_id": record.id,
+        "path": dg.MetadataValue.path(record.model_dir),
+        "size_mib": _mib(size),
+        "seconds": report.seconds,
+        "peak_rss_mib": report.peak_rss_mb,
+        "peak_gpu_mib": report.peak_gpu_mb or 0.0,
+        "group_size": group_size,
+        "device": report.compute["device"],
+        "dtype": report.compute["dtype"],
+        "compute_choice": report.compute["why"],
+        "layer_errors": dg.MetadataValue.md(plots.embed(plot_path, "output MSE per block")),
+        "layer_errors_png": dg.MetadataValue.path(str(plot_path)),
+    }
+
+
+def stage_plot(result: StageResult, directory: Path) -> dict:
+    """Perplexity by context length, or latency percentiles per concurrency level, where measured."""
+    if result.stage == "long_context" and result.metrics:
+        return _plot(
+            plots.perplexity_by_length(result.details["by_length"], directory / "long_context.png"), result.stage
+        )
+    if result.stage == "load" and result.details.get("levels"):
+        return _plot(plots.latency_percentiles(result.details["levels"], directory / "latency.png"), result.stage)
+    return {}
+
+
+def stage_metadata(result: StageResult, stage_id: int, report_path: Path) -> dict:
+    return {
+        "status": result.status,
+        "passed": result.passed,
+        "validation_stage_id": stage_id,
+        "seconds": round(result.seconds, 1),
+        "compute": dg.MetadataValue.json(result.compute or {}),
+        "reasons": dg.MetadataValue.json(result.reasons),
+        "metrics": dg.MetadataValue.md(metrics_table(result.metrics)),
+        "report": dg.MetadataValue.path(str(report_path)),
+        "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings) or "none"),
+        **stage_plot(result, report_path.parent),
+    }
+
+
+def release_metadata(promotion: Promotion) -> dict:
+    return {
+        "version": promotion.version,
+        "path": dg.MetadataValue.path(str(promotion.path)),
+        "previous": promotion.previous or "none",
+        "report": dg.MetadataValue.md(promotion.model_card),
+        "launch_config": dg.MetadataValue.path(str(promotion.path / "vllm-config.yaml")),
+    }

@@ -1,0 +1,38 @@
+"""What each asset hands the next: lineage row ids and paths, never a model.
+
+Dagster's IO manager stores these few fields per partition, so a downstream asset re-materialized
+alone in the UI gets exactly what its upstream last produced, without asking the database again.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    id: int  # checkpoints row
+    name: str  # the dynamic partition key
+    model_dir: str  # the full checkpoint to quantize: the dropped folder, or base + merged LoRA
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    id: int  # calibration_sets row
+    checkpoint: CheckpointRecord
+    tokens_path: str  # (N, L) token ids, safetensors
+    tokens_hash: str
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    id: int  # quantization_runs row
+    checkpoint: CheckpointRecord  # the baseline every stage compares against
+    model_dir: str  # the quantized checkpoint
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    id: int  # validation_stages row
+    stage: str
+    quantization_run_id: int
+    status: str  # passed | failed | skipped
+    reasons: tuple[str, ...]
