@@ -6,6 +6,8 @@ all that is ever resident.
 
 import hashlib
 import json
+import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,26 @@ from awq_release.errors import CheckpointError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# What may travel from a checkpoint into a quantized output and a release beside the weights and
+# config: tokenizer, chat template, generation config, model card and licence. Nothing else.
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+    "README.md",
+)
+LICENCE_PREFIXES = ("LICENSE", "LICENCE", "NOTICE", "USE_POLICY")
+DTYPE_BYTES = {
+    **{"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1},
+    **{"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1},
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,8 @@ def _read_header(path: Path) -> dict:
                 f"{path.name}: unreadable safetensors header ({e}); the file is damaged: copy it again."
             ) from e
     header.pop("__metadata__", None)
+    for name, meta in header.items():
+        _check_extent(path, name, meta)
     data_end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + header_len + data_end > size:
         raise CheckpointError(
@@ -58,6 +82,41 @@ def _read_header(path: Path) -> dict:
     return header
 
 
+def _check_extent(path: Path, name: str, meta: dict) -> None:
+    """A tensor's bytes in the file must be exactly what its dtype and shape need."""
+    if meta["dtype"] not in DTYPE_BYTES:
+        raise CheckpointError(
+            f"{path.name}: tensor {name} has dtype {meta['dtype']}, which the platform does not read: "
+            f"save the weights as one of {', '.join(DTYPE_BYTES)}."
+        )
+    start, end = meta["data_offsets"]
+    needed = math.prod(meta["shape"]) * DTYPE_BYTES[meta["dtype"]]
+    if end - start != needed:
+        raise CheckpointError(
+            f"{path.name}: tensor {name} is {meta['dtype']} {meta['shape']} ({needed} bytes) but the header gives "
+            f"it {end - start} bytes: the file is damaged or was written wrongly; save it again with safetensors."
+        )
+
+
+def refuse_outside_links(folder: Path) -> None:
+    """A link that leaves the folder could put any file of this host (/etc/shadow) into a release."""
+    root = folder.resolve()
+    for path in folder.rglob("*"):
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise CheckpointError(
+                f"{path.relative_to(folder)} in {folder} is a link to {os.readlink(path)}, outside the checkpoint "
+                "folder: such links are refused. Copy the files themselves into the folder (e.g. `cp -rL`)."
+            )
+
+
+def side_files(folder: Path) -> list[Path]:
+    """The allow-listed files beside the weights that are files inside the folder (a link counts only
+    if it points inside)."""
+    root = folder.resolve()
+    allowed = (p for p in sorted(folder.iterdir()) if p.name in SIDE_FILES or p.name.startswith(LICENCE_PREFIXES))
+    return [p for p in allowed if p.is_file() and p.resolve().is_relative_to(root)]
+
+
 class CheckpointFolder:
     """A checked checkpoint folder: config, tokenizer and safetensors weights."""
 
@@ -65,6 +124,7 @@ class CheckpointFolder:
         self.dir = Path(model_dir)
         if not self.dir.is_dir():
             raise CheckpointError(f"{self.dir} is not a folder: give the path of a Hugging Face checkpoint folder.")
+        refuse_outside_links(self.dir)
         config_path = self.dir / "config.json"
         if not config_path.is_file():
             raise CheckpointError(
@@ -74,6 +134,12 @@ class CheckpointFolder:
             self.config: dict = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{config_path} is not valid JSON ({e}): fix or re-save the config.") from e
+        if "auto_map" in self.config:
+            raise CheckpointError(
+                f"{config_path} names custom model code (auto_map: {sorted(self.config['auto_map'])}), which the "
+                "platform never runs or ships: remove auto_map. Registered architectures are quantized and served "
+                "with transformers' and vLLM's own code."
+            )
         if not any((self.dir / name).is_file() for name in TOKENIZER_FILES):
             raise CheckpointError(
                 f"{self.dir} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): save it beside the model with "

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from awq_core.architectures import Architecture, architecture_for
 from awq_core.block import quantize_block
 from awq_core.calibration import calibration_fingerprint
-from awq_core.checkpoint import PICKLE_SUFFIXES, CheckpointFolder
+from awq_core.checkpoint import CheckpointFolder, side_files
 from awq_core.compute import Compute, Resolved, resolve
 from awq_core.config import QuantConfig
 from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
@@ -175,14 +175,9 @@ def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, group_siz
 
 
 def _copy_side_files(source: Path, dest: Path) -> None:
-    """Tokenizer, chat template, generation config: everything beside the weights and config."""
-    for path in source.iterdir():
-        if (
-            path.is_file()
-            and path.suffix not in (".safetensors", *PICKLE_SUFFIXES)
-            and path.name not in ("config.json", "model.safetensors.index.json")
-        ):
-            shutil.copy2(path, dest / path.name)
+    """The allow-listed files (tokenizer, chat template, generation config, card, licence), as files."""
+    for path in side_files(source):
+        shutil.copyfile(path, dest / path.name)
 
 
 @dataclass

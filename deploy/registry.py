@@ -67,6 +67,12 @@ def publish(
     registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: dict
 ) -> Path:
     """Copy `model_dir` into the registry as MODEL/releases/VERSION and make it current."""
+    links = sorted(str(p.relative_to(model_dir)) for p in Path(model_dir).rglob("*") if p.is_symlink())
+    if links:
+        raise PromotionError(
+            f"{model_dir} holds links ({', '.join(links)}): a release holds only files, never what a link points "
+            "to. Quantize again from a checkpoint without links."
+        )
     releases = model_root(registry, model) / "releases"
     final = releases / safe_name(version)
     if final.exists():
@@ -75,7 +81,7 @@ def publish(
     partial = releases / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # leftovers of a killed promotion
     try:
-        shutil.copytree(model_dir, partial, ignore=shutil.ignore_patterns(".*"))
+        shutil.copytree(model_dir, partial, symlinks=True, ignore=shutil.ignore_patterns(".*"))
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         (partial / "README.md").write_text(model_card)
         (partial / "vllm-config.yaml").write_text(

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from awq_core.architectures import architecture_for
-from awq_core.checkpoint import CheckpointFolder
+from awq_core.checkpoint import CheckpointFolder, refuse_outside_links
 from awq_release.errors import CheckpointError
 from orchestrator.hashing import content_hash
 from orchestrator.policy import ReleasePolicy
@@ -93,6 +93,7 @@ def footprint(ckpt: CheckpointFolder, policy: ReleasePolicy) -> dict:
 def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
     """Everything a checkpoint must pass before the platform spends time on it."""
     adapter_path, base_model = None, None
+    refuse_outside_links(folder)  # an adapter folder too: it is hashed, and its tokenizer may be copied
     if (folder / ADAPTER_CONFIG).is_file():
         adapter_path = str(folder)
         folder, base_model = _merge_adapter(folder, work_dir / "merged", policy)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,72 @@ def test_existing_output_is_never_overwritten(tmp_path, tiny_llama, calib_file):
     result = run_quantize(tiny_llama, tmp_path / "out", [calib_file])
     assert result.returncode == 2 and "already exists" in result.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+# Hostile folders and files: nothing enters an output that the checkpoint's owner did not put there.
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "tokenizer.json"])
+def test_links_that_leave_the_folder_are_refused(tmp_path, model_copy, calib_file, name):
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    (model_copy / name).unlink(missing_ok=True)
+    (model_copy / name).symlink_to(secret)
+    assert_refused(
+        run_quantize(model_copy, tmp_path / "out", [calib_file]), tmp_path / "out", f"{name} in ", "outside the"
+    )
+
+
+def test_custom_model_code_is_refused(tmp_path, model_copy, calib_file):
+    config = json.loads((model_copy / "config.json").read_text())
+    auto_map = {"AutoModelForCausalLM": "evil.EvilForCausalLM"}
+    (model_copy / "config.json").write_text(json.dumps(config | {"auto_map": auto_map}))
+    (model_copy / "evil.py").write_text("import os\nos.system('touch /tmp/pwned')\n")
+    assert_refused(
+        run_quantize(model_copy, tmp_path / "out", [calib_file]), tmp_path / "out", "custom model code", "auto_map"
+    )
+
+
+def test_only_allow_listed_files_travel_into_the_output(tmp_path, model_copy, calib_file):
+    (model_copy / "evil.py").write_text("raise SystemExit('never copied')\n")
+    (model_copy / "notes.txt").write_text("private notes")
+    (model_copy / "LICENSE").write_text("Apache-2.0")
+    (model_copy / "README.md").write_text("# the team's card")
+    inner = model_copy / "real_generation_config.json"
+    inner.write_text('{"max_new_tokens": 8}')
+    (model_copy / "generation_config.json").unlink(missing_ok=True)
+    (model_copy / "generation_config.json").symlink_to(inner.name)  # a link inside the folder: its content travels
+    result = run_quantize(model_copy, tmp_path / "out", [calib_file])
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    names = {p.name for p in out.iterdir()}
+    assert {"LICENSE", "README.md", "tokenizer.json", "generation_config.json", "config.json"} <= names
+    assert not names & {"evil.py", "notes.txt", "real_generation_config.json"}
+    assert not any(p.is_symlink() for p in out.iterdir())
+    assert (out / "generation_config.json").read_text() == '{"max_new_tokens": 8}'
+
+
+def test_calibration_text_that_is_not_utf8(tmp_path, tiny_llama, calib_file):
+    latin1 = tmp_path / "domain.txt"
+    latin1.write_bytes(calib_file.read_bytes()[:2000] + "café Zürich".encode("latin-1"))
+    assert_refused(
+        run_quantize(tiny_llama, tmp_path / "out", [latin1]), tmp_path / "out", f"{latin1} is not UTF-8", "iconv"
+    )
+
+
+def test_safetensors_header_whose_shapes_do_not_match_its_data(tmp_path, model_copy, calib_file):
+    path = model_copy / "model.safetensors"
+    data = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    name = "model.layers.0.mlp.up_proj.weight"
+    rows, cols = header[name]["shape"]
+    header[name]["shape"] = [rows * 2, cols]  # twice the elements its byte range holds
+    text = json.dumps(header).encode()  # offsets count from the data section: they stay valid
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + header_len :])
+    assert_refused(
+        run_quantize(model_copy, tmp_path / "out", [calib_file]),
+        tmp_path / "out",
+        f"tensor {name} is",
+        "but the header gives it",
+    )

@@ -12,7 +12,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from awq_release.errors import DatabaseError, ReleaseError
+from awq_release.errors import DatabaseError, PromotionError, ReleaseError
 from deploy.registry import current_version, publish
 from deploy.server import free_port
 from orchestrator import releases
@@ -219,3 +219,16 @@ def test_stage_rows_keep_every_metric(database_url):
             ("c=1 TTFT p90 s", None, False),
             ("c=1 output tokens/s", None, True),
         ]
+
+
+def test_publish_never_copies_what_a_link_points_to(tmp_path):
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret-hash")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "notes.txt").symlink_to(secret)
+    with pytest.raises(PromotionError, match=r"holds links \(notes.txt\)"):
+        publish(tmp_path / "registry", "bot", "v0001", model_dir, {}, "# card", {})
+    assert not (tmp_path / "registry" / "bot" / "releases" / "v0001").exists()
+    assert current_version(tmp_path / "registry", "bot") is None
