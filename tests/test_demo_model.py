@@ -61,4 +61,5 @@ def test_vllm_serves_the_awq_checkpoint(demo_quantized, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     ours = load_quantized(model_dir).generate(ids, max_new_tokens=4, do_sample=False)
-    assert tokenizer.decode(ours[0, ids.shape[1] :]).split()[0] == text.split()[0]
+    # vLLM's text leaves special tokens out; so must ours (in bf16 the answer may end at <|im_end|>).
+    assert tokenizer.decode(ours[0, ids.shape[1] :], skip_special_tokens=True).split()[0] == text.split()[0]
