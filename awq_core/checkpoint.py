@@ -47,10 +47,15 @@ class TensorInfo:
     file: Path
     dtype: str
     shape: tuple[int, ...]
+    start: int  # byte range in the file
+    end: int
 
 
-def _read_header(path: Path) -> dict:
-    """Parse a safetensors header and check the file holds every byte it promises."""
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _read_header(path: Path) -> tuple[int, dict]:
+    """Parse a safetensors header and check the file holds every byte it promises: (length, header)."""
     size = path.stat().st_size
     with path.open("rb") as f:
         prefix = f.read(8)
@@ -79,7 +84,7 @@ def _read_header(path: Path) -> dict:
             f"{path.name} is {size} bytes but its header promises {8 + header_len + data_end}: "
             "the file is truncated (an interrupted copy?); copy it again."
         )
-    return header
+    return header_len, header
 
 
 def _check_extent(path: Path, name: str, meta: dict) -> None:
@@ -157,8 +162,10 @@ class CheckpointFolder:
             raise CheckpointError(f"{self.dir} has no *.safetensors weights: save the model with `save_pretrained`.")
         self.tensors: dict[str, TensorInfo] = {}
         for path in self._weight_files(files):
-            for name, meta in _read_header(path).items():
-                self.tensors[name] = TensorInfo(path, meta["dtype"], tuple(meta["shape"]))
+            header_len, header = _read_header(path)
+            for name, meta in header.items():
+                start, end = (8 + header_len + offset for offset in meta["data_offsets"])
+                self.tensors[name] = TensorInfo(path, meta["dtype"], tuple(meta["shape"]), start, end)
 
     def _weight_files(self, found: list[Path]) -> list[Path]:
         index = self.dir / "model.safetensors.index.json"
@@ -184,13 +191,7 @@ class CheckpointFolder:
     def check_finite(self) -> None:
         """Refuse NaN or Inf anywhere, one tensor at a time."""
         for name, info in self.tensors.items():
-            t = self.get(name)
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                bad = int((~torch.isfinite(t)).sum())
-                raise CheckpointError(
-                    f"{info.file.name}: tensor {name} holds {bad} NaN/Inf values: the fine-tune diverged or the "
-                    "file is damaged; fix the checkpoint before quantizing."
-                )
+            _refuse_non_finite(name, info, self.get(name))
 
     def fingerprint(self) -> str:
         """Cheap identity of the weights: every header plus size and modification time of each file."""
@@ -200,3 +201,47 @@ class CheckpointFolder:
             h.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         h.update(json.dumps({n: (i.dtype, i.shape) for n, i in sorted(self.tensors.items())}).encode())
         return h.hexdigest()[:16]
+
+    def finite_check(self) -> "FiniteCheck":
+        """The same check, fed the files' bytes by whoever reads them anyway (the content hash)."""
+        return FiniteCheck(self.tensors)
+
+
+def _refuse_non_finite(name: str, info: TensorInfo, values: Tensor) -> None:
+    if values.is_floating_point() and not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise CheckpointError(
+            f"{info.file.name}: tensor {name} holds {bad} NaN/Inf values: the fine-tune diverged or the "
+            "file is damaged; fix the checkpoint before quantizing."
+        )
+
+
+class FiniteCheck:
+    """check_finite() over bytes streamed in file order, so one read of the weights serves both the
+    content hash and this check. Call it as `check(path, offset, chunk)` for every chunk of every
+    file; it raises at the first NaN or Inf, and `done()` says whether every tensor was seen whole."""
+
+    def __init__(self, tensors: dict[str, TensorInfo]):
+        self._by_file: dict[Path, list[tuple[str, TensorInfo]]] = {}
+        floats = ((name, info) for name, info in tensors.items() if info.dtype in FLOAT_DTYPES)
+        for name, info in sorted(floats, key=lambda item: item[1].start):
+            self._by_file.setdefault(info.file.resolve(), []).append((name, info))
+        self._seen: dict[str, int] = {}  # tensor -> bytes checked so far
+        self._carry: dict[str, bytes] = {}  # bytes of a value split across two chunks
+
+    def __call__(self, path: Path, offset: int, chunk: bytes) -> None:
+        for name, info in self._by_file.get(path.resolve(), ()):
+            lo, hi = max(info.start, offset), min(info.end, offset + len(chunk))
+            if lo >= hi:
+                continue
+            dtype = FLOAT_DTYPES[info.dtype]
+            data = self._carry.pop(name, b"") + chunk[lo - offset : hi - offset]
+            whole = len(data) - len(data) % dtype.itemsize
+            if whole:
+                _refuse_non_finite(name, info, torch.frombuffer(bytearray(data[:whole]), dtype=dtype))
+            if whole < len(data):
+                self._carry[name] = data[whole:]
+            self._seen[name] = self._seen.get(name, 0) + hi - lo
+
+    def done(self) -> bool:
+        return all(self._seen.get(name, 0) == info.end - info.start for f in self._by_file.values() for name, info in f)

@@ -195,13 +195,16 @@ def _shard_name(index: int, n_layers: int) -> str:
     return f"model-{index + 1:05d}-of-{n_layers + 1:05d}.safetensors"
 
 
-def _checked_source(model_dir: str | Path, calib: Tensor, config: QuantConfig) -> tuple[CheckpointFolder, Architecture]:
+def _checked_source(
+    model_dir: str | Path, calib: Tensor, config: QuantConfig, finite_checked: str | None
+) -> tuple[CheckpointFolder, Architecture]:
     """The checkpoint and its architecture, refused before any work if anything would fail later."""
     ckpt = CheckpointFolder(model_dir)
     arch = architecture_for(ckpt.config)
     _check_shapes(ckpt, arch, ckpt.config["num_hidden_layers"], config)
     _check_calibration(calib, ckpt.config.get("max_position_embeddings"))
-    ckpt.check_finite()
+    if ckpt.fingerprint() != finite_checked:  # unless these very files were checked already
+        ckpt.check_finite()
     return ckpt, arch
 
 
@@ -268,15 +271,18 @@ def quantize(
     config: QuantConfig = QuantConfig(),
     progress: bool = True,
     compute: Compute = Compute(),
+    finite_checked: str | None = None,
 ) -> QuantReport:
     """AWQ-quantize `model_dir` into `out_dir` using calibration token ids `calib` (N, L), one block
-    at a time on the compute device; weights stream from disk, so only one block is ever resident."""
+    at a time on the compute device; weights stream from disk, so only one block is ever resident.
+    `finite_checked`: the CheckpointFolder.fingerprint() of weights a caller already checked for
+    NaN/Inf (the platform's ingest), so they are not read once more for that."""
     _reset_peak_rss()
     start, start_rss_mb = time.perf_counter(), _rss_mb("VmRSS")
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise QuantizationError(f"{out_dir} already exists: remove it or choose another output folder.")
-    ckpt, arch = _checked_source(model_dir, calib, config)
+    ckpt, arch = _checked_source(model_dir, calib, config, finite_checked)
     resolved = resolve(compute)
     log.info("Quantizing on %s", resolved)
     if resolved.device.type == "cuda":

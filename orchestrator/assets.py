@@ -20,15 +20,20 @@ from awq_core.calibration import calibration_fingerprint
 from deploy.registry import safe_name
 from orchestrator import plots
 from orchestrator.checks import gate_result, gate_spec
-from orchestrator.hashing import content_hash, file_hash
+from orchestrator.hashing import content_hash, file_hash, stat_signature
 from orchestrator.ingest import ingest
 from orchestrator.lineage import (
+    end_attempt,
+    known_content_hash,
+    note_content,
     promoted_versions,
     record_calibration,
     record_quantization,
     record_rejection,
     record_stage,
     register_checkpoint,
+    released_versions,
+    start_attempt,
 )
 from orchestrator.metadata import (
     calibration_metadata,
@@ -37,7 +42,8 @@ from orchestrator.metadata import (
     release_metadata,
     stage_metadata,
 )
-from orchestrator.partitions import CHECKPOINTS
+from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
+from orchestrator.policy import PolicySnapshot, ReleasePolicy, run_policy
 from orchestrator.promotion import blocking_stages, promote
 from orchestrator.records import CalibrationRecord, CandidateRecord, CheckpointRecord, StageRecord
 from orchestrator.resources import LineageDatabase, Platform
@@ -57,18 +63,33 @@ def source_folder(platform: Platform, key: str) -> Path:
     return matches[0]
 
 
-def model_name(platform: Platform, key: str) -> str:
-    return platform.policy().model_name or key
+def policy_of(context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase) -> PolicySnapshot:
+    """The release policy of this run, as its first step snapshotted it."""
+    return run_policy(lineage.engine(), context.run_id, platform.policy_path)
+
+
+def model_name(policy: ReleasePolicy, key: str) -> str:
+    return policy.model_name or key
 
 
 @dg.asset(partitions_def=CHECKPOINTS, group_name=GROUP, kinds={"safetensors"})
 def checkpoint(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase
 ) -> dg.MaterializeResult[CheckpointRecord]:
-    """Verify, merge (LoRA), hash, size and register a dropped checkpoint."""
-    key = context.partition_key
-    found = ingest(source_folder(platform, key), platform.work(key), platform.policy())
-    record = CheckpointRecord(register_checkpoint(lineage.engine(), key, found), key, str(found.model_dir))
+    """Verify, merge (LoRA), hash, size and register a dropped checkpoint: the start of an attempt."""
+    key, engine, run_id = context.partition_key, lineage.engine(), context.run_id
+    folder = source_folder(platform, key)
+    source = context.run.tags.get(SOURCE_TAG) or stat_signature(folder)  # launched by hand: the folder now
+    start_attempt(engine, run_id, key, source)
+    policy = policy_of(context, platform, lineage).policy
+    found = ingest(folder, platform.work(key), policy, known_content_hash(engine, source))
+    note_content(engine, run_id, found.content_hash)
+    if released := released_versions(engine, found.content_hash):
+        reason = f"the content of {folder.name} was released before, as {', '.join(released)}"
+        end_attempt(engine, run_id, "duplicate", reason)
+        raise dg.Failure(f"Nothing to do: {reason}. Remove the copy, or change the checkpoint to release it again.")
+    checkpoint_id = register_checkpoint(engine, key, found)
+    record = CheckpointRecord(checkpoint_id, key, str(found.model_dir), found.weights_fingerprint)
     return dg.MaterializeResult(value=record, metadata=checkpoint_metadata(record, found))
 
 
@@ -77,7 +98,7 @@ def calibration_set(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, checkpoint: CheckpointRecord
 ) -> dg.MaterializeResult[CalibrationRecord]:
     """N windows of L tokens from the policy's domain texts, saved as token ids."""
-    settings = platform.policy().calibration
+    settings = policy_of(context, platform, lineage).policy.calibration
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.model_dir)
     ids = build_calibration(tokenizer, list(settings.texts), settings.n_samples, settings.seqlen)  # (N, L)
     tokens_hash = calibration_fingerprint(ids)
@@ -98,15 +119,26 @@ def awq_model(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, calibration_set: CalibrationRecord
 ) -> dg.MaterializeResult[CandidateRecord]:
     """AWQ INT4 checkpoint of the registered model, in the AutoAWQ GEMM layout vLLM serves."""
-    key, policy = context.partition_key, platform.policy()
+    key, snapshot = context.partition_key, policy_of(context, platform, lineage)
+    policy = snapshot.policy
     config = policy.quantization
     out_dir = platform.work(key) / f"awq-{calibration_set.tokens_hash}-{config.fingerprint()}"
     if out_dir.exists():  # a re-materialization with the same inputs: make it afresh
         shutil.rmtree(out_dir)
     calib = load_file(calibration_set.tokens_path)["input_ids"]
     ckpt = calibration_set.checkpoint
-    report = quantize(ckpt.model_dir, out_dir, calib, config, progress=False, compute=policy.compute)
-    run_id = record_quantization(lineage.engine(), ckpt.id, calibration_set.id, report, content_hash(out_dir))
+    report = quantize(
+        ckpt.model_dir,
+        out_dir,
+        calib,
+        config,
+        progress=False,
+        compute=policy.compute,
+        finite_checked=ckpt.weights_fingerprint,
+    )
+    run_id = record_quantization(
+        lineage.engine(), ckpt.id, calibration_set.id, snapshot.id, report, content_hash(out_dir)
+    )
     record = CandidateRecord(run_id, ckpt, str(out_dir))
     plot_path = plots.layer_errors(report.block_mse, platform.work(key) / "plots" / "layer_errors.png")
     return dg.MaterializeResult(
@@ -135,7 +167,7 @@ def validation_asset(stage: str) -> dg.AssetsDefinition:
     def stage_asset(
         context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, awq_model: CandidateRecord
     ) -> dg.MaterializeResult:
-        key, policy = context.partition_key, platform.policy()
+        key, policy = context.partition_key, policy_of(context, platform, lineage).policy
         # vLLM server logs go beside the stage reports.
         load = dataclasses.replace(policy.validation.load, log_dir=platform.work(key) / "logs")
         settings = dataclasses.replace(policy.validation, load=load)
@@ -147,7 +179,8 @@ def validation_asset(stage: str) -> dg.AssetsDefinition:
             context.log.warning(f"{stage} skipped, as the policy allows: {result.skipped}")
         if result.status == "failed":
             reason = f"{stage} gate failed: " + "; ".join(result.reasons)
-            version = record_rejection(engine, model_name(platform, key), awq_model.id, reason)
+            version = record_rejection(engine, model_name(policy, key), awq_model.id, reason)
+            end_attempt(engine, context.run_id, "rejected", reason)
             context.log.warning(f"{stage} gate failed; recorded rejected release {version}: {result.reasons}")
         return dg.MaterializeResult(
             value=StageRecord(stage_id, stage, awq_model.id, result.status, tuple(result.reasons)),
@@ -174,17 +207,18 @@ def release(
     **validations: StageRecord,
 ) -> dg.MaterializeResult:
     """Promote the candidate into the registry, only if the latest result of every gate passed."""
-    key, policy = context.partition_key, platform.policy()
-    model, engine = model_name(platform, key), lineage.engine()
+    key, snapshot = context.partition_key, policy_of(context, platform, lineage)
+    model, engine = model_name(snapshot.policy, key), lineage.engine()
     blocking = blocking_stages(awq_model, {record.stage: record for record in validations.values()})
     if blocking:
-        record_rejection(
-            engine, model, awq_model.id, f"release refused: the latest validation of {blocking} did not pass"
-        )
+        reason = f"release refused: the latest validation of {blocking} did not pass"
+        record_rejection(engine, model, awq_model.id, reason)
+        end_attempt(engine, context.run_id, "rejected", reason)
         raise dg.Failure(
             f"Refusing to promote {key}: the latest validation of {blocking} did not pass (see the lineage database)."
         )
     if promoted := promoted_versions(engine, awq_model.id):
         raise dg.Failure(f"Quantization run {awq_model.id} of {key} is already released as {promoted}.")
-    promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, dataclasses.asdict(policy.serving))
+    promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, snapshot)
+    end_attempt(engine, context.run_id, "released", f"{model} {promotion.version}")
     return dg.MaterializeResult(metadata=release_metadata(promotion))

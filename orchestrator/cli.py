@@ -170,18 +170,27 @@ def _print_history(rows: list[dict]) -> None:
         print(f"{r['model']:28} {r['version']:8} {r['status']:12} {r['created_at'][:19]:20} {gates}")
 
 
+def _print_attempts(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print(f"\n{'attempt (Dagster run)':38} {'checkpoint':28} {'status':9} {'started (UTC)':20} reason")
+    for r in rows:
+        print(f"{r['run_id']:38} {r['checkpoint']:28} {r['status']:9} {r['started_at'][:19]:20} {r['reason'] or ''}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from awq_core.compute import Compute, resolve
     from orchestrator.demo import demo_assets
-    from orchestrator.main_job import run_demo
-    from orchestrator.releases import history
+    from orchestrator.main_job import run_demo, why_not_started
+    from orchestrator.releases import attempt_history, history
 
     print(f"compute: {resolve(Compute())}")  # the demo policy's setting: auto
-    outcomes = run_demo(demo_assets())
+    assets = demo_assets()
+    outcomes = run_demo(assets)
     engine, _ = _platform()
     rows = history(engine)
     if not outcomes:
-        print("No new checkpoint to release (its content was released before); history:")
+        print(f"No new attempt at {assets.model_dir.name}: {why_not_started(assets)}; history:")
     for outcome in outcomes:
         latest = next((r for r in reversed(rows) if r["status"] != "rolled_back"), None)
         print(
@@ -202,17 +211,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                     print(f"  SKIP {stage}: {'; '.join(outcome['reasons'])}")
     print()
     _print_history(rows)
+    _print_attempts(attempt_history(engine))
     return 0 if all(o.success for o in outcomes) else 1
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from orchestrator.releases import history
+    from orchestrator.releases import attempt_history, history
 
     rows = history(_platform()[0], args.model)
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
     else:
         _print_history(rows)
+        _print_attempts(attempt_history(_platform()[0]))
     return 0
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestrator.assets import GROUP, VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.assets import VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.jobs import release_job
 from orchestrator.resources import LineageDatabase, Platform
-from orchestrator.sensors import checkpoint_sensor
+from orchestrator.sensors import attempt_failure_sensor, checkpoint_sensor
 
 
 def platform_home() -> Path:
@@ -36,15 +37,9 @@ def default_resources() -> dict:
     }
 
 
-release_job = dg.define_asset_job(
-    "release_job",
-    selection=dg.AssetSelection.groups(GROUP),
-    description="Ingest, quantize, validate and promote one checkpoint.",
-)
-
 defs = dg.Definitions(
     assets=[checkpoint, calibration_set, awq_model, *VALIDATIONS, release],
     jobs=[release_job],
-    sensors=[checkpoint_sensor],
+    sensors=[checkpoint_sensor, attempt_failure_sensor],
     resources=default_resources(),
 )

@@ -22,6 +22,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 class Ingested:
     model_dir: Path  # the full checkpoint to quantize: the folder itself, or the merged base + adapter
     content_hash: str
+    weights_fingerprint: str  # CheckpointFolder.fingerprint() of the weights checked finite here
     architecture: str
     size_bytes: int
     base_model: str | None
@@ -90,16 +91,29 @@ def footprint(ckpt: CheckpointFolder, policy: ReleasePolicy) -> dict:
     }
 
 
-def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
-    """Everything a checkpoint must pass before the platform spends time on it."""
-    adapter_path, base_model = None, None
+def _hash_and_check(ckpt: CheckpointFolder, source: Path, known_hash: str | None) -> str:
+    """The source's content hash and the weights' finite check, in one read of the weights where
+    the source is the checkpoint itself; no hashing at all where an earlier attempt hashed it."""
+    if known_hash is not None or source != ckpt.dir:  # known, or a LoRA adapter: not the weights checked
+        ckpt.check_finite()
+        return known_hash or content_hash(source)
+    check = ckpt.finite_check()
+    digest = content_hash(source, check)
+    if not check.done():  # a weight file outside the hashed names: check it the plain way
+        ckpt.check_finite()
+    return digest
+
+
+def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy, known_hash: str | None = None) -> Ingested:
+    """Everything a checkpoint must pass before the platform spends time on it. `known_hash`: the
+    content hash an earlier attempt computed for this very folder (same stat signature)."""
+    source, adapter_path, base_model = folder, None, None
     refuse_outside_links(folder)  # an adapter folder too: it is hashed, and its tokenizer may be copied
     if (folder / ADAPTER_CONFIG).is_file():
         adapter_path = str(folder)
         folder, base_model = _merge_adapter(folder, work_dir / "merged", policy)
     ckpt = CheckpointFolder(folder)
     architecture_for(ckpt.config)  # refuse an unsupported architecture before reading every weight
-    ckpt.check_finite()
     fit = footprint(ckpt, policy)
     if not fit["fits"]:
         raise CheckpointError(
@@ -109,13 +123,14 @@ def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy) -> Ingested:
             "tensor_parallel_size, lower max_model_len "
             "or max_num_seqs, or pick a larger GPU in the policy."
         )
-    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    digest = _hash_and_check(ckpt, source, known_hash)
     return Ingested(
-        folder,
-        content_hash(Path(adapter_path) if adapter_path else folder),
-        ckpt.config["architectures"][0],
-        size,
-        base_model or ckpt.config.get("_name_or_path"),
-        adapter_path,
-        fit,
+        model_dir=folder,
+        content_hash=digest,
+        weights_fingerprint=ckpt.fingerprint(),
+        architecture=ckpt.config["architectures"][0],
+        size_bytes=sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+        base_model=base_model or ckpt.config.get("_name_or_path"),
+        adapter_path=adapter_path,
+        footprint=fit,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from awq_release.errors import ReleaseError
@@ -19,9 +20,12 @@ from orchestrator.db.models import (
     Checkpoint,
     QuantizationRun,
     Release,
+    ReleaseAttempt,
     ReleaseEvent,
+    RunPolicy,
     ValidationMetric,
     ValidationStage,
+    utcnow,
 )
 from validation.result import Metric, StageResult
 
@@ -37,6 +41,7 @@ class Lineage:
     checkpoint: Checkpoint
     calibration: CalibrationSet
     run: QuantizationRun
+    policy: RunPolicy | None  # the quantization run's policy (None for runs before migration 0003)
     stages: dict[str, ValidationStage]  # the newest result of each stage
 
 
@@ -48,6 +53,79 @@ def _insert(session: Session, row: Base) -> int:
     session.add(row)
     session.flush()
     return row.id
+
+
+def run_policy_row(engine: Engine, run_id: str) -> tuple[int, str, str] | None:
+    """(id, hash, text) of the policy the run recorded, if one of its steps has."""
+    with session_scope(engine) as session:
+        row = session.scalars(select(RunPolicy).where(RunPolicy.run_id == run_id)).first()
+        return None if row is None else (row.id, row.hash, row.text)
+
+
+def record_run_policy(engine: Engine, run_id: str, text: str, digest: str) -> tuple[int, str, str]:
+    """Record the run's policy; if another step of the run recorded one first, theirs stands."""
+    try:
+        with session_scope(engine) as session:
+            return _insert(session, RunPolicy(run_id=run_id, hash=digest, text=text)), digest, text
+    except IntegrityError:
+        return run_policy_row(engine, run_id)
+
+
+def start_attempt(engine: Engine, run_id: str, checkpoint: str, source: str) -> None:
+    """The run is an attempt at releasing `source` (a folder's stat signature); recorded once per run."""
+    with session_scope(engine) as session:
+        if session.scalars(select(ReleaseAttempt.id).where(ReleaseAttempt.run_id == run_id)).first() is None:
+            _insert(session, ReleaseAttempt(run_id=run_id, checkpoint=checkpoint, source=source, status="running"))
+
+
+def end_attempt(engine: Engine, run_id: str, status: str, reason: str | None = None) -> None:
+    """How the run's attempt ended. The first ending stands: a rejection recorded by a gate is not
+    overwritten by the run failure the blocked gate causes."""
+    with session_scope(engine) as session:
+        attempt = session.scalars(select(ReleaseAttempt).where(ReleaseAttempt.run_id == run_id)).first()
+        if attempt is not None and attempt.status == "running":
+            attempt.status, attempt.reason, attempt.ended_at = status, reason, utcnow()
+
+
+def note_content(engine: Engine, run_id: str, content_hash: str) -> None:
+    """The attempt's folder hashed to `content_hash`: a retry of the same folder need not hash it again."""
+    with session_scope(engine) as session:
+        attempt = session.scalars(select(ReleaseAttempt).where(ReleaseAttempt.run_id == run_id)).first()
+        if attempt is not None:
+            attempt.content_hash = content_hash
+
+
+def known_content_hash(engine: Engine, source: str) -> str | None:
+    """The content hash an earlier attempt computed for this stat signature, if any."""
+    with session_scope(engine) as session:
+        query = select(ReleaseAttempt.content_hash).where(
+            ReleaseAttempt.source == source, ReleaseAttempt.content_hash.is_not(None)
+        )
+        return session.scalars(query.order_by(ReleaseAttempt.id.desc())).first()
+
+
+def released_versions(engine: Engine, content_hash: str) -> list[str]:
+    """The versions under which this content was ever promoted (rolled back ones too)."""
+    with session_scope(engine) as session:
+        query = (
+            select(Release.model, Release.version)
+            .join(Checkpoint, Release.checkpoint_id == Checkpoint.id)
+            .where(Checkpoint.content_hash == content_hash, Release.status.in_(("promoted", "rolled_back")))
+        )
+        return [f"{model} {version}" for model, version in session.execute(query)]
+
+
+def attempt_statuses(engine: Engine, source: str) -> list[str]:
+    """How each attempt at releasing `source` ended (running while under way), oldest first."""
+    with session_scope(engine) as session:
+        query = select(ReleaseAttempt.status).where(ReleaseAttempt.source == source).order_by(ReleaseAttempt.id)
+        return list(session.scalars(query))
+
+
+def attempts(session: Session, checkpoint: str | None = None) -> list[ReleaseAttempt]:
+    """Every attempt, oldest first; of one checkpoint (partition key) if named."""
+    query = select(ReleaseAttempt).order_by(ReleaseAttempt.id)
+    return list(session.scalars(query.where(ReleaseAttempt.checkpoint == checkpoint) if checkpoint else query))
 
 
 def register_checkpoint(engine: Engine, name: str, found: "Ingested") -> int:
@@ -90,11 +168,17 @@ def record_calibration(
 
 
 def record_quantization(
-    engine: Engine, checkpoint_id: int, calibration_set_id: int, report: "QuantReport", output_hash: str
+    engine: Engine,
+    checkpoint_id: int,
+    calibration_set_id: int,
+    policy_id: int,
+    report: "QuantReport",
+    output_hash: str,
 ) -> int:
     row = QuantizationRun(
         checkpoint_id=checkpoint_id,
         calibration_set_id=calibration_set_id,
+        policy_id=policy_id,
         settings=report.config | {"compute": report.compute},
         seconds=report.seconds,
         peak_rss_mb=report.peak_rss_mb,
@@ -206,6 +290,7 @@ def lineage_of(session: Session, quantization_run_id: int) -> Lineage:
         checkpoint=session.get(Checkpoint, run.checkpoint_id),
         calibration=session.get(CalibrationSet, run.calibration_set_id),
         run=run,
+        policy=session.get(RunPolicy, run.policy_id) if run.policy_id else None,
         stages=latest_stages(session, run.id),
     )
 

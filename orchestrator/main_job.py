@@ -4,18 +4,29 @@
 does the same with a daemon ticking the sensor.
 """
 
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import yaml
+from sqlalchemy import Engine
 
+from awq_release.errors import ReleaseError
 from orchestrator.definitions import defs, platform_home
 from orchestrator.demo import DemoAssets, demo_validation_settings
+from orchestrator.hashing import stat_signature
+from orchestrator.lineage import attempt_statuses, end_attempt
+from orchestrator.policy import max_attempts_in
+from orchestrator.sensors import failure_reason, next_attempt
 
 DAGSTER_YAML = Path(__file__).with_name("dagster.yaml")
+LAUNCHER_TAG = "awq_release/launcher"  # runs this process executes: only these can it know to be dead
+UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 @dataclass
@@ -50,10 +61,22 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
     return path
 
 
+def reap_killed_runs(instance: dg.DagsterInstance, engine: Engine) -> list[str]:
+    """Runs an earlier `awq-release run` started and never ended: its process was killed. The caller
+    holds the run lock, so none of them can still be going. Each is marked failed, the `heavy` pool
+    slot its step held is freed (else the next run would wait for it forever), its attempt killed."""
+    unfinished = instance.get_runs(dg.RunsFilter(tags={LAUNCHER_TAG: "in_process"}, statuses=UNFINISHED))
+    for run in unfinished:
+        instance.report_run_failed(run, "the process running it was killed before the run ended")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        end_attempt(engine, run.run_id, "killed", "the process running it was killed before the run ended")
+    return [run.run_id for run in unfinished]
+
+
 def tick_and_run(instance: dg.DagsterInstance, resources: dict, max_ticks: int = 3) -> list[JobOutcome]:
     """Tick the sensor until it requests runs (a checkpoint is taken once unchanged over two ticks),
-    add the partitions it asks for, then execute in this process each run whose run key (the
-    checkpoint's content hash) has no run yet, as the daemon would."""
+    add the partitions it asks for, then execute in this process each run whose run key (the folder's
+    stat signature and attempt number) has no run yet, as the daemon would, and record how it failed."""
     sensor = defs.resolve_sensor_def("checkpoint_sensor")
     cursor, requests = None, []
     for _ in range(max_ticks):
@@ -69,21 +92,52 @@ def tick_and_run(instance: dg.DagsterInstance, resources: dict, max_ticks: int =
         if result.run_requests:
             break
     job = defs.resolve_job_def("release_job")
+    engine = resources["lineage"].engine()
     outcomes = []
     for request in requests:
-        tags = request.tags | {"dagster/run_key": request.run_key}
+        tags = request.tags | {"dagster/run_key": request.run_key, LAUNCHER_TAG: "in_process"}
         run = job.execute_in_process(
             instance=instance, partition_key=request.partition_key, resources=resources, tags=tags, raise_on_error=False
         )
+        if not run.success:
+            failures = [e for e in run.all_events if e.is_step_failure] or [None]
+            end_attempt(engine, run.run_id, "failed", failure_reason(failures[0]))
         outcomes.append(JobOutcome(request.partition_key, run.success, run.run_id))
     return outcomes
 
 
-def run_demo(assets: DemoAssets) -> list[JobOutcome]:
+def why_not_started(assets: DemoAssets) -> str:
+    """What the sensor says of the demo folder when it starts no attempt."""
+    platform, lineage = defs.resources["platform"], defs.resources["lineage"]
+    source = stat_signature(Path(platform.checkpoints_dir) / assets.model_dir.name)
+    verdict = next_attempt(attempt_statuses(lineage.engine(), source), max_attempts_in(platform.policy_path))
+    return verdict if isinstance(verdict, str) else "it was still being written"
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """One `awq-release run` at a time per platform home."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise ReleaseError(f"Another `awq-release run` holds {path}: wait for it to end.") from e
+        yield
+
+
+def run_platform() -> list[JobOutcome]:
+    """One pass of the platform over its watched folder, in this process: what the daemon would
+    start, after marking runs an earlier pass left unfinished (it was killed) as failed."""
     home = platform_home()
     os.environ["DAGSTER_HOME"] = str(prepare_home(home))
-    resources = defs.resources
-    platform = resources["platform"]
+    with run_lock(home / "run.lock"), dg.DagsterInstance.get() as instance:
+        reap_killed_runs(instance, defs.resources["lineage"].engine())
+        return tick_and_run(instance, defs.resources)
+
+
+def run_demo(assets: DemoAssets) -> list[JobOutcome]:
+    platform = defs.resources["platform"]
     write_release_policy(assets, Path(platform.policy_path))
     target = Path(platform.checkpoints_dir) / assets.model_dir.name
     if not target.exists():
@@ -91,5 +145,4 @@ def run_demo(assets: DemoAssets) -> list[JobOutcome]:
         # hidden while copying: the sensor skips it
         shutil.copytree(assets.model_dir, target.with_name(f".{target.name}.copying"))
         target.with_name(f".{target.name}.copying").rename(target)
-    with dg.DagsterInstance.get() as instance:
-        return tick_and_run(instance, resources)
+    return run_platform()

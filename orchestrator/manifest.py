@@ -5,6 +5,7 @@ from pathlib import Path
 from orchestrator.db.models import ValidationStage
 from orchestrator.hashing import file_hash
 from orchestrator.lineage import Lineage
+from orchestrator.policy import PolicySnapshot
 
 
 def _validation(row: ValidationStage) -> dict:
@@ -20,7 +21,8 @@ def _validation(row: ValidationStage) -> dict:
     }
 
 
-def build_manifest(model: str, version: str, release_id: int, chain: Lineage) -> dict:
+def build_manifest(model: str, version: str, release_id: int, chain: Lineage, policy: PolicySnapshot) -> dict:
+    """`policy` is the release run's snapshot; the quantization run's own is under quantization."""
     checkpoint, calibration, run = chain.checkpoint, chain.calibration, chain.run
     output = Path(run.output_path)
     return {
@@ -45,8 +47,10 @@ def build_manifest(model: str, version: str, release_id: int, chain: Lineage) ->
             "id": run.id,
             "settings": run.settings,
             "output_hash": run.output_hash,
+            "policy_hash": chain.policy.hash if chain.policy else None,
             "seconds": run.seconds,
         },
         "files": {p.name: file_hash(p) for p in sorted(output.iterdir()) if p.is_file()},
         "validation": {stage: _validation(row) for stage, row in chain.stages.items()},
+        "policy": {"id": policy.id, "hash": policy.hash, "text": policy.text},
     }

@@ -1,11 +1,16 @@
 """The release policy: one YAML file of settings and thresholds that feeds every step."""
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from awq_core.compute import Compute
 from awq_core.config import QuantConfig
-from validation.settings import ValidationSettings, from_dict, read_mapping
+from awq_release.errors import ValidationError
+from orchestrator.lineage import record_run_policy, run_policy_row
+from validation.settings import ValidationSettings, from_dict, parse_mapping
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,44 @@ class ReleasePolicy:
     target_gpu: TargetGPU = TargetGPU()
     serving: Serving = Serving()
     base_models: dict[str, Path] | None = None  # LoRA adapters: base model name -> local folder
+    max_attempts: int = 3  # a folder whose attempts failed (or were killed) this often is not retried
+
+    def __post_init__(self):
+        if self.max_attempts < 1:
+            raise ValidationError(f"max_attempts={self.max_attempts}: a folder needs at least 1 attempt.")
 
 
-def load_policy(path: str | Path) -> ReleasePolicy:
-    return from_dict(ReleasePolicy, read_mapping(path, "Release policy"), str(path))
+def parse_policy(text: str, source: str) -> ReleasePolicy:
+    return from_dict(ReleasePolicy, parse_mapping(text, source, "Release policy"), source)
+
+
+def max_attempts_in(path: str | Path) -> int:
+    """The retry limit the sensor applies (the default while no policy file exists yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return ReleasePolicy.max_attempts
+    return parse_policy(path.read_text(), str(path)).max_attempts
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """The policy one run uses from its first step to its last: a policy edit mid-run waits for the next run."""
+
+    id: int  # run_policies row
+    hash: str  # sha256 of the text
+    text: str  # the file as the run's first step read it
+    policy: ReleasePolicy
+
+
+def run_policy(engine: Engine, run_id: str, path: str | Path) -> PolicySnapshot:
+    """The run's snapshot: read from `path` and recorded by the run's first step; every later step
+    gets the recorded text, whatever the file says by then."""
+    row = run_policy_row(engine, run_id)
+    if row is None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValidationError(f"Release policy {path} does not exist: write one (see the README's release policy).")
+        text = path.read_text()
+        row = record_run_policy(engine, run_id, text, hashlib.sha256(text.encode()).hexdigest())
+    snapshot_id, digest, text = row
+    return PolicySnapshot(snapshot_id, digest, text, parse_policy(text, f"release policy of run {run_id}"))

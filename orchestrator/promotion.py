@@ -1,6 +1,7 @@
 """The release step's two decisions and one act: which gates block a candidate, whether it was
 released already, and promotion into the registry with its database row, all or nothing."""
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from deploy.registry import current_version, publish, unpublish
 from orchestrator import lineage
 from orchestrator.db import session_scope
 from orchestrator.manifest import build_manifest
+from orchestrator.policy import PolicySnapshot
 from orchestrator.records import CandidateRecord, StageRecord
 from orchestrator.reports import model_card
 from validation import STAGES
@@ -35,9 +37,10 @@ def blocking_stages(candidate: CandidateRecord, stages: dict[str, StageRecord]) 
     ]
 
 
-def promote(engine: Engine, registry: Path, model: str, quantization_run_id: int, serving: dict) -> Promotion:
-    """Publish the run's output as the model's next version and record it. The release row commits
-    only if the folder was published, and the folder is withdrawn if the commit fails."""
+def promote(engine: Engine, registry: Path, model: str, quantization_run_id: int, policy: PolicySnapshot) -> Promotion:
+    """Publish the run's output as the model's next version, served as `policy` says, and record it.
+    The release row commits only if the folder was published, and the folder is withdrawn if the
+    commit fails."""
     previous = current_version(registry, model)
     published, version = None, None
     try:
@@ -45,8 +48,9 @@ def promote(engine: Engine, registry: Path, model: str, quantization_run_id: int
             chain = lineage.lineage_of(session, quantization_run_id)
             row = lineage.record_release(session, model, "promoted", chain.checkpoint.id, quantization_run_id, {})
             version = row.version
-            manifest = build_manifest(model, version, row.id, chain)
+            manifest = build_manifest(model, version, row.id, chain, policy)
             card = model_card(manifest)
+            serving = dataclasses.asdict(policy.policy.serving)
             published = publish(registry, model, version, Path(chain.run.output_path), manifest, card, serving)
             row.manifest, row.path = manifest, str(published)
     except Exception:

@@ -12,6 +12,7 @@ class CheckpointRecord:
     id: int  # checkpoints row
     name: str  # the dynamic partition key
     model_dir: str  # the full checkpoint to quantize: the dropped folder, or base + merged LoRA
+    weights_fingerprint: str  # of the weights ingest checked finite: quantize need not read them for that
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,22 @@ def history(engine: Engine, model: str | None = None) -> list[dict]:
         return [release_record(session, r) for r in lineage.releases(session, model)]
 
 
+def attempt_history(engine: Engine, checkpoint: str | None = None) -> list[dict]:
+    """Every attempt at a release, oldest first: how it ended and why, the failed and killed ones too."""
+    with session_scope(engine) as session:
+        return [
+            {
+                "run_id": a.run_id,
+                "checkpoint": a.checkpoint,
+                "status": a.status,
+                "reason": a.reason,
+                "started_at": a.started_at.isoformat(),
+                "ended_at": a.ended_at.isoformat() if a.ended_at else None,
+            }
+            for a in lineage.attempts(session, checkpoint)
+        ]
+
+
 def show(engine: Engine, version: str, model: str | None = None) -> dict:
     with session_scope(engine) as session:
         release = lineage.find_release(session, version, model)

@@ -7,7 +7,6 @@ import dagster as dg
 from sqlalchemy import Engine
 
 from orchestrator.db import upgrade
-from orchestrator.policy import ReleasePolicy, load_policy
 
 
 class LineageDatabase(dg.ConfigurableResource):
@@ -28,10 +27,7 @@ class Platform(dg.ConfigurableResource):
     checkpoints_dir: str  # watched: one sub-folder per checkpoint (full HF folder or LoRA adapter)
     registry_dir: str  # promoted releases
     work_dir: str  # calibration sets, quantized candidates, validation reports
-    policy_path: str  # the release policy YAML
-
-    def policy(self) -> ReleasePolicy:
-        return load_policy(self.policy_path)
+    policy_path: str  # the release policy YAML; each run snapshots it (orchestrator.policy.run_policy)
 
     def work(self, partition_key: str) -> Path:
         path = Path(self.work_dir) / partition_key

@@ -1,46 +1,69 @@
-"""The checkpoint sensor: one run per completely written checkpoint content.
+"""The sensors: the checkpoint sensor starts one attempt per completely written folder, retrying a
+failed or killed one; the failure sensor records how a daemon-launched attempt failed.
 
-Completeness: a folder counts as written when its file list, sizes and modification times are
-unchanged across two consecutive ticks (no marker file needed from the training job). Hidden
-folders (.name) are skipped as partial copies. The run key is the content hash, and the cursor
-remembers hashes already requested, so a re-copied or renamed checkpoint is not released twice.
+Completeness: a folder counts as written when its file list, sizes and modification times (its stat
+signature) are unchanged across two consecutive ticks; no marker file is needed from the training
+job, hidden folders (.name) are skipped as copies in progress, and a tick reads no file's bytes.
+Each attempt is keyed by the signature and its number; the lineage database says how earlier
+attempts ended, and ingest finds content that was released before under another folder.
 """
 
-import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 
 from awq_release.errors import ReleaseError
 from deploy.registry import safe_name
-from orchestrator.hashing import content_hash
-from orchestrator.partitions import CHECKPOINTS
-from orchestrator.resources import Platform
+from orchestrator.hashing import stat_signature
+from orchestrator.jobs import release_job
+from orchestrator.lineage import attempt_statuses, end_attempt
+from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
+from orchestrator.policy import max_attempts_in
+from orchestrator.resources import LineageDatabase, Platform
+
+SETTLED = {  # attempts that ended like this are never retried
+    "released": "released before",
+    "rejected": "rejected by its gates (see `awq-release history`); change the checkpoint or the policy",
+    "duplicate": "its content was released before from another folder",
+}
 
 
-def signature(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            h.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+def next_attempt(statuses: list[str], max_attempts: int) -> int | str:
+    """The number of the attempt to start for a folder whose earlier attempts ended as `statuses`,
+    or why none starts."""
+    for status, why in SETTLED.items():
+        if status in statuses:
+            return why
+    if "running" in statuses:
+        return "an attempt is running"
+    if len(statuses) >= max_attempts:
+        return (
+            f"failed {len(statuses)} times, the policy's max_attempts: see `awq-release history`, "
+            "fix the cause and copy the checkpoint in again"
+        )
+    return len(statuses) + 1
 
 
 def scan(
-    checkpoints_dir: Path, cursor: dict, known_partitions: set[str], log
+    checkpoints_dir: Path,
+    cursor: dict,
+    known_partitions: set[str],
+    statuses_of: Callable[[str], list[str]],
+    max_attempts: int,
+    log,
 ) -> tuple[list[dg.RunRequest], list[str], dict]:
     """One tick: (run requests, partitions to add, next cursor). Logs why each folder is skipped."""
     last_seen: dict = cursor.get("signatures", {})
-    requested: list = cursor.get("requested", [])
+    requested: list = cursor.get("requested", [])  # run keys asked for already: an attempt not yet begun
     signatures, requests, new_keys = {}, [], []
     for folder in sorted(p for p in checkpoints_dir.iterdir() if p.is_dir()):
         if folder.name.startswith("."):
             log.info(f"skip {folder.name!r}: hidden folder (a copy in progress)")
             continue
-        signatures[folder.name] = signature(folder)
-        if last_seen.get(folder.name) != signatures[folder.name]:
+        source = signatures[folder.name] = stat_signature(folder)
+        if last_seen.get(folder.name) != source:
             log.info(f"skip {folder.name!r}: new or still changing; released once unchanged over two ticks")
             continue
         try:
@@ -48,30 +71,59 @@ def scan(
         except ReleaseError as e:
             log.warning(f"skip {folder.name!r}: {e}")
             continue
-        digest = content_hash(folder)
-        if digest in requested:
-            log.info(f"skip {folder.name!r}: content {digest[:12]} already requested")
+        attempt = next_attempt(statuses_of(source), max_attempts)
+        if isinstance(attempt, str):
+            log.info(f"skip {folder.name!r}: {attempt}")
             continue
-        requested.append(digest)
-        requests.append(
-            dg.RunRequest(
-                run_key=digest, partition_key=key, tags={"checkpoint_folder": folder.name, "content_hash": digest}
-            )
-        )
+        run_key = f"{source}:{attempt}"
+        if run_key in requested:
+            log.info(f"skip {folder.name!r}: attempt {attempt} was requested already")
+            continue
+        requested.append(run_key)
+        tags = {"checkpoint_folder": folder.name, SOURCE_TAG: source, "awq_release/attempt": str(attempt)}
+        requests.append(dg.RunRequest(run_key=run_key, partition_key=key, tags=tags))
         if key not in known_partitions and key not in new_keys:
             new_keys.append(key)
     return requests, new_keys, {"signatures": signatures, "requested": requested}
 
 
-@dg.sensor(job_name="release_job", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def checkpoint_sensor(context: dg.SensorEvaluationContext, platform: Platform) -> dg.SensorResult:
+@dg.sensor(job=release_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def checkpoint_sensor(
+    context: dg.SensorEvaluationContext, platform: Platform, lineage: LineageDatabase
+) -> dg.SensorResult:
     checkpoints_dir = Path(platform.checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     known = set(context.instance.get_dynamic_partitions(CHECKPOINTS.name))
-    requests, new_keys, cursor = scan(checkpoints_dir, json.loads(context.cursor or "{}"), known, context.log)
+    engine = lineage.engine()
+    requests, new_keys, cursor = scan(
+        checkpoints_dir,
+        json.loads(context.cursor or "{}"),
+        known,
+        lambda source: attempt_statuses(engine, source),
+        max_attempts_in(platform.policy_path),
+        context.log,
+    )
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[CHECKPOINTS.build_add_request(new_keys)] if new_keys else [],
         cursor=json.dumps(cursor),
         skip_reason=None if requests else "no new, completely written checkpoint",
     )
+
+
+def failure_reason(event: dg.DagsterEvent | None) -> str:
+    """The first line of what failed: the step's error where there is one."""
+    if event is None:
+        return "the run failed"
+    data = event.event_specific_data
+    error = getattr(data, "error", None)
+    message = error.message if error is not None else event.message or "the run failed"
+    return message.strip().splitlines()[0][:500]
+
+
+@dg.run_failure_sensor(monitored_jobs=[release_job], default_status=dg.DefaultSensorStatus.RUNNING)
+def attempt_failure_sensor(context: dg.RunFailureSensorContext, lineage: LineageDatabase) -> None:
+    """Under the daemon (run monitoring marks a killed worker's run failed too): record the attempt's end."""
+    step_failures = context.get_step_failure_events()
+    reason = failure_reason(step_failures[0] if step_failures else context.failure_event)
+    end_attempt(lineage.engine(), context.dagster_run.run_id, "failed", reason)

@@ -59,8 +59,9 @@ def make_tiny_model(
     hidden: int = 128,
     kv_heads: int = 2,
     seed: int = 0,
+    layers: int = 2,
 ) -> Path:
-    """A 2-block random model with the demo tokenizer. A few input channels are boosted in every norm,
+    """A random model (2 blocks unless asked) with the demo tokenizer. A few input channels are boosted in every norm,
     as real LLMs have salient activation channels: that is what AWQ's scales exist for."""
     torch.manual_seed(seed)
     config = AutoConfig.for_model(
@@ -69,7 +70,7 @@ def make_tiny_model(
         vocab_size=49152,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=kv_heads,
         head_dim=hidden // 4,

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -17,7 +19,7 @@ from deploy.registry import current_version, publish
 from deploy.server import free_port
 from orchestrator import releases
 from orchestrator.db import engine_for, session_scope, upgrade
-from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
+from orchestrator.db.models import Base, CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
 from orchestrator.lineage import record_release, record_stage
 from validation.result import StageResult, gate
 
@@ -29,6 +31,8 @@ TABLES = {
     "validation_metrics",
     "releases",
     "release_events",
+    "run_policies",
+    "release_attempts",
 }
 
 
@@ -232,3 +236,10 @@ def test_publish_never_copies_what_a_link_points_to(tmp_path):
         publish(tmp_path / "registry", "bot", "v0001", model_dir, {}, "# card", {})
     assert not (tmp_path / "registry" / "bot" / "releases" / "v0001").exists()
     assert current_version(tmp_path / "registry", "bot") is None
+
+
+def test_migrations_build_what_the_models_declare(database_url):
+    engine = upgrade(database_url)
+    with engine.connect() as connection:
+        drift = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert drift == []

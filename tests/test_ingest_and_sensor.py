@@ -8,17 +8,20 @@ import dagster as dg
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from awq_core.checkpoint import CheckpointFolder
 from awq_release.errors import CheckpointError, PromotionError, UnsupportedArchitecture
 from deploy.registry import safe_name
+from orchestrator import hashing
 from orchestrator.definitions import defs
-from orchestrator.hashing import content_hash
+from orchestrator.hashing import content_hash, stat_signature
 from orchestrator.ingest import ingest
+from orchestrator.lineage import attempt_statuses, end_attempt, start_attempt
 from orchestrator.policy import ReleasePolicy, TargetGPU
-from orchestrator.resources import Platform
-from orchestrator.sensors import checkpoint_sensor, scan
+from orchestrator.resources import LineageDatabase, Platform
+from orchestrator.sensors import checkpoint_sensor, next_attempt, scan
 from tests.conftest import RELEASE_ASSETS, make_tiny_model
 
 log = logging.getLogger("test")
@@ -40,9 +43,11 @@ def write(folder, files: dict[str, str]):
         (folder / name).write_text(text)
 
 
-def test_sensor_requests_exactly_one_run(tmp_path):
+def test_sensor_requests_exactly_one_run(tmp_path, monkeypatch):
     watched = tmp_path / "checkpoints"
-    write(watched / "complete model", {"config.json": "{}", "model.safetensors": "x" * 100})
+    write(watched / "complete model", {"config.json": "{}", "model-00001-of-00002.safetensors": "x" * 100})
+    with (watched / "complete model" / "model-00002-of-00002.safetensors").open("wb") as f:
+        f.truncate(64 * 2**30)  # a sparse 64 GiB shard: a tick must never read it
     write(watched / "half-written", {"config.json": "{}"})
     write(watched / "seen-before", {"config.json": "{}", "model.safetensors": "y"})
     write(watched / ".copy-in-progress", {"config.json": "{}"})
@@ -52,24 +57,48 @@ def test_sensor_requests_exactly_one_run(tmp_path):
         work_dir=str(tmp_path / "w"),
         policy_path=str(tmp_path / "p.yaml"),
     )
+    lineage = LineageDatabase(url=f"sqlite:///{tmp_path / 'lineage.db'}")
+    engine = lineage.engine()
+    start_attempt(engine, "earlier-run", "seen-before", stat_signature(watched / "seen-before"))
+    end_attempt(engine, "earlier-run", "released", "bot v0001")
+
+    def no_byte_read(*args):
+        raise AssertionError("a sensor tick read a file's bytes")
+
+    monkeypatch.setattr(hashing, "_update", no_byte_read)
+    resources = {"platform": platform, "lineage": lineage}
     with dg.instance_for_test() as instance:
-        first = checkpoint_sensor(
-            dg.build_sensor_context(
-                instance=instance,
-                cursor=json.dumps({"requested": [content_hash(watched / "seen-before")]}),
-                resources={"platform": platform},
-            )
-        )
+        first = checkpoint_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert first.run_requests == []  # nothing has been stable for two ticks yet
         (watched / "half-written" / "model.safetensors").write_text("still copying")
-        second = checkpoint_sensor(
-            dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"platform": platform})
-        )
-    (request,) = second.run_requests
-    assert request.partition_key == "complete-model" and request.run_key == content_hash(watched / "complete model")
+        second = checkpoint_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=resources))
+    (request,) = second.run_requests  # not seen-before: released before
+    assert request.partition_key == "complete-model"
+    assert request.run_key == f"{stat_signature(watched / 'complete model')}:1"
     assert [r.partition_keys for r in second.dynamic_partitions_requests] == [["complete-model"]]
-    third_requests, _, _ = scan(watched, json.loads(second.cursor), {"complete-model"}, log)
+    statuses = lambda source: attempt_statuses(engine, source)  # noqa: E731
+    third_requests, _, _ = scan(watched, json.loads(second.cursor), {"complete-model"}, statuses, 3, log)
     assert [r.partition_key for r in third_requests] == ["half-written"]  # stable now; the first is not requested again
+
+
+def test_failed_and_killed_attempts_are_retried_up_to_the_policy_limit(tmp_path):
+    watched = tmp_path / "checkpoints"
+    write(watched / "bot", {"config.json": "{}"})
+    engine = LineageDatabase(url=f"sqlite:///{tmp_path / 'lineage.db'}").engine()
+    source = stat_signature(watched / "bot")
+    cursor = {"signatures": {"bot": source}}
+    keys = []
+    for attempt, ending in enumerate(("failed", "killed", "failed"), start=1):
+        requests, _, cursor = scan(watched, cursor, {"bot"}, lambda s: attempt_statuses(engine, s), 3, log)
+        keys += [r.run_key for r in requests]
+        start_attempt(engine, f"run-{attempt}", "bot", source)
+        end_attempt(engine, f"run-{attempt}", ending, "out of memory")
+    assert keys == [f"{source}:1", f"{source}:2", f"{source}:3"]
+    assert scan(watched, cursor, {"bot"}, lambda s: attempt_statuses(engine, s), 3, log)[0] == []  # 3 is the limit
+    assert next_attempt(["failed", "killed", "failed"], 4) == 4
+    assert "rejected by its gates" in next_attempt(["failed", "rejected"], 5)
+    assert next_attempt(["running"], 5) == "an attempt is running"
+    assert next_attempt(["released"], 5) == "released before"
 
 
 @pytest.mark.parametrize(
@@ -169,3 +198,16 @@ def test_unreachable_database_fails_the_run_and_writes_nothing(tmp_path, tiny_ll
     message = failure.step_failure_data.error.to_string()  # with its cause chain
     assert "The lineage database at postgresql+psycopg://nobody@127.0.0.1" in message and "unreachable" in message
     assert not (tmp_path / "registry").exists()
+
+
+def test_ingest_reads_the_weights_once_for_hash_and_finite_check(tmp_path, tiny_llama, monkeypatch):
+    model = shutil.copytree(tiny_llama, tmp_path / "model")
+    monkeypatch.setattr(hashing, "CHUNK", 999)  # odd chunks: values of every dtype straddle them
+    monkeypatch.setattr(CheckpointFolder, "check_finite", lambda self: pytest.fail("the weights were read twice"))
+    found = ingest(model, tmp_path / "work", ReleasePolicy())
+    assert found.content_hash == content_hash(model)  # the hash is the same as a plain read's
+    tensors = load_file(model / "model.safetensors")
+    tensors["model.layers.1.self_attn.o_proj.weight"][7, 3] = float("nan")
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"model.layers.1.self_attn.o_proj.weight holds 1 NaN/Inf"):
+        ingest(model, tmp_path / "work", ReleasePolicy())

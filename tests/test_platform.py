@@ -3,6 +3,7 @@ an honest checkpoint is promoted with every lineage row; a damaged quantization 
 why, and the previous release stays current. The load stage is not required by this policy: where
 this host's vLLM cannot run 4-bit AWQ it is recorded as skipped everywhere, never as passed."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -136,6 +137,8 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         manifest = json.loads((release_dir / "manifest.json").read_text())
         assert manifest["checkpoint"]["name"] == "demo-bot" and manifest["quantization"]["settings"]["group_size"] == 64
         assert set(manifest["validation"]) == {"perplexity", "tasks", "long_context", "load"}
+        policy_hash = hashlib.sha256((root / "honest.yaml").read_bytes()).hexdigest()  # the run's one policy
+        assert manifest["policy"]["hash"] == manifest["quantization"]["policy_hash"] == policy_hash
         assert manifest["validation"]["load"]["status"] == ("passed" if load_runs else "skipped")
         assert manifest["quantization"]["settings"]["compute"]["dtype"] in ("float32", "bfloat16")
         assert load_runs or "| load | not run: skipped: " in (release_dir / "README.md").read_text()

@@ -155,18 +155,23 @@ def from_dict(cls, data: dict, where: str = "settings"):
     return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
 
 
+def parse_mapping(text: str, source: str, what: str) -> dict:
+    """YAML (or JSON) text holding a mapping, with errors that name where it came from."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ValidationError(f"{what} {source} is not valid YAML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValidationError(f"{what} {source} must hold a mapping, not {type(data).__name__}.")
+    return data
+
+
 def read_mapping(path: str | Path, what: str) -> dict:
     """A YAML (or JSON) file holding a mapping, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise ValidationError(f"{what} {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValidationError(f"{what} {path} is not valid YAML/JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValidationError(f"{what} {path} must hold a mapping, not {type(data).__name__}.")
-    return data
+    return parse_mapping(path.read_text(), str(path), what)
 
 
 def load_settings(path: str | Path | None) -> ValidationSettings:

@@ -60,11 +60,41 @@ class CalibrationSet(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RunPolicy(Base):
+    """The release policy one Dagster run used, snapshotted by its first step: every step reads this."""
+
+    __tablename__ = "run_policies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), unique=True)  # the Dagster run
+    hash: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the text
+    text: Mapped[str] = mapped_column(Text)  # the policy file as it was read
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReleaseAttempt(Base):
+    """One run of the release job for one dropped folder: how it ended, and why if it did not release.
+
+    A failed or killed attempt is retried (up to the policy's max_attempts); a released, rejected or
+    duplicate one is not."""
+
+    __tablename__ = "release_attempts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), unique=True)  # the Dagster run
+    checkpoint: Mapped[str] = mapped_column(String(255), index=True)  # the partition key
+    source: Mapped[str] = mapped_column(String(64), index=True)  # the folder's stat signature
+    status: Mapped[str] = mapped_column(String(16))  # running | released | rejected | duplicate | failed | killed
+    reason: Mapped[str | None] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(64))  # once ingest has hashed the folder
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class QuantizationRun(Base):
     __tablename__ = "quantization_runs"
     id: Mapped[int] = mapped_column(primary_key=True)
     checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))
     calibration_set_id: Mapped[int] = mapped_column(ForeignKey("calibration_sets.id"))
+    policy_id: Mapped[int | None] = mapped_column(ForeignKey("run_policies.id"))  # None before migration 0003
     settings: Mapped[dict] = mapped_column(JSON)
     seconds: Mapped[float] = mapped_column(Float)
     peak_rss_mb: Mapped[float] = mapped_column(Float)
