@@ -6,17 +6,21 @@ calibration tokens and settings picks up at the first missing block, and any oth
 """
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import resource
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -159,6 +163,23 @@ def _open_work_dir(work: Path, fingerprint: str) -> None:
     progress.write_text(json.dumps({"fingerprint": fingerprint}))
 
 
+@contextmanager
+def _disk_full_is_clear(work: Path, out_dir: Path) -> Iterator[None]:
+    """No space left while writing: one clear error instead of an OSError or SafetensorError. The
+    finished blocks stay in the hidden work folder, so a rerun after freeing space resumes."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        if getattr(e, "errno", None) != errno.ENOSPC and "No space left" not in str(e):
+            raise
+        finished = len(list((work / ".blocks").glob("*.json")))
+        raise QuantizationError(
+            f"The disk holding {out_dir.parent} is full: free space there or choose another output folder. "
+            f"Nothing was written to {out_dir}; the {finished} finished blocks are kept in {work} and a rerun "
+            "with the same inputs resumes from them."
+        ) from e
+
+
 def _write_json(path: Path, data) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -289,9 +310,10 @@ def quantize(
         torch.cuda.reset_peak_memory_stats(resolved.device)
 
     work = out_dir.parent / f".{out_dir.name}.partial"
-    _open_work_dir(work, _inputs_fingerprint(ckpt, calib, config, resolved))
-    blocks = _quantize_blocks(ckpt, arch, calib, config, resolved, work, progress)
-    _write_rest(ckpt, arch, config, work, blocks.weight_map)
+    with _disk_full_is_clear(work, out_dir):
+        _open_work_dir(work, _inputs_fingerprint(ckpt, calib, config, resolved))
+        blocks = _quantize_blocks(ckpt, arch, calib, config, resolved, work, progress)
+        _write_rest(ckpt, arch, config, work, blocks.weight_map)
 
     calibration = {"n_samples": calib.shape[0], "seqlen": calib.shape[1], "fingerprint": calibration_fingerprint(calib)}
     on_gpu = resolved.device.type == "cuda"
@@ -308,7 +330,8 @@ def quantize(
         layers=blocks.layers,
         config=dataclasses.asdict(config) | {"source": str(ckpt.dir), "calibration": calibration},
     )
-    _write_json(work / REPORT_NAME, dataclasses.asdict(report))
+    with _disk_full_is_clear(work, out_dir):
+        _write_json(work / REPORT_NAME, dataclasses.asdict(report))
     shutil.rmtree(work / ".blocks")
     (work / "progress.json").unlink()
     work.rename(out_dir)

@@ -63,10 +63,11 @@ def launch_config(release_dir: Path, served_name: str, serving: dict) -> dict:
     }
 
 
-def publish(
+def write_release(
     registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: dict
 ) -> Path:
-    """Copy `model_dir` into the registry as MODEL/releases/VERSION and make it current."""
+    """Copy `model_dir` into the registry as MODEL/releases/VERSION, whole or not at all: it is
+    assembled in a hidden .VERSION.partial folder and renamed into place. Not made current."""
     links = sorted(str(p.relative_to(model_dir)) for p in Path(model_dir).rglob("*") if p.is_symlink())
     if links:
         raise PromotionError(
@@ -90,16 +91,32 @@ def publish(
         partial.rename(final)
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)
-        raise PromotionError(f"Could not publish {model} {version} into {releases}: {e}") from e
+        raise PromotionError(
+            f"Could not write {model} {version} into {releases} ({e.strerror or e}): nothing of it was kept and "
+            "the current release is untouched; free space or fix permissions there, then run again."
+        ) from e
+    return final
+
+
+def publish(
+    registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: dict
+) -> Path:
+    """write_release(), then make it current."""
+    final = write_release(registry, model, version, model_dir, manifest, model_card, serving)
     point_current(registry, model, final.name)
     return final
 
 
-def unpublish(registry: Path, model: str, version: str, previous: str | None) -> None:
-    """Undo publish() when its database record could not be committed: the old pointer, no new folder."""
-    root = model_root(registry, model)
-    if previous:
-        point_current(registry, model, previous)
-    else:
-        (root / "current").unlink(missing_ok=True)
-    shutil.rmtree(root / "releases" / safe_name(version), ignore_errors=True)
+def versions_on_disk(registry: Path, model: str) -> list[str]:
+    """The release folders of a model, hidden partial ones left out."""
+    releases = model_root(registry, model) / "releases"
+    return (
+        sorted(p.name for p in releases.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if releases.is_dir()
+        else []
+    )
+
+
+def withdraw(registry: Path, model: str, version: str) -> None:
+    """Remove a release folder that never became current (its database record was not committed)."""
+    shutil.rmtree(model_root(registry, model) / "releases" / safe_name(version), ignore_errors=True)

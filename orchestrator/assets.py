@@ -44,7 +44,7 @@ from orchestrator.metadata import (
 )
 from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
 from orchestrator.policy import PolicySnapshot, ReleasePolicy, run_policy
-from orchestrator.promotion import blocking_stages, promote
+from orchestrator.promotion import blocking_stages, promote, reconcile
 from orchestrator.records import CalibrationRecord, CandidateRecord, CheckpointRecord, StageRecord
 from orchestrator.resources import LineageDatabase, Platform
 from validation import STAGES, StageResult, run_stage
@@ -217,6 +217,8 @@ def release(
         raise dg.Failure(
             f"Refusing to promote {key}: the latest validation of {blocking} did not pass (see the lineage database)."
         )
+    for repair in reconcile(engine, Path(platform.registry_dir), model):
+        context.log.warning(repair)
     if promoted := promoted_versions(engine, awq_model.id):
         raise dg.Failure(f"Quantization run {awq_model.id} of {key} is already released as {promoted}.")
     promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, snapshot)

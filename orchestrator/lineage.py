@@ -87,6 +87,12 @@ def end_attempt(engine: Engine, run_id: str, status: str, reason: str | None = N
             attempt.status, attempt.reason, attempt.ended_at = status, reason, utcnow()
 
 
+def running_attempts(engine: Engine) -> list[str]:
+    """Run ids of attempts recorded as started and never as ended."""
+    with session_scope(engine) as session:
+        return list(session.scalars(select(ReleaseAttempt.run_id).where(ReleaseAttempt.status == "running")))
+
+
 def note_content(engine: Engine, run_id: str, content_hash: str) -> None:
     """The attempt's folder hashed to `content_hash`: a retry of the same folder need not hash it again."""
     with session_scope(engine) as session:

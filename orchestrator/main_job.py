@@ -20,7 +20,7 @@ from awq_release.errors import ReleaseError
 from orchestrator.definitions import defs, platform_home
 from orchestrator.demo import DemoAssets, demo_validation_settings
 from orchestrator.hashing import stat_signature
-from orchestrator.lineage import attempt_statuses, end_attempt
+from orchestrator.lineage import attempt_statuses, end_attempt, running_attempts
 from orchestrator.policy import max_attempts_in
 from orchestrator.sensors import failure_reason, next_attempt
 
@@ -71,6 +71,15 @@ def reap_killed_runs(instance: dg.DagsterInstance, engine: Engine) -> list[str]:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         end_attempt(engine, run.run_id, "killed", "the process running it was killed before the run ended")
     return [run.run_id for run in unfinished]
+
+
+def settle_attempts(instance: dg.DagsterInstance, engine: Engine) -> None:
+    """Attempts whose run ended without its end being recorded (the database was away then): their
+    run's status says how they ended, so that the sensor retries them instead of waiting forever."""
+    for run_id in running_attempts(engine):
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            end_attempt(engine, run_id, "failed", "the run failed while the lineage database could not record it")
 
 
 def tick_and_run(instance: dg.DagsterInstance, resources: dict, max_ticks: int = 3) -> list[JobOutcome]:
@@ -132,7 +141,9 @@ def run_platform() -> list[JobOutcome]:
     home = platform_home()
     os.environ["DAGSTER_HOME"] = str(prepare_home(home))
     with run_lock(home / "run.lock"), dg.DagsterInstance.get() as instance:
-        reap_killed_runs(instance, defs.resources["lineage"].engine())
+        engine = defs.resources["lineage"].engine()
+        reap_killed_runs(instance, engine)
+        settle_attempts(instance, engine)
         return tick_and_run(instance, defs.resources)
 
 

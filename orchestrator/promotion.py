@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from deploy.registry import current_version, publish, unpublish
+from deploy.registry import current_version, point_current, versions_on_disk, withdraw, write_release
 from orchestrator import lineage
 from orchestrator.db import session_scope
 from orchestrator.manifest import build_manifest
@@ -37,12 +37,31 @@ def blocking_stages(candidate: CandidateRecord, stages: dict[str, StageRecord]) 
     ]
 
 
+def reconcile(engine: Engine, registry: Path, model: str) -> list[str]:
+    """Make the registry agree with the database after a promotion that was killed midway: a release
+    folder without a record is withdrawn, and `current` points at the newest promoted release.
+    Returns what it did, for the log."""
+    with session_scope(engine) as session:
+        recorded = {r.version for r in lineage.releases(session, model) if r.status in ("promoted", "rolled_back")}
+        promoted = [r.version for r in lineage.promoted_releases(session, model)]
+    done = []
+    for version in sorted(set(versions_on_disk(registry, model)) - recorded):
+        withdraw(registry, model, version)
+        done.append(f"withdrew {model} {version}: written by a promotion that was never recorded")
+    if promoted and current_version(registry, model) != promoted[-1]:
+        point_current(registry, model, promoted[-1])
+        done.append(f"made {model} {promoted[-1]} current: its promotion was recorded, then interrupted")
+    return done
+
+
 def promote(engine: Engine, registry: Path, model: str, quantization_run_id: int, policy: PolicySnapshot) -> Promotion:
     """Publish the run's output as the model's next version, served as `policy` says, and record it.
-    The release row commits only if the folder was published, and the folder is withdrawn if the
-    commit fails."""
+
+    Order, so that a process killed at any point leaves the previous release current and intact and
+    reconcile() can finish or undo the rest: the folder is written whole (hidden until renamed), the
+    release row commits, and only then does `current` move. If the commit fails, the folder goes."""
     previous = current_version(registry, model)
-    published, version = None, None
+    written, version = None, None
     try:
         with session_scope(engine) as session:
             chain = lineage.lineage_of(session, quantization_run_id)
@@ -51,10 +70,11 @@ def promote(engine: Engine, registry: Path, model: str, quantization_run_id: int
             manifest = build_manifest(model, version, row.id, chain, policy)
             card = model_card(manifest)
             serving = dataclasses.asdict(policy.policy.serving)
-            published = publish(registry, model, version, Path(chain.run.output_path), manifest, card, serving)
-            row.manifest, row.path = manifest, str(published)
+            written = write_release(registry, model, version, Path(chain.run.output_path), manifest, card, serving)
+            row.manifest, row.path = manifest, str(written)
     except Exception:
-        if published is not None:
-            unpublish(registry, model, version, previous)
+        if written is not None:
+            withdraw(registry, model, version)
         raise
-    return Promotion(version, published, previous, card)
+    point_current(registry, model, version)
+    return Promotion(version, written, previous, card)

@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use local folders only; read when huggingface_hub is imported
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -12,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa
 
 from awq_core import QuantConfig, build_calibration, quantize  # noqa: E402
 from deploy.capability import vllm_awq_capability  # noqa: E402
+from deploy.server import free_port  # noqa: E402
 from orchestrator.demo import DemoAssets, demo_assets  # noqa: E402
 
 MODEL_TYPES = {
@@ -32,6 +37,45 @@ RELEASE_ASSETS = {
     "release",
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+class PostgresCluster:
+    """A throw-away PostgreSQL cluster on 127.0.0.1, run as the postgres user when we are root."""
+
+    def __init__(self):
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not versions:
+            pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql package.")
+        self.bindir = versions[-1].parent
+        self.data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            shutil.chown(self.data, "postgres")
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        initdb = [self.bindir / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres"]
+        subprocess.run([*self.as_postgres, *initdb], check=True, capture_output=True)
+
+    def _pg_ctl(self, *args) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.as_postgres, self.bindir / "pg_ctl", "-D", self.data, *args], capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        self._pg_ctl("-o", options, "-l", self.data / "log", "-w", "start").check_returncode()
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.data, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -1,11 +1,6 @@
 """The lineage database on SQLite and on a real PostgreSQL server; releases, history and rollback."""
 
-import os
-import shutil
-import subprocess
-import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -21,6 +16,7 @@ from orchestrator import releases
 from orchestrator.db import engine_for, session_scope, upgrade
 from orchestrator.db.models import Base, CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
 from orchestrator.lineage import record_release, record_stage
+from tests.conftest import postgres_cluster
 from validation.result import StageResult, gate
 
 TABLES = {
@@ -36,36 +32,10 @@ TABLES = {
 }
 
 
-def _postgres_bin() -> Path:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not versions:
-        pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql package.")
-    return versions[-1].parent
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A throw-away PostgreSQL cluster on 127.0.0.1, run as the postgres user when we are root."""
-    bindir = _postgres_bin()
-    data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(data, "postgres")
-    port = free_port()
-    subprocess.run(
-        [*as_postgres, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True
-    )
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    subprocess.run(
-        [*as_postgres, bindir / "pg_ctl", "-D", data, "-o", options, "-l", data / "log", "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    with postgres_cluster() as cluster:
+        yield cluster.url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,21 +1,37 @@
-"""Real faults through the platform as `awq-release run` drives it: a process killed with SIGKILL in
-the middle of quantization is retried by the next pass, which resumes at the first unfinished block
-and releases exactly what a run that was never killed would have."""
+"""Real faults, each a process killed with SIGKILL where it hurts most, and what the next run makes
+of it: a quantization killed midway is retried and resumes at its first unfinished block, releasing
+exactly what a run that was never killed would have; a promotion killed midway leaves the previous
+release current and intact, and the next run brings registry and database back into agreement."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 from safetensors.torch import load_file
+from sqlalchemy import select
 
+import orchestrator.assets as assets_module
 from awq_core import QuantConfig, quantize
-from tests.conftest import make_tiny_model
+from awq_release.errors import PromotionError
+from deploy.registry import current_version, versions_on_disk
+from orchestrator import lineage
+from orchestrator.assets import calibration_set, checkpoint
+from orchestrator.db import session_scope, upgrade
+from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun
+from orchestrator.main_job import settle_attempts
+from orchestrator.partitions import CHECKPOINTS
+from orchestrator.policy import PolicySnapshot, ReleasePolicy
+from orchestrator.promotion import promote, reconcile
+from orchestrator.resources import LineageDatabase, Platform
+from tests.conftest import make_tiny_model, postgres_cluster
 from tests.fake_openai import FakeOpenAI
 
 CLI = str(Path(sys.executable).parent / "awq-release")
@@ -121,3 +137,174 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
     history = subprocess.run([CLI, "history"], capture_output=True, text=True, env=env).stdout
     statuses = [line.split()[2] for line in history.splitlines() if line.split()[1:2] == ["tiny"]]
     assert statuses == ["killed", "released"], history
+
+
+PROMOTE = """
+import os, shutil, signal, sys
+from pathlib import Path
+import orchestrator.promotion as promotion
+from orchestrator.db import upgrade
+from orchestrator.policy import PolicySnapshot, ReleasePolicy
+
+url, registry, run_id, point = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+if point == "copying":  # the second file of the copy is never written
+    copied, real_copy = [], shutil.copyfile
+    shutil.copyfile = lambda *a, **k: die() if copied else (copied.append(1), real_copy(*a, **k))[1]
+elif point == "written":  # whole on disk, never recorded
+    real_write = promotion.write_release
+    promotion.write_release = lambda *a, **k: (real_write(*a, **k), die())
+elif point == "recorded":  # recorded, `current` never moved
+    promotion.point_current = die
+promotion.promote(upgrade(url), registry, "bot", run_id, PolicySnapshot(0, "h", "{}", ReleasePolicy()))
+"""
+
+
+def add_run(engine, output: Path, name: str) -> int:
+    with session_scope(engine) as session:
+        ckpt = Checkpoint(name=name, path=str(output), content_hash=name * 8, architecture="Llama", size_bytes=1)
+        session.add(ckpt)
+        session.flush()
+        calib = CalibrationSet(
+            checkpoint_id=ckpt.id, source_hashes={}, n_samples=1, seqlen=2, tokens_path="/t", tokens_hash="t"
+        )
+        session.add(calib)
+        session.flush()
+        run = QuantizationRun(
+            checkpoint_id=ckpt.id,
+            calibration_set_id=calib.id,
+            settings={"group_size": 64, "zero_point": True},
+            seconds=1.0,
+            peak_rss_mb=1.0,
+            layer_errors=[],
+            block_mse=[],
+            output_path=str(output),
+            output_hash="o",
+        )
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+@pytest.mark.parametrize("point", ["copying", "written", "recorded"])
+def test_kill_during_promotion_keeps_the_previous_release(tmp_path, tiny_llama, point):
+    url, registry = f"sqlite:///{tmp_path / 'lineage.db'}", tmp_path / "registry"
+    engine = upgrade(url)
+    snapshot = PolicySnapshot(0, "h", "{}", ReleasePolicy())
+    first, second = (add_run(engine, tiny_llama, name) for name in ("a", "b"))
+    promote(engine, registry, "bot", first, snapshot)
+    v1 = registry / "bot" / "releases" / "v0001"
+    v1_files = {p.name: p.read_bytes() for p in v1.iterdir()}
+
+    killed = subprocess.run(
+        [sys.executable, "-c", PROMOTE, url, str(registry), str(second), point], capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert current_version(registry, "bot") == "v0001"  # serving never saw the interrupted release
+    assert {p.name: p.read_bytes() for p in v1.iterdir()} == v1_files  # and the previous one is intact
+    assert versions_on_disk(registry, "bot") == (["v0001"] if point == "copying" else ["v0001", "v0002"])
+
+    # The next run repairs first (the release asset calls reconcile), then completes or redoes the promotion.
+    repairs = reconcile(engine, registry, "bot")
+    assert len(repairs) == (0 if point == "copying" else 1), repairs
+    if point != "recorded":
+        assert promote(engine, registry, "bot", second, snapshot).version == "v0002"
+    with session_scope(engine) as session:
+        promoted = [r.version for r in lineage.promoted_releases(session, "bot")]
+    assert promoted == versions_on_disk(registry, "bot") == ["v0001", "v0002"]  # registry and database agree
+    assert current_version(registry, "bot") == "v0002"
+    assert not list((registry / "bot" / "releases").glob(".*"))  # no partial copy left behind
+    manifest = json.loads((registry / "bot" / "current" / "manifest.json").read_text())
+    assert manifest["version"] == "v0002" and manifest["quantization"]["id"] == second
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of a few MiB (tmpfs), so writes fail with ENOSPC as on a full disk."""
+    mounted = []
+
+    def make(name: str, size_mib: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(path)], capture_output=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"a real full disk needs a tmpfs mount, refused here ({result.stderr.decode().strip()})")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_full_disk_while_quantizing_is_a_clear_error(tmp_path, tiny_llama, calib_file, small_disk):
+    out = small_disk("out", 2) / "awq"  # the blocks fit, the embeddings' shard does not
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    args = ["quantize", str(tiny_llama), str(out), "--calib", str(calib_file), "--n-samples", "4", "--seqlen", "64"]
+    result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"The disk holding {out.parent} is full" in result.stderr and "2 finished blocks are kept" in result.stderr
+    assert not out.exists()  # nothing half-written where a loader would look
+
+
+def test_full_disk_while_promoting_keeps_the_previous_release(tmp_path, tiny_llama, small_disk):
+    registry = small_disk("registry", 20)  # room for one release of the tiny model, not two
+    engine = upgrade(f"sqlite:///{tmp_path / 'lineage.db'}")
+    snapshot = PolicySnapshot(0, "h", "{}", ReleasePolicy())
+    first, second = (add_run(engine, tiny_llama, name) for name in ("a", "b"))
+    promote(engine, registry, "bot", first, snapshot)
+    with pytest.raises(PromotionError, match=r"Could not write bot v0002 .*No space left on device"):
+        promote(engine, registry, "bot", second, snapshot)
+    assert current_version(registry, "bot") == "v0001" and versions_on_disk(registry, "bot") == ["v0001"]
+    assert not list((registry / "bot" / "releases").glob(".*"))  # the partial copy is gone
+    assert json.loads((registry / "bot" / "current" / "manifest.json").read_text())["version"] == "v0001"
+    with session_scope(engine) as session:
+        assert [r.version for r in lineage.releases(session, "bot")] == ["v0001"]  # no row for v0002
+
+
+def test_database_lost_mid_run_fails_clearly_and_records_nothing_half(tmp_path, tiny_llama, calib_file, monkeypatch):
+    shutil.copytree(tiny_llama, tmp_path / "checkpoints" / "tiny")
+    policy = {"calibration": {"texts": [str(calib_file)], "n_samples": 4, "seqlen": 64}}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    with postgres_cluster() as database:
+        real_ingest = assets_module.ingest
+
+        def ingest_then_lose_the_database(*args):
+            found = real_ingest(*args)
+            database.stop()  # the server goes away between two writes of the step
+            return found
+
+        monkeypatch.setattr(assets_module, "ingest", ingest_then_lose_the_database)
+        resource = LineageDatabase(url=database.url)
+        platform = Platform(
+            checkpoints_dir=str(tmp_path / "checkpoints"),
+            registry_dir=str(tmp_path / "registry"),
+            work_dir=str(tmp_path / "work"),
+            policy_path=str(tmp_path / "policy.yaml"),
+        )
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(CHECKPOINTS.name, ["tiny"])
+            result = dg.materialize(
+                [checkpoint, calibration_set],
+                partition_key="tiny",
+                instance=instance,
+                resources={"platform": platform, "lineage": resource},
+                raise_on_error=False,
+            )
+            assert not result.success
+            (failure,) = [e for e in result.all_events if e.is_step_failure]
+            message = failure.step_failure_data.error.to_string()
+            assert f"The lineage database at {database.url} is unreachable" in message
+            assert "nothing of it was recorded" in message
+
+            database.start()
+            engine = resource.engine()
+            with session_scope(engine) as session:
+                assert session.scalars(select(Checkpoint)).all() == []  # no half-registered checkpoint
+                assert [(a.run_id, a.status) for a in lineage.attempts(session)] == [(result.run_id, "running")]
+            settle_attempts(instance, engine)  # what the next `awq-release run` does first: retry it, not wait
+            with session_scope(engine) as session:
+                assert [a.status for a in lineage.attempts(session)] == ["failed"]
+    assert not (tmp_path / "registry").exists()

@@ -22,6 +22,14 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def _unreachable(engine: Engine, error: OperationalError) -> DatabaseError:
+    return DatabaseError(
+        f"The lineage database at {engine.url.render_as_string(hide_password=True)} is unreachable "
+        f"({str(error.orig).splitlines()[0]}): start it or fix database_url. The transaction was rolled back "
+        "whole: nothing of it was recorded."
+    )
+
+
 def engine_for(url: str) -> Engine:
     """An engine whose first connection proves the database answers, with an error that says what to fix."""
     if url.startswith("sqlite:///"):
@@ -31,11 +39,7 @@ def engine_for(url: str) -> Engine:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except OperationalError as e:
-        raise DatabaseError(
-            f"The lineage database at {engine.url.render_as_string(hide_password=True)} is unreachable "
-            f"({str(e.orig).splitlines()[0]}): "
-            "start it or fix database_url."
-        ) from e
+        raise _unreachable(engine, e) from e
     return engine
 
 
@@ -48,6 +52,10 @@ def upgrade(url: str) -> Engine:
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """One transaction: committed whole on success, rolled back whole on any error."""
-    with sessionmaker(engine, expire_on_commit=False)() as session, session.begin():
-        yield session
+    """One transaction: committed whole on success, rolled back whole on any error. A database that
+    went away midway is a DatabaseError that says so."""
+    try:
+        with sessionmaker(engine, expire_on_commit=False)() as session, session.begin():
+            yield session
+    except OperationalError as e:
+        raise _unreachable(engine, e) from e
