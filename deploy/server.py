@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from awq_release.errors import ServerError
@@ -30,6 +30,15 @@ class Server:
     model: str  # the served model name
     log_path: Path | None  # None: a server this process did not start (connect)
     pid: int | None
+    process: subprocess.Popen | None = field(default=None, compare=False, repr=False)
+
+    def check_alive(self) -> None:
+        """Raise if the server this process started has exited (killed, crashed, out of memory)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise ServerError(
+                f"vLLM exited with status {self.process.returncode} while it was being load-tested; "
+                f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+            )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -53,8 +62,13 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 
 def _stop(process: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM the server's whole process group (vLLM forks an engine core), SIGKILL after the grace time."""
+    """SIGTERM the server's whole process group (vLLM forks an engine core), SIGKILL after the grace
+    time. A server that died already may have left its engine core running: the group is killed too."""
     if process.poll() is not None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nothing of the group is left
         return
     os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -125,7 +139,7 @@ def serve(
                     f"vLLM was not ready after {startup_timeout_s:.0f} s; log {log_path}:\n{_log_tail(log_path)}"
                 )
             time.sleep(1.0)
-        yield Server(base_url, str(model_dir), log_path, process.pid)
+        yield Server(base_url, str(model_dir), log_path, process.pid, process)
     finally:
         _stop(process)
 

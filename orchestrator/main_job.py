@@ -14,19 +14,16 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-from sqlalchemy import Engine
 
 from awq_release.errors import ReleaseError
+from orchestrator.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
 from orchestrator.definitions import defs, platform_home
 from orchestrator.demo import DemoAssets, demo_validation_settings
 from orchestrator.hashing import stat_signature
-from orchestrator.lineage import attempt_statuses, end_attempt, running_attempts
+from orchestrator.lineage import attempt_statuses, end_attempt
 from orchestrator.policy import max_attempts_in
-from orchestrator.sensors import failure_reason, next_attempt
 
 DAGSTER_YAML = Path(__file__).with_name("dagster.yaml")
-LAUNCHER_TAG = "awq_release/launcher"  # runs this process executes: only these can it know to be dead
-UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 @dataclass
@@ -59,27 +56,6 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
-
-
-def reap_killed_runs(instance: dg.DagsterInstance, engine: Engine) -> list[str]:
-    """Runs an earlier `awq-release run` started and never ended: its process was killed. The caller
-    holds the run lock, so none of them can still be going. Each is marked failed, the `heavy` pool
-    slot its step held is freed (else the next run would wait for it forever), its attempt killed."""
-    unfinished = instance.get_runs(dg.RunsFilter(tags={LAUNCHER_TAG: "in_process"}, statuses=UNFINISHED))
-    for run in unfinished:
-        instance.report_run_failed(run, "the process running it was killed before the run ended")
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        end_attempt(engine, run.run_id, "killed", "the process running it was killed before the run ended")
-    return [run.run_id for run in unfinished]
-
-
-def settle_attempts(instance: dg.DagsterInstance, engine: Engine) -> None:
-    """Attempts whose run ended without its end being recorded (the database was away then): their
-    run's status says how they ended, so that the sensor retries them instead of waiting forever."""
-    for run_id in running_attempts(engine):
-        run = instance.get_run_by_id(run_id)
-        if run is None or run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
-            end_attempt(engine, run_id, "failed", "the run failed while the lineage database could not record it")
 
 
 def tick_and_run(instance: dg.DagsterInstance, resources: dict, max_ticks: int = 3) -> list[JobOutcome]:

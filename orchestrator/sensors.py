@@ -9,6 +9,7 @@ attempts ended, and ingest finds content that was released before under another 
 """
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,34 +17,13 @@ import dagster as dg
 
 from awq_release.errors import ReleaseError
 from deploy.registry import safe_name
+from orchestrator.attempts import failure_reason, next_attempt, settle_attempts
 from orchestrator.hashing import stat_signature
 from orchestrator.jobs import release_job
 from orchestrator.lineage import attempt_statuses, end_attempt
 from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
 from orchestrator.policy import max_attempts_in
 from orchestrator.resources import LineageDatabase, Platform
-
-SETTLED = {  # attempts that ended like this are never retried
-    "released": "released before",
-    "rejected": "rejected by its gates (see `awq-release history`); change the checkpoint or the policy",
-    "duplicate": "its content was released before from another folder",
-}
-
-
-def next_attempt(statuses: list[str], max_attempts: int) -> int | str:
-    """The number of the attempt to start for a folder whose earlier attempts ended as `statuses`,
-    or why none starts."""
-    for status, why in SETTLED.items():
-        if status in statuses:
-            return why
-    if "running" in statuses:
-        return "an attempt is running"
-    if len(statuses) >= max_attempts:
-        return (
-            f"failed {len(statuses)} times, the policy's max_attempts: see `awq-release history`, "
-            "fix the cause and copy the checkpoint in again"
-        )
-    return len(statuses) + 1
 
 
 def scan(
@@ -87,7 +67,11 @@ def scan(
     return requests, new_keys, {"signatures": signatures, "requested": requested}
 
 
-@dg.sensor(job=release_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+# A folder is taken after two unchanged ticks: at 30 s, about a minute after its copy ends.
+TICK_SECONDS = int(os.environ.get("AWQ_RELEASE_SENSOR_INTERVAL_S", "30"))
+
+
+@dg.sensor(job=release_job, minimum_interval_seconds=TICK_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING)
 def checkpoint_sensor(
     context: dg.SensorEvaluationContext, platform: Platform, lineage: LineageDatabase
 ) -> dg.SensorResult:
@@ -95,6 +79,7 @@ def checkpoint_sensor(
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     known = set(context.instance.get_dynamic_partitions(CHECKPOINTS.name))
     engine = lineage.engine()
+    settle_attempts(context.instance, engine, grace_s=300)
     requests, new_keys, cursor = scan(
         checkpoints_dir,
         json.loads(context.cursor or "{}"),
@@ -111,19 +96,10 @@ def checkpoint_sensor(
     )
 
 
-def failure_reason(event: dg.DagsterEvent | None) -> str:
-    """The first line of what failed: the step's error where there is one."""
-    if event is None:
-        return "the run failed"
-    data = event.event_specific_data
-    error = getattr(data, "error", None)
-    message = error.message if error is not None else event.message or "the run failed"
-    return message.strip().splitlines()[0][:500]
-
-
 @dg.run_failure_sensor(monitored_jobs=[release_job], default_status=dg.DefaultSensorStatus.RUNNING)
 def attempt_failure_sensor(context: dg.RunFailureSensorContext, lineage: LineageDatabase) -> None:
-    """Under the daemon (run monitoring marks a killed worker's run failed too): record the attempt's end."""
+    """Under the daemon: record how the attempt failed (on Kubernetes, the run launcher's health check
+    fails a killed worker's run too, and it lands here)."""
     step_failures = context.get_step_failure_events()
     reason = failure_reason(step_failures[0] if step_failures else context.failure_event)
     end_attempt(lineage.engine(), context.dagster_run.run_id, "failed", reason)

@@ -133,6 +133,39 @@ def make_tiny_model(
     return path
 
 
+def tiny_policy(calib_file: Path, tasks: Path, endpoint: str) -> dict:
+    """A policy for a tiny random model: thresholds it passes (these tests are about the platform, not
+    quality), the load stage driven against `endpoint` (tests.fake_openai)."""
+    texts = [str(calib_file)]
+    return {
+        "model_name": "tiny-bot",
+        "calibration": {"texts": texts, "n_samples": 8, "seqlen": 128},
+        "quantization": {"group_size": 64, "search_tokens": 512, "n_grid": 10, "clip_tokens": 128},
+        "validation": {
+            "perplexity": {"domain_texts": texts, "max_tokens": 512, "seqlen": 128, "stride": 64, "max_increase": 10},
+            "tasks": {"tasks": [{"path": str(tasks)}], "max_drop": 100},
+            "long_context": {
+                "texts": texts,
+                "lengths": [256],
+                "documents": 1,
+                "target_tokens": 64,
+                "max_degradation": 10,
+                "max_growth": 10,
+                "max_retrieval_drop": 1.0,
+            },
+            "load": {
+                "endpoint": endpoint,
+                "prompt_texts": texts,
+                "concurrency": [2],
+                "requests_per_level": 4,
+                "prompt_tokens": 32,
+                "output_tokens": 8,
+            },
+        },
+        "serving": {"max_model_len": 1024, "dtype": "bfloat16"},
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, demo) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", demo.model_dir)

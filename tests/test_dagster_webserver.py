@@ -2,19 +2,24 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from deploy.server import free_port
 from orchestrator.main_job import prepare_home
-from tests.conftest import RELEASE_ASSETS
+from tests.conftest import RELEASE_ASSETS, make_tiny_model, tiny_policy
+from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +52,33 @@ def up(port: int) -> bool:
         return False
 
 
+@contextmanager
+def dagster_dev(env: dict, port: int, log_path: Path) -> Iterator[subprocess.Popen]:
+    """`dagster dev` (webserver, daemon, code server) until the block ends, then stopped with its
+    whole process group."""
+    dagster = Path(sys.executable).parent / "dagster"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until(lambda: up(port) or server.poll() is not None, 240, "dagster dev answered")
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            yield server
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
 def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
     home = tmp_path / "platform"
     dagster_home = prepare_home(home)
@@ -61,19 +93,7 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
 
     port = free_port()
     env = os.environ | {"DAGSTER_HOME": str(dagster_home), "AWQ_RELEASE_HOME": str(home)}
-    dagster = Path(sys.executable).parent / "dagster"
-    log = (tmp_path / "dagster-dev.log").open("w")
-    server = subprocess.Popen(
-        [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_until(lambda: up(port) or server.poll() is not None, 240, "dagster dev answered")
-        assert server.poll() is None, (tmp_path / "dagster-dev.log").read_text()[-3000:]
+    with dagster_dev(env, port, tmp_path / "dagster-dev.log"):
         nodes = wait_until(
             lambda: graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"], 120, "the code location loaded"
         )
@@ -123,10 +143,50 @@ def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
         # refused by ingest's checks, not broken wiring
         assert "CheckpointError" in failures[0]["error"]["causes"][0]["message"]
         assert not (home / "registry").exists() or not any((home / "registry").iterdir())
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+
+
+def runs_of(instance: dg.DagsterInstance, partition: str) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition})))
+
+
+def test_the_daemon_releases_a_dropped_checkpoint_exactly_once(tmp_path, demo, calib_file):
+    """A real daemon and code server (`dagster dev`), the queued run coordinator and the heavy pool:
+    the sensor launches one run for a dropped checkpoint, which promotes it; the same content dropped
+    again, and a copy still being written, launch nothing."""
+    home = tmp_path / "platform"
+    dagster_home = prepare_home(home)
+    tasks = tmp_path / "capitals.jsonl"
+    tasks.write_text("".join(line + "\n" for line in demo.tasks["world_capitals"].read_text().splitlines()[:8]))
+    model = make_tiny_model(tmp_path / "tiny", demo.model_dir)
+    port = free_port()
+    env = os.environ | {
+        "DAGSTER_HOME": str(dagster_home),
+        "AWQ_RELEASE_HOME": str(home),
+        "AWQ_RELEASE_SENSOR_INTERVAL_S": "5",
+        "HF_HUB_OFFLINE": "1",
+    }
+    with FakeOpenAI() as endpoint:
+        (home / "policy.yaml").write_text(yaml.safe_dump(tiny_policy(calib_file, tasks, endpoint.base_url)))
+        (home / "checkpoints").mkdir(parents=True)
+        shutil.copytree(model, home / "checkpoints" / ".bot.copying")  # hidden while copying
+        (home / "checkpoints" / ".bot.copying").rename(home / "checkpoints" / "bot")
+        with dagster_dev(env, port, tmp_path / "dagster-dev.log") as server:
+            current = home / "registry" / "bot" / "current"
+            wait_until(lambda: current.exists() or server.poll() is not None, 600, "the sensor's run promoted bot")
+            assert server.poll() is None, (tmp_path / "dagster-dev.log").read_text()[-3000:]
+            assert json.loads((current / "manifest.json").read_text())["version"] == "v0001"
+
+            # The same content again (a copy keeping its files' times), and a copy still being written.
+            shutil.copytree(home / "checkpoints" / "bot", home / "checkpoints" / "bot-again")
+            growing = home / "checkpoints" / "bot-growing"
+            growing.mkdir()
+            for i in range(10):  # a new file every 2 s: never unchanged over two 5 s ticks
+                (growing / f"part-{i}.bin").write_bytes(b"x" * 1000)
+                time.sleep(2)
+            with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+                (run,) = runs_of(instance, "bot")
+                assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["awq_release/attempt"] == "1"
+                assert runs_of(instance, "bot-again") == [] and runs_of(instance, "bot-growing") == []
+                enqueued = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
+                assert enqueued.records, "the run went through the queued run coordinator"
+    assert subprocess.run(["pgrep", "-f", f"dagster dev -w workspace.yaml -h 127.0.0.1 -p {port}"]).returncode == 1

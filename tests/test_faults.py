@@ -24,50 +24,18 @@ from awq_release.errors import PromotionError
 from deploy.registry import current_version, versions_on_disk
 from orchestrator import lineage
 from orchestrator.assets import calibration_set, checkpoint
+from orchestrator.attempts import settle_attempts
 from orchestrator.db import session_scope, upgrade
 from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun
-from orchestrator.main_job import settle_attempts
 from orchestrator.partitions import CHECKPOINTS
 from orchestrator.policy import PolicySnapshot, ReleasePolicy
 from orchestrator.promotion import promote, reconcile
 from orchestrator.resources import LineageDatabase, Platform
-from tests.conftest import make_tiny_model, postgres_cluster
+from tests.conftest import make_tiny_model, postgres_cluster, tiny_policy
 from tests.fake_openai import FakeOpenAI
 
 CLI = str(Path(sys.executable).parent / "awq-release")
 ONE_PASS = "from orchestrator.main_job import run_platform; run_platform()"
-
-
-def tiny_policy(calib_file: Path, tasks: Path, endpoint: str) -> dict:
-    """Thresholds a random model passes: this is about faults, not quality."""
-    texts = [str(calib_file)]
-    return {
-        "model_name": "tiny-bot",
-        "calibration": {"texts": texts, "n_samples": 8, "seqlen": 128},
-        "quantization": {"group_size": 64, "search_tokens": 512, "n_grid": 10, "clip_tokens": 128},
-        "validation": {
-            "perplexity": {"domain_texts": texts, "max_tokens": 512, "seqlen": 128, "stride": 64, "max_increase": 10},
-            "tasks": {"tasks": [{"path": str(tasks)}], "max_drop": 100},
-            "long_context": {
-                "texts": texts,
-                "lengths": [256],
-                "documents": 1,
-                "target_tokens": 64,
-                "max_degradation": 10,
-                "max_growth": 10,
-                "max_retrieval_drop": 1.0,
-            },
-            "load": {
-                "endpoint": endpoint,
-                "prompt_texts": texts,
-                "concurrency": [2],
-                "requests_per_level": 4,
-                "prompt_tokens": 32,
-                "output_tokens": 8,
-            },
-        },
-        "serving": {"max_model_len": 1024, "dtype": "bfloat16"},
-    }
 
 
 @pytest.fixture

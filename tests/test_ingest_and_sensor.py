@@ -15,13 +15,14 @@ from awq_core.checkpoint import CheckpointFolder
 from awq_release.errors import CheckpointError, PromotionError, UnsupportedArchitecture
 from deploy.registry import safe_name
 from orchestrator import hashing
+from orchestrator.attempts import next_attempt
 from orchestrator.definitions import defs
 from orchestrator.hashing import content_hash, stat_signature
 from orchestrator.ingest import ingest
 from orchestrator.lineage import attempt_statuses, end_attempt, start_attempt
 from orchestrator.policy import ReleasePolicy, TargetGPU
 from orchestrator.resources import LineageDatabase, Platform
-from orchestrator.sensors import checkpoint_sensor, next_attempt, scan
+from orchestrator.sensors import checkpoint_sensor, scan
 from tests.conftest import RELEASE_ASSETS, make_tiny_model
 
 log = logging.getLogger("test")

@@ -1,9 +1,12 @@
 """The four stages on the demo model: honest AWQ passes, a damaged candidate fails, the CLI reports it."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from awq_core.compute import resolve
 from awq_release.errors import ServerError
 from deploy.server import serve
 from validation import load_test
-from validation.settings import SLA
+from validation.settings import SLA, LoadSettings
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "awq-release")
@@ -217,3 +220,28 @@ def test_server_that_cannot_start_is_stopped_with_its_log(demo, tmp_path):
     assert str(tmp_path / "vllm.log") in str(failure.value) and (tmp_path / "vllm.log").is_file()
     # nothing left running
     assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
+
+
+def test_server_killed_mid_load_test_is_a_clear_error_and_leaves_no_process(demo, tmp_path):
+    """vLLM's API server killed (SIGKILL) while requests stream: what the load stage measured is
+    refused with that reason, and its engine core, orphaned by the kill, is stopped with it. On the
+    dense model, which every CPU build serves; the stage composes these same pieces."""
+    settings = LoadSettings(
+        prompt_texts=tuple(demo.domain_eval_texts[:2]),
+        concurrency=(2,),
+        requests_per_level=4,
+        prompt_tokens=32,
+        output_tokens=400,  # long streams: the kill lands in the middle of them
+        max_model_len=512,
+    )
+    prompts = load_test.make_prompts(demo.model_dir, settings)
+    with pytest.raises(ServerError, match=r"vLLM exited with status -9 while it was being load-tested") as failure:
+        with serve_dense(demo, tmp_path / "vllm.log", max_model_len=512) as server:
+            threading.Timer(1.5, os.kill, (server.pid, signal.SIGKILL)).start()
+            (level,) = load_test.drive(server, prompts, settings).values()
+            assert level["errors"] > 0  # the streams cut by the kill, and the requests after it
+            server.check_alive()
+    assert str(tmp_path / "vllm.log") in str(failure.value)
+    # nothing left running: not the API server, not its engine core
+    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", "EngineCore"], capture_output=True).returncode == 1

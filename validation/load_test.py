@@ -145,7 +145,9 @@ def _serve_and_drive(
         max_model_len=settings.max_model_len,
         startup_timeout_s=settings.startup_timeout_s,
     ) as server:
-        return drive(server, prompts, settings)
+        levels = drive(server, prompts, settings)
+        server.check_alive()  # a server that died midway failed the stage, whatever its figures say
+        return levels
 
 
 SLA_ROWS = (  # label, the level's figure, the SLA field that limits it, whether higher is better
