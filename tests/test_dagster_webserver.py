@@ -171,8 +171,8 @@ def test_the_daemon_releases_a_dropped_checkpoint_exactly_once(tmp_path, demo, c
         shutil.copytree(model, home / "checkpoints" / ".bot.copying")  # hidden while copying
         (home / "checkpoints" / ".bot.copying").rename(home / "checkpoints" / "bot")
         with dagster_dev(env, port, tmp_path / "dagster-dev.log") as server:
-            current = home / "registry" / "bot" / "current"
-            wait_until(lambda: current.exists() or server.poll() is not None, 600, "the sensor's run promoted bot")
+            current = home / "registry" / "tiny-bot" / "current"
+            wait_until(lambda: current.exists() or server.poll() is not None, 600, "the sensor's run promoted tiny-bot")
             assert server.poll() is None, (tmp_path / "dagster-dev.log").read_text()[-3000:]
             assert json.loads((current / "manifest.json").read_text())["version"] == "v0001"
 
@@ -180,7 +180,7 @@ def test_the_daemon_releases_a_dropped_checkpoint_exactly_once(tmp_path, demo, c
             shutil.copytree(home / "checkpoints" / "bot", home / "checkpoints" / "bot-again")
             growing = home / "checkpoints" / "bot-growing"
             growing.mkdir()
-            for i in range(10):  # a new file every 2 s: never unchanged over two 5 s ticks
+            for i in range(6):  # a new file every 2 s: never unchanged over two 5 s ticks
                 (growing / f"part-{i}.bin").write_bytes(b"x" * 1000)
                 time.sleep(2)
             with dg.DagsterInstance.from_config(str(dagster_home)) as instance:

@@ -175,25 +175,49 @@ def serve_dense(demo, log: Path, **kwargs):
     return serve(demo.model_dir, log, quantization=None, dtype=resolve().dtype_name, **kwargs)
 
 
-def test_load_stage_drives_a_running_endpoint(demo, demo_quantized, policy, tmp_path):
+def test_load_stage_drives_a_running_endpoint_and_refuses_a_server_that_dies(demo, demo_quantized, policy, tmp_path):
     """load.endpoint: an OpenAI-compatible server that is already running is load-tested in place,
     with no probe and no server of its own. Here it is vLLM on the dense model (any host can serve
-    that); in production, a staging deployment of the candidate on the target GPU."""
-    with serve_dense(demo, tmp_path / "vllm.log", max_model_len=512) as server:
-        load = policy["load"] | {
-            "endpoint": server.base_url,
-            "concurrency": [2],
-            "requests_per_level": 4,
-            "max_model_len": 512,
-        }
-        code, report, stderr = validate(
-            demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": load}, tmp_path
-        )
-    stage = report["stages"]["load"]
-    assert code == 0 and stage["status"] == "passed", stderr + json.dumps(stage.get("reasons"))
-    assert stage["compute"]["server"] == server.base_url and "capability" not in stage["compute"]
-    (level,) = stage["details"]["levels"].values()
-    assert level["requests"] == 4 and level["errors"] == 0 and 0 < level["ttft_s"]["p50"] <= level["e2e_s"]["p50"]
+    that); in production, a staging deployment of the candidate on the target GPU.
+
+    Then the same server's API process is killed (SIGKILL) while requests stream: what the load test
+    measured is refused with that reason, and the engine core the kill orphaned is stopped with it.
+    (One test, so that the suite starts vLLM once for both.)"""
+    with pytest.raises(ServerError, match=r"vLLM exited with status -9 while it was being load-tested") as failure:
+        with serve_dense(demo, tmp_path / "vllm.log", max_model_len=512) as server:
+            load = policy["load"] | {
+                "endpoint": server.base_url,
+                "concurrency": [2],
+                "requests_per_level": 4,
+                "max_model_len": 512,
+            }
+            code, report, stderr = validate(
+                demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": load}, tmp_path
+            )
+            stage = report["stages"]["load"]
+            assert code == 0 and stage["status"] == "passed", stderr + json.dumps(stage.get("reasons"))
+            assert stage["compute"]["server"] == server.base_url and "capability" not in stage["compute"]
+            (level,) = stage["details"]["levels"].values()
+            assert level["requests"] == 4 and level["errors"] == 0
+            assert 0 < level["ttft_s"]["p50"] <= level["e2e_s"]["p50"]
+
+            long_streams = LoadSettings(
+                prompt_texts=tuple(demo.domain_eval_texts[:2]),
+                concurrency=(2,),
+                requests_per_level=4,
+                prompt_tokens=32,
+                output_tokens=400,  # the kill lands in the middle of them
+                max_model_len=512,
+            )
+            threading.Timer(1.5, os.kill, (server.pid, signal.SIGKILL)).start()
+            prompts = load_test.make_prompts(demo.model_dir, long_streams)
+            (level,) = load_test.drive(server, prompts, long_streams).values()
+            assert level["errors"] > 0  # the streams cut by the kill, and the requests after it
+            server.check_alive()
+    assert str(tmp_path / "vllm.log") in str(failure.value)
+    # nothing left running: not the API server, not its engine core
+    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", "EngineCore"], capture_output=True).returncode == 1
 
 
 def test_endpoint_that_does_not_answer_fails_the_stage(demo, demo_quantized, policy, tmp_path):
@@ -220,28 +244,3 @@ def test_server_that_cannot_start_is_stopped_with_its_log(demo, tmp_path):
     assert str(tmp_path / "vllm.log") in str(failure.value) and (tmp_path / "vllm.log").is_file()
     # nothing left running
     assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
-
-
-def test_server_killed_mid_load_test_is_a_clear_error_and_leaves_no_process(demo, tmp_path):
-    """vLLM's API server killed (SIGKILL) while requests stream: what the load stage measured is
-    refused with that reason, and its engine core, orphaned by the kill, is stopped with it. On the
-    dense model, which every CPU build serves; the stage composes these same pieces."""
-    settings = LoadSettings(
-        prompt_texts=tuple(demo.domain_eval_texts[:2]),
-        concurrency=(2,),
-        requests_per_level=4,
-        prompt_tokens=32,
-        output_tokens=400,  # long streams: the kill lands in the middle of them
-        max_model_len=512,
-    )
-    prompts = load_test.make_prompts(demo.model_dir, settings)
-    with pytest.raises(ServerError, match=r"vLLM exited with status -9 while it was being load-tested") as failure:
-        with serve_dense(demo, tmp_path / "vllm.log", max_model_len=512) as server:
-            threading.Timer(1.5, os.kill, (server.pid, signal.SIGKILL)).start()
-            (level,) = load_test.drive(server, prompts, settings).values()
-            assert level["errors"] > 0  # the streams cut by the kill, and the requests after it
-            server.check_alive()
-    assert str(tmp_path / "vllm.log") in str(failure.value)
-    # nothing left running: not the API server, not its engine core
-    assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1
-    assert subprocess.run(["pgrep", "-f", "EngineCore"], capture_output=True).returncode == 1
