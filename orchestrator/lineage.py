@@ -322,6 +322,11 @@ def promoted_releases(session: Session, model: str) -> list[Release]:
     return list(session.scalars(query.order_by(Release.id)))
 
 
+def run_settings(session: Session, quantization_run_id: int | None) -> dict | None:
+    """The settings a quantization run used (None for a release that has no run)."""
+    return session.get(QuantizationRun, quantization_run_id).settings if quantization_run_id else None
+
+
 def find_release(session: Session, version: str, model: str | None = None) -> Release:
     query = select(Release).where(Release.version == version)
     rows = session.scalars(query.where(Release.model == model) if model else query).all()

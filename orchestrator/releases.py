@@ -9,7 +9,7 @@ from awq_release.errors import ReleaseError
 from deploy.registry import current_version, point_current
 from orchestrator import lineage
 from orchestrator.db import session_scope
-from orchestrator.db.models import QuantizationRun, Release
+from orchestrator.db.models import Release
 
 
 def gate_metrics(session: Session, release: Release) -> dict[str, dict]:
@@ -77,12 +77,11 @@ def attempt_history(engine: Engine, checkpoint: str | None = None) -> list[dict]
 def show(engine: Engine, version: str, model: str | None = None) -> dict:
     with session_scope(engine) as session:
         release = lineage.find_release(session, version, model)
-        run_id = release.quantization_run_id
-        run = session.get(QuantizationRun, run_id) if run_id else None
+        settings = lineage.run_settings(session, release.quantization_run_id)
         events = lineage.release_events(session, release.id)
         return release_record(session, release) | {
             "manifest": release.manifest,
-            "settings": run.settings if run else None,
+            "settings": settings,
             "events": [{"action": e.action, "detail": e.detail, "at": e.at.isoformat()} for e in events],
         }
 
