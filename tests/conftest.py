@@ -18,6 +18,7 @@ from awq_core import QuantConfig, build_calibration, quantize  # noqa: E402
 from deploy.capability import vllm_awq_capability  # noqa: E402
 from deploy.server import free_port  # noqa: E402
 from orchestrator.demo import DemoAssets, demo_assets  # noqa: E402
+from orchestrator.resources import Platform  # noqa: E402
 
 MODEL_TYPES = {
     "LlamaForCausalLM": "llama",
@@ -131,6 +132,16 @@ def make_tiny_model(
         if (tokenizer_dir / name).exists():
             shutil.copy(tokenizer_dir / name, path / name)
     return path
+
+
+def platform_under(root: Path, policy: str = "policy.yaml") -> Platform:
+    """The platform's folders under one test folder: checkpoints/, registry/, work/ and the policy."""
+    return Platform(
+        checkpoints_dir=str(root / "checkpoints"),
+        registry_dir=str(root / "registry"),
+        work_dir=str(root / "work"),
+        policy_path=str(root / policy),
+    )
 
 
 def tiny_policy(calib_file: Path, tasks: Path, endpoint: str) -> dict:

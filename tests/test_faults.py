@@ -30,8 +30,8 @@ from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun
 from orchestrator.partitions import CHECKPOINTS
 from orchestrator.policy import PolicySnapshot, ReleasePolicy
 from orchestrator.promotion import promote, reconcile
-from orchestrator.resources import LineageDatabase, Platform
-from tests.conftest import make_tiny_model, postgres_cluster, tiny_policy
+from orchestrator.resources import LineageDatabase
+from tests.conftest import make_tiny_model, platform_under, postgres_cluster, tiny_policy
 from tests.fake_openai import FakeOpenAI
 
 CLI = str(Path(sys.executable).parent / "awq-release")
@@ -246,12 +246,7 @@ def test_database_lost_mid_run_fails_clearly_and_records_nothing_half(tmp_path, 
 
         monkeypatch.setattr(assets_module, "ingest", ingest_then_lose_the_database)
         resource = LineageDatabase(url=database.url)
-        platform = Platform(
-            checkpoints_dir=str(tmp_path / "checkpoints"),
-            registry_dir=str(tmp_path / "registry"),
-            work_dir=str(tmp_path / "work"),
-            policy_path=str(tmp_path / "policy.yaml"),
-        )
+        platform = platform_under(tmp_path)
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions(CHECKPOINTS.name, ["tiny"])
             result = dg.materialize(

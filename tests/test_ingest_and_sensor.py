@@ -21,9 +21,9 @@ from orchestrator.hashing import content_hash, stat_signature
 from orchestrator.ingest import ingest
 from orchestrator.lineage import attempt_statuses, end_attempt, start_attempt
 from orchestrator.policy import ReleasePolicy, TargetGPU
-from orchestrator.resources import LineageDatabase, Platform
+from orchestrator.resources import LineageDatabase
 from orchestrator.sensors import checkpoint_sensor, scan
-from tests.conftest import RELEASE_ASSETS, make_tiny_model
+from tests.conftest import RELEASE_ASSETS, make_tiny_model, platform_under
 
 log = logging.getLogger("test")
 
@@ -52,12 +52,7 @@ def test_sensor_requests_exactly_one_run(tmp_path, monkeypatch):
     write(watched / "half-written", {"config.json": "{}"})
     write(watched / "seen-before", {"config.json": "{}", "model.safetensors": "y"})
     write(watched / ".copy-in-progress", {"config.json": "{}"})
-    platform = Platform(
-        checkpoints_dir=str(watched),
-        registry_dir=str(tmp_path / "r"),
-        work_dir=str(tmp_path / "w"),
-        policy_path=str(tmp_path / "p.yaml"),
-    )
+    platform = platform_under(tmp_path)  # watched: its checkpoints/
     lineage = LineageDatabase(url=f"sqlite:///{tmp_path / 'lineage.db'}")
     engine = lineage.engine()
     start_attempt(engine, "earlier-run", "seen-before", stat_signature(watched / "seen-before"))
@@ -176,12 +171,7 @@ def test_unreachable_database_fails_the_run_and_writes_nothing(tmp_path, tiny_ll
 
     shutil.copytree(tiny_llama, tmp_path / "checkpoints" / "tiny")
     (tmp_path / "policy.yaml").write_text("{}\n")
-    platform = Platform(
-        checkpoints_dir=str(tmp_path / "checkpoints"),
-        registry_dir=str(tmp_path / "registry"),
-        work_dir=str(tmp_path / "work"),
-        policy_path=str(tmp_path / "policy.yaml"),
-    )
+    platform = platform_under(tmp_path)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(CHECKPOINTS.name, ["tiny"])
         result = dg.materialize(

@@ -13,7 +13,8 @@ from orchestrator.assets import calibration_set, checkpoint
 from orchestrator.db import session_scope
 from orchestrator.db.models import CalibrationSet, RunPolicy
 from orchestrator.partitions import CHECKPOINTS
-from orchestrator.resources import LineageDatabase, Platform
+from orchestrator.resources import LineageDatabase
+from tests.conftest import platform_under
 
 
 def test_a_policy_edit_mid_run_waits_for_the_next_run(tmp_path, tiny_llama, calib_file, monkeypatch):
@@ -33,12 +34,7 @@ def test_a_policy_edit_mid_run_waits_for_the_next_run(tmp_path, tiny_llama, cali
     monkeypatch.setattr(assets_module, "ingest", ingest_then_edit)
     lineage = LineageDatabase(url=f"sqlite:///{tmp_path / 'lineage.db'}")
     resources = {
-        "platform": Platform(
-            checkpoints_dir=str(tmp_path / "checkpoints"),
-            registry_dir=str(tmp_path / "registry"),
-            work_dir=str(tmp_path / "work"),
-            policy_path=str(policy_path),
-        ),
+        "platform": platform_under(tmp_path),
         "lineage": lineage,
     }
     with dg.instance_for_test() as instance:
