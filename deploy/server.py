@@ -32,9 +32,16 @@ class Server:
     pid: int | None
     process: subprocess.Popen | None = field(default=None, compare=False, repr=False)
 
-    def check_alive(self) -> None:
-        """Raise if the server this process started has exited (killed, crashed, out of memory)."""
-        if self.process is not None and self.process.poll() is not None:
+    def check_alive(self, wait_s: float = 0.0) -> None:
+        """Raise if the server this process started has exited (killed, crashed, out of memory).
+        `wait_s`: how long to let an exit that requests already saw reach this process."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            return
+        if self.process.returncode is not None:
             raise ServerError(
                 f"vLLM exited with status {self.process.returncode} while it was being load-tested; "
                 f"log {self.log_path}:\n{_log_tail(self.log_path)}"

@@ -1,5 +1,7 @@
 """Bad input gets a clear error and writes nothing."""
 
+import contextlib
+import io
 import json
 import shutil
 import struct
@@ -11,14 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from orchestrator.cli import main
 from tests.conftest import make_tiny_model
 
 CLI = str(Path(sys.executable).parent / "awq-release")
 
 
-def run_quantize(model_dir: Path, out_dir: Path, calib: list[Path], *extra: str) -> subprocess.CompletedProcess:
-    args = [
-        CLI,
+def quantize_args(model_dir: Path, out_dir: Path, calib: list[Path], *extra: str) -> list[str]:
+    return [
         "quantize",
         str(model_dir),
         str(out_dir),
@@ -32,7 +34,17 @@ def run_quantize(model_dir: Path, out_dir: Path, calib: list[Path], *extra: str)
         "64",
         *extra,
     ]
-    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def run_quantize(model_dir: Path, out_dir: Path, calib: list[Path], *extra: str) -> subprocess.CompletedProcess:
+    """`awq-release quantize ...` through the command's own main(), in this process: the same exit
+    status and messages as the console script, without paying its start-up (torch's import) per case.
+    An exception that escapes main() fails the test, as a traceback would."""
+    args = quantize_args(model_dir, out_dir, calib, *extra)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(args)
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_refused(result: subprocess.CompletedProcess, out_dir: Path, *phrases: str) -> None:
@@ -49,7 +61,8 @@ def model_copy(tmp_path, tiny_llama) -> Path:
 
 
 def test_cli_quantizes_and_prints_json(tmp_path, tiny_llama, calib_file):
-    result = run_quantize(tiny_llama, tmp_path / "out", [calib_file], "--json")
+    args = [CLI, *quantize_args(tiny_llama, tmp_path / "out", [calib_file], "--json")]  # the real console script
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["out_dir"] == str(tmp_path / "out") and summary["seconds"] > 0 and summary["peak_rss_mb"] > 0

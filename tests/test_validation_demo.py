@@ -213,7 +213,7 @@ def test_load_stage_drives_a_running_endpoint_and_refuses_a_server_that_dies(dem
             prompts = load_test.make_prompts(demo.model_dir, long_streams)
             (level,) = load_test.drive(server, prompts, long_streams).values()
             assert level["errors"] > 0  # the streams cut by the kill, and the requests after it
-            server.check_alive()
+            server.check_alive(wait_s=10.0)
     assert str(tmp_path / "vllm.log") in str(failure.value)
     # nothing left running: not the API server, not its engine core
     assert subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True).returncode == 1

@@ -146,7 +146,9 @@ def _serve_and_drive(
         startup_timeout_s=settings.startup_timeout_s,
     ) as server:
         levels = drive(server, prompts, settings)
-        server.check_alive()  # a server that died midway failed the stage, whatever its figures say
+        failed_requests = any(level["errors"] for level in levels.values())
+        # A server that died midway failed the stage, whatever its figures say.
+        server.check_alive(wait_s=10.0 if failed_requests else 0.0)
         return levels
 
 
