@@ -54,6 +54,7 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
         "target_gpu": {"name": "H100 80GB", "memory_gib": 80},
         "serving": {"max_model_len": 8192, "max_num_seqs": 16, "dtype": "bfloat16"},
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
 
