@@ -1,5 +1,6 @@
 """A small OpenAI-compatible completions server for load-stage tests where no real engine is wanted:
-it streams `max_tokens` tokens per request, one every `token_delay_s`, from a thread of the test."""
+it waits `first_token_delay_s` (its prefill), then streams `max_tokens` tokens per request, one every
+`token_delay_s`, from a thread of the test."""
 
 import asyncio
 import json
@@ -11,8 +12,8 @@ from deploy.server import free_port
 
 
 class FakeOpenAI:
-    def __init__(self, model: str = "candidate", token_delay_s: float = 0.001):
-        self.model, self.token_delay_s = model, token_delay_s
+    def __init__(self, model: str = "candidate", token_delay_s: float = 0.001, first_token_delay_s: float = 0.0):
+        self.model, self.token_delay_s, self.first_token_delay_s = model, token_delay_s, first_token_delay_s
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -25,6 +26,7 @@ class FakeOpenAI:
         body = await request.json()
         reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await reply.prepare(request)
+        await asyncio.sleep(self.first_token_delay_s)
         for _ in range(body["max_tokens"]):
             await asyncio.sleep(self.token_delay_s)
             await reply.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': ' tok'}]})}\n\n".encode())

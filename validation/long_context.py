@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,12 +22,14 @@ from tqdm.auto import tqdm
 
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
-from validation.models import context_length, load_model, load_tokenizer
+from validation.evidence import bootstrap_increases, percentile_interval
+from validation.models import context_length, load_tokenizer, measure_both
 from validation.result import StageResult, gate
-from validation.settings import LongContextSettings
+from validation.settings import Evidence, LongContextSettings
 
 DEFAULT_LENGTHS = (512, 2048, 4096, 8192)
 ANSWER_TOKENS = 8
+BLOCK_TOKENS = 16  # scored tokens per bootstrap unit
 
 
 def lengths_for(settings: LongContextSettings, max_positions: int) -> tuple[list[int], list[str]]:
@@ -70,14 +73,14 @@ def build_probe(tokenizer, document: list[int], length: int, target_tokens: int,
 
 
 @torch.no_grad()
-def evaluate_probe(model: nn.Module, tokenizer, probe: Probe) -> tuple[float, bool]:
-    """One prefill: mean NLL of the target tokens, then greedy decoding of the answer from the cache."""
+def evaluate_probe(model: nn.Module, tokenizer, probe: Probe) -> tuple[list[float], bool]:
+    """One prefill: the NLL of each target token, then greedy decoding of the answer from the cache."""
     device = next(model.parameters()).device
     start, end = probe.target
     keep = probe.ids.numel() - start + 1  # logits from the position that predicts ids[start]
     out = model(probe.ids[None].to(device), use_cache=True, logits_to_keep=keep)
     logits = out.logits[0].float()  # (keep, V); row j predicts ids[start + j]
-    nll = F.cross_entropy(logits[: end - start], probe.ids[start:end].to(device)).item()
+    nll = F.cross_entropy(logits[: end - start], probe.ids[start:end].to(device), reduction="none").tolist()
     answer, past, next_token = [], out.past_key_values, logits[-1].argmax()
     for _ in range(ANSWER_TOKENS):
         answer.append(int(next_token))
@@ -86,11 +89,36 @@ def evaluate_probe(model: nn.Module, tokenizer, probe: Probe) -> tuple[float, bo
     return nll, probe.code in tokenizer.decode(answer)
 
 
+def summary(results: list[tuple[list[float], bool]]) -> dict:
+    """One length's figures for one model: perplexity over all its scored tokens, retrievals."""
+    nlls = [nll for token_nlls, _ in results for nll in token_nlls]
+    return {
+        "perplexity": math.exp(sum(nlls) / len(nlls)),
+        "retrieved": sum(found for _, found in results),
+        "probes": len(results),
+    }
+
+
+def paired_increases(
+    baseline: list[tuple[list[float], bool]], candidate: list[tuple[list[float], bool]], evidence: Evidence
+) -> np.ndarray:
+    """Bootstrap samples of one length's perplexity increase. Units are blocks of BLOCK_TOKENS
+    neighbouring scored tokens: a handful of probes is too few to resample, and neighbouring tokens'
+    losses are correlated, so single tokens would understate the spread."""
+    diffs, tokens = [], []
+    for (base, _), (cand, _) in zip(baseline, candidate, strict=True):
+        for i in range(0, len(base), BLOCK_TOKENS):
+            diffs.append(sum(cand[i : i + BLOCK_TOKENS]) - sum(base[i : i + BLOCK_TOKENS]))
+            tokens.append(len(base[i : i + BLOCK_TOKENS]))
+    return bootstrap_increases(diffs, tokens, evidence.resamples)
+
+
 def run(
     baseline: str | Path,
     candidate: str | Path,
     settings: LongContextSettings = LongContextSettings(),
     compute: Resolved | None = None,
+    known: dict | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -116,19 +144,18 @@ def run(
             )
         probes[length] = [build_probe(tokenizer, d, length, settings.target_tokens, rng) for d in fitting]
 
-    figures: dict[str, dict[int, dict]] = {}
-    for role, path in (("baseline", baseline), ("candidate", candidate)):
-        model = load_model(path, compute)
-        figures[role] = {}
-        for length in tqdm(lengths, desc=f"{role} long context", leave=False):
-            results = [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
-            figures[role][length] = {
-                "perplexity": math.exp(sum(r[0] for r in results) / len(results)),
-                "retrieved": sum(r[1] for r in results),
-                "probes": len(results),
-            }
-        del model
+    def measure(model: nn.Module, role: str) -> dict[int, list[tuple[list[float], bool]]]:
+        return {
+            length: [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
+            for length in tqdm(lengths, desc=f"{role} long context", leave=False)
+        }
 
+    results = measure_both(baseline, candidate, measure, compute, known)
+    figures = {role: {n: summary(by_length[n]) for n in lengths} for role, by_length in results.items()}
+    increases = {
+        n: paired_increases(results["baseline"][n], results["candidate"][n], settings.evidence) for n in lengths
+    }
+    evidence = settings.evidence
     degradation = {n: figures["candidate"][n]["perplexity"] / figures["baseline"][n]["perplexity"] - 1 for n in lengths}
     metrics = [
         gate(
@@ -137,17 +164,21 @@ def run(
             figures["candidate"][n]["perplexity"],
             degradation[n],
             settings.max_degradation,
+            interval=percentile_interval(increases[n], evidence.confidence),
+            inconclusive=evidence.inconclusive,
         )
         for n in lengths
     ]
-    growth = degradation[lengths[-1]] - degradation[lengths[0]]
+    shortest, longest = lengths[0], lengths[-1]
     metrics.append(
         gate(
-            f"degradation growth {lengths[0]} -> {lengths[-1]} tokens",
-            degradation[lengths[0]],
-            degradation[lengths[-1]],
-            growth,
+            f"degradation growth {shortest} -> {longest} tokens",
+            degradation[shortest],
+            degradation[longest],
+            degradation[longest] - degradation[shortest],
             settings.max_growth,
+            interval=percentile_interval(increases[longest] - increases[shortest], evidence.confidence),
+            inconclusive=evidence.inconclusive,
         )
     )
     total = sum(f["probes"] for f in figures["baseline"].values())
@@ -161,7 +192,13 @@ def run(
             settings.max_retrieval_drop,
         )
     )
-    details = {"lengths": lengths, "by_length": figures, "degradation": degradation}
+    details = {
+        "lengths": lengths,
+        "by_length": figures,
+        "degradation": degradation,
+        "interval": f"{evidence.confidence:.0%} percentile bootstrap over blocks of {BLOCK_TOKENS} scored tokens, "
+        "paired; retrieval: the point estimate",
+    }
     return StageResult(
         "long_context", metrics, warnings, details, time.perf_counter() - start, compute=compute.describe()
     )

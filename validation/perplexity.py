@@ -12,24 +12,26 @@ from tqdm.auto import tqdm
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from awq_release.texts import token_stream
-from validation.models import load_model, load_tokenizer
-from validation.result import StageResult, gate
+from validation.evidence import bootstrap_increases, increase, percentile_interval
+from validation.models import load_tokenizer, measure_both
+from validation.result import Metric, StageResult, gate
 from validation.settings import PerplexitySettings
 
 
 @torch.no_grad()
-def perplexity(
+def window_nlls(
     model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 256, batch_size: int = 4, desc: str | None = None
-) -> float:
-    """exp(mean NLL) over ids (T,). Windows of `seqlen` start every `stride` tokens; the first window
-    scores all its tokens, later ones only their last `stride`, each with >= seqlen - stride of context."""
+) -> list[tuple[float, int]]:
+    """(summed NLL, tokens) of each window over ids (T,). Windows of `seqlen` start every `stride`
+    tokens; the first window scores all its tokens, later ones only their last `stride`, each with
+    >= seqlen - stride of context, so every token is scored once."""
     if ids.numel() < seqlen:
         raise ValidationError(
             f"{ids.numel()} tokens are fewer than one window of {seqlen}: give more text or a shorter window."
         )
     starts = list(range(0, ids.numel() - seqlen + 1, stride))
     device = next(model.parameters()).device
-    nll, count = 0.0, 0
+    windows = []
     for i in tqdm(range(0, len(starts), batch_size), desc=desc, disable=desc is None, leave=False):
         batch = torch.stack([ids[s : s + seqlen] for s in starts[i : i + batch_size]]).to(device)  # (B, L)
         # Only the first window scores every token; the others need logits for their last `stride`
@@ -41,11 +43,37 @@ def perplexity(
             for row, start in enumerate(starts[i : i + batch_size]):
                 if start > 0:
                     targets[row, : seqlen - 1 - stride] = -100  # scored by the previous window
-        nll += F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
-        ).item()
-        count += int((targets != -100).sum())
-    return math.exp(nll / count)
+        nll = F.cross_entropy(
+            logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+        )  # (B, P), 0 where ignored
+        windows += zip(nll.sum(dim=1).tolist(), (targets != -100).sum(dim=1).tolist(), strict=True)
+    return windows
+
+
+def perplexity(
+    model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 256, batch_size: int = 4, desc: str | None = None
+) -> float:
+    """exp(mean NLL) over ids (T,), windows as in window_nlls."""
+    windows = window_nlls(model, ids, seqlen, stride, batch_size, desc)
+    return math.exp(sum(nll for nll, _ in windows) / sum(tokens for _, tokens in windows))
+
+
+def increase_gate(
+    name: str, baseline: list[tuple[float, int]], candidate: list[tuple[float, int]], settings: PerplexitySettings
+) -> Metric:
+    """The relative perplexity increase over the same windows, with a bootstrap interval over them."""
+    diffs = [c - b for (b, _), (c, _) in zip(baseline, candidate, strict=True)]
+    tokens = [n for _, n in baseline]
+    samples = bootstrap_increases(diffs, tokens, settings.evidence.resamples)
+    return gate(
+        f"{name} perplexity increase",
+        math.exp(sum(b for b, _ in baseline) / sum(tokens)),
+        math.exp(sum(c for c, _ in candidate) / sum(tokens)),
+        increase(sum(diffs), sum(tokens)),
+        settings.max_increase,
+        interval=percentile_interval(samples, settings.evidence.confidence),
+        inconclusive=settings.evidence.inconclusive,
+    )
 
 
 def run(
@@ -53,6 +81,7 @@ def run(
     candidate: str | Path,
     settings: PerplexitySettings = PerplexitySettings(),
     compute: Resolved | None = None,
+    known: dict | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -66,28 +95,21 @@ def run(
         )
     tokenizer = load_tokenizer(candidate)
     streams = {name: token_stream(tokenizer, list(files))[: settings.max_tokens] for name, files in sources.items()}
-    figures: dict[str, dict[str, float]] = {}
-    for role, path in (("baseline", baseline), ("candidate", candidate)):
-        model = load_model(path, compute)  # once per stage
-        figures[role] = {
-            name: perplexity(model, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl")
+
+    def measure(model: nn.Module, role: str) -> dict[str, list[tuple[float, int]]]:
+        return {
+            name: window_nlls(model, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl")
             for name, ids in streams.items()
         }
-        del model
-    metrics = [
-        gate(
-            f"{name} perplexity increase",
-            figures["baseline"][name],
-            figures["candidate"][name],
-            figures["candidate"][name] / figures["baseline"][name] - 1,
-            settings.max_increase,
-        )
-        for name in streams
-    ]
+
+    windows = measure_both(baseline, candidate, measure, compute, known)
+    metrics = [increase_gate(name, windows["baseline"][name], windows["candidate"][name], settings) for name in streams]
     details = {
         "tokens": {name: ids.numel() for name, ids in streams.items()},
+        "windows": {name: len(w) for name, w in windows["baseline"].items()},
         "seqlen": settings.seqlen,
         "stride": settings.stride,
+        "interval": f"{settings.evidence.confidence:.0%} percentile bootstrap over windows, paired",
     }
     return StageResult(
         "perplexity", metrics, details=details, seconds=time.perf_counter() - start, compute=compute.describe()

@@ -1,7 +1,11 @@
-"""What every stage returns: metrics for both models, thresholds, pass or fail, and why."""
+"""What every stage returns: metrics for both models, thresholds, verdicts, pass or fail, and why."""
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+Inconclusive = Literal["fail", "warn"]  # what an inconclusive verdict decides: fail, or pass with a warning
 
 
 def format_number(value: float | None) -> str:
@@ -9,30 +13,79 @@ def format_number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def format_interval(interval: tuple[float, float] | None) -> str:
+    return "-" if interval is None else f"[{format_number(interval[0])}, {format_number(interval[1])}]"
+
+
 @dataclass
 class Metric:
-    """One gated figure. `value` is what the threshold limits (e.g. a relative increase); the
-    baseline and candidate figures it comes from are kept beside it."""
+    """One gated figure. `value` is the point estimate the threshold limits (e.g. a relative increase),
+    `interval` its confidence interval where the stage measures one; the baseline and candidate
+    figures it comes from are kept beside it. `verdict` is what the evidence says, `passed` what the
+    gate decides: an inconclusive verdict fails, or passes with a warning where the policy says so."""
 
     name: str
     baseline: float | None
     candidate: float
     value: float
     threshold: float
+    verdict: Verdict
     passed: bool
     higher_is_better: bool = False  # of `value`: False means value <= threshold passes
+    interval: tuple[float, float] | None = None  # None: no interval, the point estimate decides
 
     @property
     def limit(self) -> str:
         """The pass condition on `value`, e.g. '<= 0.15'."""
         return f"{'>=' if self.higher_is_better else '<='} {format_number(self.threshold)}"
 
+    @property
+    def bound(self) -> float:
+        """The end of the interval that has to be within the threshold for a pass (the point without one)."""
+        if self.interval is None:
+            return self.value
+        return self.interval[0] if self.higher_is_better else self.interval[1]
+
+
+def verdict(value: float, threshold: float, higher_is_better: bool, interval: tuple[float, float] | None) -> Verdict:
+    """pass: the whole interval is within the threshold; fail: the whole interval is beyond it;
+    inconclusive: the threshold lies inside it. Without an interval the point estimate decides."""
+
+    def within(x: float) -> bool:
+        return x >= threshold if higher_is_better else x <= threshold
+
+    low, high = interval or (value, value)
+    worst, best = (low, high) if higher_is_better else (high, low)
+    return "pass" if within(worst) else "fail" if not within(best) else "inconclusive"
+
 
 def gate(
-    name: str, baseline: float | None, candidate: float, value: float, threshold: float, higher_is_better: bool = False
+    name: str,
+    baseline: float | None,
+    candidate: float,
+    value: float,
+    threshold: float,
+    higher_is_better: bool = False,
+    interval: tuple[float, float] | None = None,
+    inconclusive: Inconclusive = "fail",
 ) -> Metric:
-    passed = value >= threshold if higher_is_better else value <= threshold
-    return Metric(name, baseline, candidate, value, threshold, passed, higher_is_better)
+    decided = verdict(value, threshold, higher_is_better, interval)
+    passed = decided == "pass" or (decided == "inconclusive" and inconclusive == "warn")
+    return Metric(name, baseline, candidate, value, threshold, decided, passed, higher_is_better, interval)
+
+
+def _reason(m: Metric) -> str:
+    figures = f"baseline {format_number(m.baseline)}, candidate {format_number(m.candidate)}"
+    if m.verdict == "inconclusive":
+        return (
+            f"{m.name}: inconclusive, its interval {format_interval(m.interval)} holds the threshold "
+            f"{format_number(m.threshold)} (estimate {format_number(m.value)}; {figures}); the policy fails it"
+        )
+    interval = f", interval {format_interval(m.interval)}" if m.interval else ""
+    return (
+        f"{m.name}: {format_number(m.value)}{interval} {'<' if m.higher_is_better else '>'} threshold "
+        f"{format_number(m.threshold)} ({figures})"
+    )
 
 
 @dataclass
@@ -55,15 +108,19 @@ class StageResult:
         """passed | failed | skipped: a skipped stage blocks no release, and is never shown as passed."""
         return "skipped" if self.skipped is not None and self.error is None else "passed" if self.passed else "failed"
 
+    def __post_init__(self) -> None:
+        self.warnings += [
+            f"{m.name}: inconclusive, its interval {format_interval(m.interval)} holds the threshold "
+            f"{format_number(m.threshold)}; passed with this warning, as the policy allows"
+            for m in self.metrics
+            if m.verdict == "inconclusive" and m.passed
+        ]
+
     @property
     def reasons(self) -> list[str]:
         """One sentence per failed gate, or why the stage was skipped."""
         return [r for r in (self.error, self.skipped and f"skipped: {self.skipped}") if r] + [
-            f"{m.name}: {format_number(m.value)} {'<' if m.higher_is_better else '>'} threshold "
-            f"{format_number(m.threshold)} "
-            f"(baseline {format_number(m.baseline)}, candidate {format_number(m.candidate)})"
-            for m in self.metrics
-            if not m.passed
+            _reason(m) for m in self.metrics if not m.passed
         ]
 
     def to_dict(self) -> dict:

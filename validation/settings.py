@@ -12,10 +12,27 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from awq_release.errors import ValidationError
+from validation.result import Inconclusive
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How a stage's gates weigh their confidence intervals (validation.evidence)."""
+
+    confidence: float = 0.95  # of each gate's interval
+    inconclusive: Inconclusive = "fail"  # a threshold inside the interval: fail, or pass with a warning ("warn")
+    resamples: int = 2000  # bootstrap resamples, where a stage bootstraps
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1:
+            raise ValidationError(f"evidence.confidence must be in [0.5, 1), e.g. 0.95; got {self.confidence}.")
+        if self.resamples < 100:
+            raise ValidationError(f"evidence.resamples must be at least 100, got {self.resamples}.")
 
 
 @dataclass(frozen=True)
@@ -26,6 +43,7 @@ class PerplexitySettings:
     seqlen: int = 512
     stride: int = 256
     max_increase: float = 0.15  # relative perplexity increase over the baseline, per text
+    evidence: Evidence = Evidence()  # windows are bootstrapped
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,7 @@ class TaskSpec:
     path: Path
     critical: bool = False
     max_drop: float | None = None  # this task's own threshold; default: max_drop, or max_drop_critical
+    inconclusive: Inconclusive | None = None  # default: "fail" if critical, else tasks.evidence.inconclusive
 
 
 @dataclass(frozen=True)
@@ -40,10 +59,11 @@ class TaskSettings:
     tasks: tuple[TaskSpec, ...] = ()
     max_drop: float = 0.03  # relative accuracy drop
     max_drop_critical: float = 0.01
-    min_items: int = 500  # fewer: the confidence interval is wider than the threshold, so warn
     max_new_tokens: int = 24
     batch_size: int = 16
     limit: int | None = None  # items per task, for quick runs
+    # A non-critical task whose interval holds its threshold passes with a warning; a critical one fails.
+    evidence: Evidence = Evidence(inconclusive="warn")
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,7 @@ class LongContextSettings:
     max_degradation: float = 0.15  # relative perplexity increase at any length
     max_growth: float = 0.10  # degradation at the longest length minus at the shortest
     max_retrieval_drop: float = 0.5  # fraction of probes the candidate may lose against the baseline
+    evidence: Evidence = Evidence()  # blocks of scored tokens are bootstrapped; retrieval is a point decision
 
 
 @dataclass(frozen=True)
@@ -87,12 +108,28 @@ class LoadSettings:
     log_dir: Path = Path("validation-logs")
 
 
+QualityStage = Literal["perplexity", "tasks", "long_context"]
+DamageName = Literal["fewer_levels", "permuted_mlp_scales", "zeroed_mlp", "permuted_layer_scales", "long_range_rotary"]
+
+
+@dataclass(frozen=True)
+class PowerCheckSettings:
+    """Plant known damage into the candidate and run the quality stages on each damaged copy
+    (validation.power): which gates catch what. The load stage is left out: damage changes no speed."""
+
+    run: bool = False  # in the release job, before promotion; `awq-release validate --power-check` runs it anyway
+    damages: tuple[DamageName, ...] = typing.get_args(DamageName)
+    layers: tuple[str, ...] = ()  # linears permuted_layer_scales damages; empty: the middle block's o_proj
+    stages: tuple[QualityStage, ...] = typing.get_args(QualityStage)
+
+
 @dataclass(frozen=True)
 class ValidationSettings:
     perplexity: PerplexitySettings = PerplexitySettings()
     tasks: TaskSettings = TaskSettings()
     long_context: LongContextSettings = LongContextSettings()
     load: LoadSettings = LoadSettings()
+    power_check: PowerCheckSettings = PowerCheckSettings()
 
 
 def _convert(kind, value, where: str):

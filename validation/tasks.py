@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
-from validation.models import load_model, load_tokenizer
-from validation.result import StageResult, gate
-from validation.settings import TaskSettings
+from validation.evidence import paired_mean
+from validation.models import load_tokenizer, measure_both
+from validation.result import Inconclusive, Metric, StageResult, gate
+from validation.settings import TaskSettings, TaskSpec
 
 TARGET_DELIMITER = " "
 
@@ -200,24 +201,65 @@ def score(model: nn.Module, tokenizer, items: list[Item], settings: TaskSettings
     raise ValidationError("A task file mixes multiple-choice and generation items: split it into one file per kind.")
 
 
-def paired_drop(baseline: list[int], candidate: list[int], z: float = 1.96) -> dict[str, float]:
-    """Accuracy drop (baseline - candidate) with a 95% interval from the per-item differences."""
+def paired_drop(baseline: list[int], candidate: list[int], confidence: float = 0.95) -> dict[str, float]:
+    """Accuracy drop (baseline - candidate) with its interval from the per-item differences, also
+    relative to the baseline's accuracy (what the gate limits)."""
     n = len(baseline)
-    diffs = [b - c for b, c in zip(baseline, candidate, strict=True)]
-    drop = sum(diffs) / n
-    sd = math.sqrt(sum((d - drop) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
-    half = z * sd / math.sqrt(n)
+    drop, low, high = paired_mean([b - c for b, c in zip(baseline, candidate, strict=True)], confidence)
     base_acc = sum(baseline) / n
+    scale = base_acc or 1.0  # a baseline that gets nothing right: the absolute drop
     return {
         "n": n,
         "baseline": base_acc,
         "candidate": sum(candidate) / n,
         "drop": drop,
-        "ci_low": drop - half,
-        "ci_high": drop + half,
-        "relative_drop": drop / base_acc if base_acc else drop,
-        "relative_ci_half_width": half / base_acc if base_acc else half,
+        "ci_low": low,
+        "ci_high": high,
+        "relative_drop": drop / scale,
+        "relative_ci_low": low / scale,
+        "relative_ci_high": high / scale,
     }
+
+
+def threshold_of(spec: TaskSpec, settings: TaskSettings) -> tuple[float, Inconclusive]:
+    """A task's own threshold and inconclusive rule, else the critical or the general ones."""
+    threshold = (
+        spec.max_drop
+        if spec.max_drop is not None
+        else (settings.max_drop_critical if spec.critical else settings.max_drop)
+    )
+    inconclusive = spec.inconclusive or ("fail" if spec.critical else settings.evidence.inconclusive)
+    return threshold, inconclusive
+
+
+def task_gate(
+    name: str, spec: TaskSpec, per_metric: dict[str, dict], settings: TaskSettings
+) -> tuple[Metric, str | None]:
+    """The task's gate on its relative drop in acc (multiple choice) or match (generation), and a
+    warning where the interval is too wide for the threshold to be resolved."""
+    gated = "acc" if "acc" in per_metric else "match"
+    stats = per_metric[gated]
+    threshold, inconclusive = threshold_of(spec, settings)
+    interval = (stats["relative_ci_low"], stats["relative_ci_high"])
+    metric = gate(
+        f"{name} {gated} relative drop{' (critical)' if spec.critical else ''}",
+        stats["baseline"],
+        stats["candidate"],
+        stats["relative_drop"],
+        threshold,
+        interval=interval,
+        inconclusive=inconclusive,
+    )
+    half = (interval[1] - interval[0]) / 2
+    if half < threshold / 2:
+        return metric, None
+    # A candidate that loses half the threshold would likely come out inconclusive.
+    needed = math.ceil(stats["n"] * (2 * half / threshold) ** 2)
+    return metric, (
+        f"{name}: {stats['n']} items put a ±{half:.1%} {settings.evidence.confidence:.0%} interval on the "
+        f"relative drop, too wide for its {threshold:.0%} threshold; about {needed} items would narrow it to "
+        f"±{threshold / 2:.0%}."
+    )
 
 
 def run(
@@ -225,6 +267,7 @@ def run(
     candidate: str | Path,
     settings: TaskSettings = TaskSettings(),
     compute: Resolved | None = None,
+    known: dict | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -232,44 +275,24 @@ def run(
         raise ValidationError("The tasks stage has no task sets: list JSONL files under tasks.tasks.")
     tasks = {Path(spec.path).stem: (spec, load_task(spec.path)[: settings.limit]) for spec in settings.tasks}
     tokenizer = load_tokenizer(candidate)
-    scores: dict[str, dict[str, dict[str, list[int]]]] = {}
-    for role, path in (("baseline", baseline), ("candidate", candidate)):
-        model = load_model(path, compute)
-        scores[role] = {
+
+    def measure(model: nn.Module, role: str) -> dict[str, dict[str, list[int]]]:
+        return {
             name: score(model, tokenizer, items, settings)
             for name, (_, items) in tqdm(tasks.items(), desc=f"{role} tasks", leave=False)
         }
-        del model
+
+    scores = measure_both(baseline, candidate, measure, compute, known)
 
     metrics, warnings, details = [], [], {}
     for name, (spec, items) in tasks.items():
         per_metric = {
-            m: paired_drop(scores["baseline"][name][m], scores["candidate"][name][m]) for m in scores["baseline"][name]
+            m: paired_drop(scores["baseline"][name][m], scores["candidate"][name][m], settings.evidence.confidence)
+            for m in scores["baseline"][name]
         }
-        gated = "acc" if "acc" in per_metric else "match"
-        stats = per_metric[gated]
-        threshold = (
-            spec.max_drop
-            if spec.max_drop is not None
-            else settings.max_drop_critical
-            if spec.critical
-            else settings.max_drop
-        )
-        metrics.append(
-            gate(
-                f"{name} {gated} relative drop{' (critical)' if spec.critical else ''}",
-                stats["baseline"],
-                stats["candidate"],
-                stats["relative_drop"],
-                threshold,
-            )
-        )
-        if len(items) < settings.min_items:
-            warnings.append(
-                f"{name}: {len(items)} items; the 95% interval of the relative drop is "
-                f"±{stats['relative_ci_half_width']:.1%}, "
-                f"too wide to resolve a {threshold:.0%} threshold: use at least {settings.min_items} items."
-            )
+        metric, warning = task_gate(name, spec, per_metric, settings)
+        metrics.append(metric)
+        warnings += [warning] if warning else []
         details[name] = {
             "critical": spec.critical,
             "items": len(items),
