@@ -32,6 +32,10 @@ class Architecture:
     rotary: str = "model.rotary_emb"
     lm_head: str = "lm_head"
     no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")  # q·k is too sensitive to clip
+    # Where validation's power check plants damage (validation.power), relative to a block.
+    rotary_projections: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")  # rotate_half layout
+    attention_out: str = "self_attn.o_proj"
+    mlp_out: str = "mlp.down_proj"
 
     @property
     def linears(self) -> tuple[str, ...]:
