@@ -1,6 +1,7 @@
 """The release chain, one dynamic partition per checkpoint:
 
-checkpoint -> calibration_set -> awq_model -> {perplexity, tasks, long_context, load}_validation -> release
+checkpoint -> calibration_set -> awq_model -> {perplexity, tasks, long_context, load}_validation
+    -> power_check (after the three quality stages) -> release
 
 Each asset records its lineage row and hands the next a small record (orchestrator.records): ids
 and paths, never a model. Each validation asset emits its stage's gate as a blocking check.
@@ -28,6 +29,7 @@ from orchestrator.lineage import (
     note_content,
     promoted_versions,
     record_calibration,
+    record_power_check,
     record_quantization,
     record_rejection,
     record_stage,
@@ -38,6 +40,7 @@ from orchestrator.lineage import (
 from orchestrator.metadata import (
     calibration_metadata,
     checkpoint_metadata,
+    power_check_metadata,
     quantization_metadata,
     release_metadata,
     stage_metadata,
@@ -45,9 +48,16 @@ from orchestrator.metadata import (
 from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
 from orchestrator.policy import PolicySnapshot, ReleasePolicy, run_policy
 from orchestrator.promotion import blocking_stages, promote, reconcile
-from orchestrator.records import CalibrationRecord, CandidateRecord, CheckpointRecord, StageRecord
+from orchestrator.records import (
+    CalibrationRecord,
+    CandidateRecord,
+    CheckpointRecord,
+    PowerCheckRecord,
+    StageRecord,
+)
 from orchestrator.resources import LineageDatabase, Platform
 from validation import STAGES, StageResult, run_stage
+from validation.power import power_check as run_power_check
 
 GROUP = "release"
 HEAVY_POOL = "heavy"  # quantization and model evaluation: one at a time per machine (dagster.yaml sets the limit)
@@ -192,6 +202,32 @@ def validation_asset(stage: str) -> dg.AssetsDefinition:
 
 
 VALIDATIONS = [validation_asset(stage) for stage in STAGES]
+QUALITY_VALIDATIONS = [v for v in VALIDATIONS if v.key.path[-1] != "load_validation"]
+
+
+@dg.asset(
+    partitions_def=CHECKPOINTS,
+    group_name=GROUP,
+    pool=HEAVY_POOL,
+    deps=QUALITY_VALIDATIONS,  # after their gates passed: a failed blocking gate skips it
+)
+def power_check(
+    context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, awq_model: CandidateRecord
+) -> dg.MaterializeResult[PowerCheckRecord]:
+    """Plant known damage into copies of the candidate and run the quality stages on each: could these
+    gates have caught anything? Runs after they passed, where the policy's validation.power_check.run says."""
+    key, policy = context.partition_key, policy_of(context, platform, lineage).policy
+    if not policy.validation.power_check.run:
+        record = PowerCheckRecord(awq_model.id, (), 0, 0)
+        return dg.MaterializeResult(value=record, metadata={"status": "not run: validation.power_check.run is false"})
+    report = run_power_check(
+        awq_model.checkpoint.model_dir, awq_model.model_dir, policy.validation, platform.work(key), policy.compute
+    )
+    ids = record_power_check(lineage.engine(), awq_model.id, context.run_id, report)
+    if report.blind:
+        context.log.warning(f"The gates caught none of the {len(ids)} planted damages: the release will say so.")
+    record = PowerCheckRecord(awq_model.id, tuple(ids), report.caught, len(ids))
+    return dg.MaterializeResult(value=record, metadata=power_check_metadata(report))
 
 
 @dg.asset(
@@ -204,9 +240,11 @@ def release(
     platform: Platform,
     lineage: LineageDatabase,
     awq_model: CandidateRecord,
+    power_check: PowerCheckRecord,
     **validations: StageRecord,
 ) -> dg.MaterializeResult:
-    """Promote the candidate into the registry, only if the latest result of every gate passed."""
+    """Promote the candidate into the registry, only if the latest result of every gate passed. Its
+    model card carries the power check's table, and says so where the gates caught no damage."""
     key, snapshot = context.partition_key, policy_of(context, platform, lineage)
     model, engine = model_name(snapshot.policy, key), lineage.engine()
     blocking = blocking_stages(awq_model, {record.stage: record for record in validations.values()})
@@ -224,3 +262,6 @@ def release(
     promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, snapshot)
     end_attempt(engine, context.run_id, "released", f"{model} {promotion.version}")
     return dg.MaterializeResult(metadata=release_metadata(promotion))
+
+
+RELEASE_ASSETS = [checkpoint, calibration_set, awq_model, *VALIDATIONS, power_check, release]

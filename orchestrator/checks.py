@@ -11,12 +11,24 @@ def gate_name(stage: str) -> str:
 
 def gate_spec(stage: str, asset_name: str) -> dg.AssetCheckSpec:
     """ERROR severity blocks the release downstream; WARN (a stage the policy let skip) blocks nothing."""
-    description = f"Every {stage} metric of the candidate is within its threshold of the original."
+    description = (
+        f"Every {stage} metric of the candidate is within its threshold of the original, "
+        "judged on its confidence interval where the stage measures one."
+    )
     return dg.AssetCheckSpec(gate_name(stage), asset=asset_name, blocking=True, description=description)
 
 
 def gate_result(result: StageResult) -> dg.AssetCheckResult:
-    table = {m.name: {"value": m.value, "threshold": m.threshold, "passed": m.passed} for m in result.metrics}
+    table = {
+        m.name: {
+            "value": m.value,
+            "interval": list(m.interval) if m.interval else None,
+            "threshold": m.threshold,
+            "verdict": m.verdict,
+            "passed": m.passed,
+        }
+        for m in result.metrics
+    }
     # A stage the policy lets skip is not a pass: it shows as a failed warning, which blocks nothing.
     severity = dg.AssetCheckSeverity.WARN if result.status == "skipped" else dg.AssetCheckSeverity.ERROR
     return dg.AssetCheckResult(
@@ -27,5 +39,6 @@ def gate_result(result: StageResult) -> dg.AssetCheckResult:
             "status": result.status,
             "reasons": dg.MetadataValue.json(result.reasons),
             "metrics": dg.MetadataValue.json(table),
+            "inconclusive": [m.name for m in result.metrics if m.verdict == "inconclusive"],
         },
     )

@@ -1,15 +1,19 @@
 """awq-release: the command line. Dagster and the model stacks are imported inside the subcommands that use them."""
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-from awq_release.errors import ReleaseError
-from validation import STAGES, load_settings, run_stage
-from validation.result import format_number
+from awq_core.compute import Compute
+from awq_release.errors import ReleaseError, ValidationError
+from validation import STAGES, ValidationSettings, load_settings, run_stage
+from validation.power import PowerReport, power_check
+from validation.result import format_interval, format_number
 
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
@@ -28,9 +32,8 @@ def _compute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="auto (default), float32, bfloat16 or float16")
 
 
-def _compute(args: argparse.Namespace, config: Path | None = None):
+def _compute(args: argparse.Namespace, config: Path | None = None) -> Compute:
     """The compute setting: the policy file's `compute:` section, overridden by --device/--dtype."""
-    from awq_core.compute import Compute
     from validation.settings import from_dict, read_mapping
 
     setting = (
@@ -123,31 +126,54 @@ def _print_stage(result) -> None:
         print(
             f"  {'ok  ' if m.passed else 'FAIL'} {m.name:44} baseline {format_number(m.baseline):>9}  candidate "
             f"{format_number(m.candidate):>9}  "
-            f"value {format_number(m.value):>9} {m.limit}"
+            f"estimate {format_number(m.value):>9} {format_interval(m.interval):>21} {m.limit}  {m.verdict}"
         )
     for line in [r for r in (result.error, result.skipped) if r] + [f"warning: {w}" for w in result.warnings]:
         print(f"  {line}")
 
 
+def _power_check(args: argparse.Namespace, settings: ValidationSettings, compute: Compute) -> PowerReport:
+    if args.damage_layer:
+        power = dataclasses.replace(settings.power_check, layers=tuple(args.damage_layer))
+        settings = dataclasses.replace(settings, power_check=power)
+    parent = args.candidate.resolve().parent  # beside the candidate, damaged copies can hard-link its files
+    with tempfile.TemporaryDirectory(
+        prefix=".power-check-", dir=parent if os.access(parent, os.W_OK) else None
+    ) as work:
+        return power_check(args.baseline, args.candidate, settings, work, compute)
+
+
+def _print_power(report: PowerReport) -> None:
+    _print_power_record(report.to_dict())
+    for outcome in report.outcomes:
+        for stage, reasons in outcome.reasons.items():
+            print(f"  {outcome.damage} / {stage}:" + "".join(f"\n    {reason}" for reason in reasons))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    if not args.stage and not args.power_check:
+        raise ValidationError("Name the stages to run (--stage NAME, or --stage all), --power-check, or both.")
     settings = load_settings(args.config)
     compute = _compute(args, args.config)
-    names = list(STAGES) if "all" in args.stage else list(dict.fromkeys(args.stage))
+    names = list(STAGES) if "all" in (args.stage or []) else list(dict.fromkeys(args.stage or []))
     results = {}
     for name in names:
         results[name] = run_stage(name, args.baseline, args.candidate, settings, compute)
         if not args.json:
             _print_stage(results[name])
+    power = _power_check(args, settings, compute) if args.power_check else None
+    if power and not args.json:
+        _print_power(power)
     passed = all(r.status != "failed" for r in results.values())  # a stage the policy lets skip blocks nothing
+    trusted = power is None or not power.blind
     if args.json:
-        print(
-            json.dumps(
-                {"passed": passed, "stages": {n: r.to_dict() for n, r in results.items()}}, indent=1, default=str
-            )
-        )
+        summary = {"passed": passed, "stages": {n: r.to_dict() for n, r in results.items()}}
+        if power:
+            summary["power_check"] = power.to_dict()
+        print(json.dumps(summary, indent=1, default=str))
     else:
-        print(f"\n{'all stages passed' if passed else 'a gate failed'}")
-    return 0 if passed else 1
+        print(f"\n{'all stages passed' if passed else 'a gate failed'}" + ("" if trusted else "; the gates are blind"))
+    return 0 if passed and trusted else 1
 
 
 def _platform():
@@ -167,6 +193,10 @@ def _print_history(rows: list[dict]) -> None:
             f"; failed: {', '.join(failed)}" if failed else ""
         )
         gates += f"; skipped: {', '.join(skipped)}" if skipped else ""
+        power = r["power_check"]
+        if power:
+            caught = f"{power['caught']}/{power['planted']} planted damages caught"
+            gates += f"; power check: {'BLIND, ' if power['blind'] else ''}{caught}"
         print(f"{r['model']:28} {r['version']:8} {r['status']:12} {r['created_at'][:19]:20} {gates}")
 
 
@@ -178,8 +208,25 @@ def _print_attempts(rows: list[dict]) -> None:
         print(f"{r['run_id']:38} {r['checkpoint']:28} {r['status']:9} {r['started_at'][:19]:20} {r['reason'] or ''}")
 
 
+def _print_gates(gates: dict[str, dict]) -> None:
+    """A release's gates: estimate, interval, threshold and verdict (history's records)."""
+    print(f"  {'':4} {'gate':60} {'estimate':>9} {'interval':>21} {'threshold':>9}  verdict")
+    for name, g in gates.items():
+        interval = format_interval(tuple(g["interval"]) if g["interval"] else None)
+        print(
+            f"  {'ok  ' if g['passed'] else 'FAIL'} {name:60} {format_number(g['value']):>9} {interval:>21} "
+            f"{format_number(g['threshold']):>9}  {g['verdict']}"
+        )
+
+
+def _print_power_record(power: dict | None) -> None:
+    from orchestrator.reports import power_summary, power_table
+
+    print(f"\n{power_summary(power)}" + (f"\n{power_table(power)}" if power else ""))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from awq_core.compute import Compute, resolve
+    from awq_core.compute import resolve
     from orchestrator.demo import demo_assets
     from orchestrator.main_job import run_demo, why_not_started
     from orchestrator.releases import attempt_history, history
@@ -202,13 +249,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"release {latest['model']} {latest['version']}: {latest['status']}"
                 + (f" at {latest['path']}" if latest["path"] else f" ({latest['reason']})")
             )
-            for name, g in latest["gates"].items():
-                print(
-                    f"  {'ok  ' if g['passed'] else 'FAIL'} {name:60} {g['value']:.4g} (threshold {g['threshold']:.4g})"
-                )
+            _print_gates(latest["gates"])
             for stage, outcome in latest["stages"].items():
                 if outcome["status"] == "skipped":
                     print(f"  SKIP {stage}: {'; '.join(outcome['reasons'])}")
+            _print_power_record(latest["power_check"])
     print()
     _print_history(rows)
     _print_attempts(attempt_history(engine))
@@ -293,10 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("baseline", type=Path)
     p.add_argument("candidate", type=Path)
-    p.add_argument("--stage", action="append", required=True, choices=(*STAGES, "all"), help="repeatable")
+    p.add_argument("--stage", action="append", choices=(*STAGES, "all"), help="repeatable")
     p.add_argument("--config", type=Path, help="YAML or JSON settings and thresholds (see validation/settings.py)")
+    p.add_argument(
+        "--power-check",
+        action="store_true",
+        help="also plant known damage into copies of the candidate and report which stage catches which "
+        "(validation.power_check in --config chooses damages and stages); exit 1 if none is caught",
+    )
+    p.add_argument(
+        "--damage-layer",
+        action="append",
+        metavar="LINEAR",
+        help="a linear whose scales the power check shuffles, e.g. model.layers.3.self_attn.o_proj; repeatable",
+    )
     _compute_args(p)
-    p.add_argument("--json", action="store_true", help='one JSON object: {"passed": ..., "stages": {...}}')
+    p.add_argument(
+        "--json", action="store_true", help='one JSON object: {"passed": ..., "stages": {...}, "power_check": {...}}'
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("run", help="the main job: release the demo checkpoint through the whole platform, in process")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestrator.assets import VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.assets import RELEASE_ASSETS
 from orchestrator.jobs import release_job
 from orchestrator.resources import LineageDatabase, Platform
 from orchestrator.sensors import attempt_failure_sensor, checkpoint_sensor
@@ -38,7 +38,7 @@ def default_resources() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[checkpoint, calibration_set, awq_model, *VALIDATIONS, release],
+    assets=RELEASE_ASSETS,
     jobs=[release_job],
     sensors=[checkpoint_sensor, attempt_failure_sensor],
     resources=default_resources(),

@@ -212,16 +212,19 @@ def _build_tasks(dest: Path) -> None:
 
 
 def demo_validation_settings(assets: DemoAssets) -> dict:
-    """Validation settings for the demo model, sized to run all four stages in minutes on a CPU.
-    Thresholds are looser than the defaults, which are meant for billion-parameter models: a 135M
-    model loses more at 4 bits (about +13% perplexity with AWQ, +27% with RTN). Its chat answers are
-    fragile: AWQ loses about a quarter of them, and 96 items give a 95% interval of about +-24% on
-    that relative drop, so the chat gate (50%) is there to catch a broken model, which loses nearly
-    all, not to resolve a few points. Long context stops at 4K tokens: an 8K prefill takes about a
-    minute per document in fp32 on a 2-core AVX2 CPU, where bf16 is emulated. The load stage is not
-    required: on a host whose vLLM cannot run 4-bit AWQ (an AVX2-only CPU) it is recorded as skipped,
-    with the reason, never as passed; a production policy keeps the default (required) or sets
-    load.endpoint to a staging server."""
+    """Validation settings for the demo model, sized to run all four stages and the power check in
+    minutes on a CPU. Thresholds are looser than the defaults, which are meant for billion-parameter
+    models: a 135M model loses more at 4 bits (about +15% perplexity with AWQ, +27% with RTN).
+    Every gate decides on its 95% interval, so a threshold must be wider than what the items can
+    resolve: element symbols (103 items, critical) put about ±9 points on the relative drop, so
+    the critical gate is 20%, not 10%, or an honest candidate could never pass it. The chat answers
+    (96 items) are fragile and their interval is about ±27%: that gate (50%) catches a broken model,
+    which loses nearly all, not a few points, and passes an inconclusive verdict with a warning.
+    Long context stops at 4K tokens: an 8K prefill takes about a minute per document in fp32 on a
+    2-core AVX2 CPU, where bf16 is emulated. The load stage is not required: on a host whose vLLM
+    cannot run 4-bit AWQ (an AVX2-only CPU) it is recorded as skipped, with the reason, never as
+    passed; a production policy keeps the default (required) or sets load.endpoint to a staging
+    server. The power check runs before promotion, so the model card says what these gates can catch."""
     domain = [str(p) for p in assets.domain_eval_texts]
     return {
         "perplexity": {
@@ -237,7 +240,7 @@ def demo_validation_settings(assets: DemoAssets) -> dict:
                 {"path": str(assets.tasks["capitals_chat"]), "max_drop": 0.50},
             ],
             "max_drop": 0.30,
-            "max_drop_critical": 0.10,
+            "max_drop_critical": 0.20,
         },
         "long_context": {
             "texts": domain,
@@ -256,6 +259,7 @@ def demo_validation_settings(assets: DemoAssets) -> dict:
             "log_dir": str(cache_dir() / "logs"),
             "required": False,
         },
+        "power_check": {"run": True},
     }
 
 

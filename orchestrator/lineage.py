@@ -18,6 +18,7 @@ from orchestrator.db.models import (
     Base,
     CalibrationSet,
     Checkpoint,
+    PowerCheckOutcome,
     QuantizationRun,
     Release,
     ReleaseAttempt,
@@ -32,6 +33,7 @@ from validation.result import Metric, StageResult
 if TYPE_CHECKING:  # the history commands read the database without importing torch
     from awq_core.quantizer import QuantReport
     from orchestrator.ingest import Ingested
+    from validation.power import PowerReport
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Lineage:
     run: QuantizationRun
     policy: RunPolicy | None  # the quantization run's policy (None for runs before migration 0003)
     stages: dict[str, ValidationStage]  # the newest result of each stage
+    power_check: list[PowerCheckOutcome]  # the newest power check's damages; [] where none ran
 
 
 # Writes, one transaction each.
@@ -203,7 +206,10 @@ def _metric_row(metric: Metric) -> ValidationMetric:
         baseline=metric.baseline,
         candidate=metric.candidate,
         value=metric.value,
+        low=metric.interval[0] if metric.interval else None,
+        high=metric.interval[1] if metric.interval else None,
         threshold=metric.threshold,
+        verdict=metric.verdict,
         passed=metric.passed,
     )
 
@@ -223,6 +229,27 @@ def record_stage(engine: Engine, quantization_run_id: int, result: StageResult, 
     )
     with session_scope(engine) as session:
         return _insert(session, row)
+
+
+def record_power_check(engine: Engine, quantization_run_id: int, run_id: str, report: "PowerReport") -> list[int]:
+    """Every planted damage's outcome, in one transaction."""
+    with session_scope(engine) as session:
+        rows = [
+            PowerCheckOutcome(
+                quantization_run_id=quantization_run_id,
+                run_id=run_id,
+                damage=o.damage,
+                description=o.description,
+                meant_for=o.meant_for,
+                verdicts=o.verdicts,
+                reasons=o.reasons,
+                seconds=o.seconds,
+            )
+            for o in report.outcomes
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]
 
 
 def record_rejection(engine: Engine, model: str, quantization_run_id: int, reason: str) -> str:
@@ -290,6 +317,13 @@ def latest_stages(session: Session, quantization_run_id: int) -> dict[str, Valid
     return {row.stage: row for row in rows}  # later rows overwrite earlier ones
 
 
+def latest_power_check(session: Session, quantization_run_id: int) -> list[PowerCheckOutcome]:
+    """The newest power check of one quantization run (the outcomes of one Dagster run); [] if none ran."""
+    query = select(PowerCheckOutcome).where(PowerCheckOutcome.quantization_run_id == quantization_run_id)
+    rows = session.scalars(query.order_by(PowerCheckOutcome.id)).all()
+    return [row for row in rows if row.run_id == rows[-1].run_id] if rows else []
+
+
 def lineage_of(session: Session, quantization_run_id: int) -> Lineage:
     run = session.get(QuantizationRun, quantization_run_id)
     return Lineage(
@@ -298,6 +332,7 @@ def lineage_of(session: Session, quantization_run_id: int) -> Lineage:
         run=run,
         policy=session.get(RunPolicy, run.policy_id) if run.policy_id else None,
         stages=latest_stages(session, run.id),
+        power_check=latest_power_check(session, run.id),
     )
 
 

@@ -2,16 +2,46 @@
 
 from pathlib import Path
 
-from orchestrator.db.models import ValidationStage
+from orchestrator.db.models import PowerCheckOutcome, ValidationMetric, ValidationStage
 from orchestrator.hashing import file_hash
 from orchestrator.lineage import Lineage
 from orchestrator.policy import PolicySnapshot
 
 
-def _validation(row: ValidationStage) -> dict:
-    metrics = {
-        m.metric: {"baseline": m.baseline, "candidate": m.candidate, "threshold": m.threshold} for m in row.metrics
+def metric_record(m: ValidationMetric) -> dict:
+    """One gate's figures, estimate, interval, threshold, verdict and decision."""
+    return {
+        "baseline": m.baseline,
+        "candidate": m.candidate,
+        "value": m.value,
+        "interval": [m.low, m.high] if m.low is not None else None,
+        "threshold": m.threshold,
+        "verdict": m.verdict,
+        "passed": m.passed,
     }
+
+
+def power_check_record(outcomes: list[PowerCheckOutcome]) -> dict | None:
+    """The planted damages and which stages caught them, shaped as validation.power.PowerReport.to_dict
+    (without reasons); None where no power check ran."""
+    if not outcomes:
+        return None
+    damages = [
+        {"damage": o.damage, "description": o.description, "meant_for": o.meant_for, "verdicts": o.verdicts}
+        for o in outcomes
+    ]
+    caught = sum(any(v != "missed" for v in o.verdicts.values()) for o in outcomes)  # as PowerReport.caught
+    return {
+        "stages": list(outcomes[0].verdicts),
+        "caught": caught,
+        "planted": len(outcomes),
+        "blind": caught == 0,
+        "damages": damages,
+    }
+
+
+def _validation(row: ValidationStage) -> dict:
+    metrics = {m.metric: metric_record(m) for m in row.metrics}
     return {
         "status": row.status,
         "passed": row.passed,
@@ -52,5 +82,6 @@ def build_manifest(model: str, version: str, release_id: int, chain: Lineage, po
         },
         "files": {p.name: file_hash(p) for p in sorted(output.iterdir()) if p.is_file()},
         "validation": {stage: _validation(row) for stage, row in chain.stages.items()},
+        "power_check": power_check_record(chain.power_check),
         "policy": {"id": policy.id, "hash": policy.hash, "text": policy.text},
     }

@@ -9,8 +9,9 @@ from orchestrator import plots
 from orchestrator.ingest import Ingested
 from orchestrator.promotion import Promotion
 from orchestrator.records import CandidateRecord, CheckpointRecord
-from orchestrator.reports import metrics_table
+from orchestrator.reports import metrics_table, power_summary, power_table
 from validation import StageResult
+from validation.power import PowerReport
 
 
 def _mib(size_bytes: int) -> float:
@@ -89,6 +90,18 @@ def stage_metadata(result: StageResult, stage_id: int, report_path: Path) -> dic
         "report": dg.MetadataValue.path(str(report_path)),
         "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings) or "none"),
         **stage_plot(result, report_path.parent),
+    }
+
+
+def power_check_metadata(report: PowerReport) -> dict:
+    power = report.to_dict()
+    return {
+        "caught": report.caught,
+        "planted": len(report.outcomes),
+        "blind": report.blind,
+        "summary": power_summary(power),
+        "table": dg.MetadataValue.md(power_table(power)),
+        "seconds": round(sum(o.seconds for o in report.outcomes), 1),
     }
 
 

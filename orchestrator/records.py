@@ -37,3 +37,11 @@ class StageRecord:
     quantization_run_id: int
     status: str  # passed | failed | skipped
     reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PowerCheckRecord:
+    quantization_run_id: int
+    outcome_ids: tuple[int, ...]  # power_check_outcomes rows; () when the policy does not run the check
+    caught: int  # planted damages some stage caught
+    planted: int

@@ -10,6 +10,7 @@ from deploy.registry import current_version, point_current
 from orchestrator import lineage
 from orchestrator.db import session_scope
 from orchestrator.db.models import Release
+from orchestrator.manifest import metric_record, power_check_record
 
 
 def gate_metrics(session: Session, release: Release) -> dict[str, dict]:
@@ -17,17 +18,7 @@ def gate_metrics(session: Session, release: Release) -> dict[str, dict]:
     if release.quantization_run_id is None:
         return {}
     stages = lineage.latest_stages(session, release.quantization_run_id)
-    return {
-        f"{stage}.{m.metric}": {
-            "baseline": m.baseline,
-            "candidate": m.candidate,
-            "value": m.value,
-            "threshold": m.threshold,
-            "passed": m.passed,
-        }
-        for stage, row in stages.items()
-        for m in row.metrics
-    }
+    return {f"{stage}.{m.metric}": metric_record(m) for stage, row in stages.items() for m in row.metrics}
 
 
 def stage_outcomes(session: Session, release: Release) -> dict[str, dict]:
@@ -39,6 +30,8 @@ def stage_outcomes(session: Session, release: Release) -> dict[str, dict]:
 
 
 def release_record(session: Session, release: Release) -> dict:
+    run_id = release.quantization_run_id
+    power = lineage.latest_power_check(session, run_id) if run_id else []
     return {
         "model": release.model,
         "version": release.version,
@@ -50,6 +43,7 @@ def release_record(session: Session, release: Release) -> dict:
         "quantization_run_id": release.quantization_run_id,
         "gates": gate_metrics(session, release),
         "stages": stage_outcomes(session, release),
+        "power_check": power_check_record(power),
     }
 
 

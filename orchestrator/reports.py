@@ -1,21 +1,70 @@
-"""Markdown for the UI and the registry: gate tables and the model card."""
+"""Markdown for the UI and the registry: gate tables, the power check's table and the model card."""
 
-from validation.result import Metric, format_number
+from validation.result import Metric, format_interval, format_number
+
+GATE_COLUMNS = "| gate | baseline | candidate | estimate | interval | threshold | verdict | result |"
+VERDICTS_EXPLAINED = (
+    "A gate passes when its whole confidence interval (paired, 95% unless the policy says otherwise) is within "
+    "its threshold, fails when the whole interval is beyond it, and is inconclusive when the threshold lies "
+    "inside it; the policy decides whether an inconclusive gate fails or passes with a warning."
+)
+
+
+def _result(passed: bool) -> str:
+    return "pass" if passed else "FAIL"
 
 
 def metrics_table(metrics: list[Metric]) -> str:
     rows = [
         f"| {m.name} | {format_number(m.baseline)} | {format_number(m.candidate)} | {format_number(m.value)} | "
-        f"{m.limit} | {'pass' if m.passed else 'FAIL'} |"
+        f"{format_interval(m.interval)} | {m.limit} | {m.verdict} | {_result(m.passed)} |"
         for m in metrics
     ]
-    return "\n".join(
-        ["| gate | baseline | candidate | value | threshold | result |", "|---|---|---|---|---|---|", *rows]
-    )
+    return "\n".join([GATE_COLUMNS, "|---|---|---|---|---|---|---|---|", *rows])
+
+
+def power_table(power: dict) -> str:
+    """validation.power.PowerReport.to_dict() (or a manifest's power_check) as a damage x stage table."""
+    stages = power["stages"]
+    rows = [
+        f"| {d['damage']} | {d['description']} | "
+        + " | ".join(d["verdicts"][s] + (" (its target)" if s == d["meant_for"] else "") for s in stages)
+        + " |"
+        for d in power["damages"]
+    ]
+    header = f"| damage | what was planted | {' | '.join(stages)} |"
+    return "\n".join([header, "|" + "---|" * (2 + len(stages)), *rows])
+
+
+def power_summary(power: dict | None) -> str:
+    if power is None:
+        return "Power check: not run (the policy's validation.power_check.run is false)."
+    if power["blind"]:
+        return (
+            f"**WARNING: the gates caught none of the {power['planted']} planted damages.** They cannot be trusted "
+            "to reject a broken model: add items, texts or lengths, or tighten thresholds."
+        )
+    return f"Power check: the gates caught {power['caught']} of {power['planted']} planted damages."
+
+
+def _gate_rows(manifest: dict) -> list[str]:
+    rows = []
+    for stage, result in manifest["validation"].items():
+        if result.get("status") == "skipped":  # allowed by the policy, and said so: never shown as passed
+            rows.append(f"| {stage} | not run: {'; '.join(result['reasons'])} | - | - | - | - | - | - |")
+        for name, m in result["metrics"].items():
+            interval = format_interval(tuple(m["interval"]) if m.get("interval") else None)
+            rows.append(
+                f"| {stage} | {name} | {format_number(m['baseline'])} | {format_number(m['candidate'])} | "
+                f"{format_number(m.get('value'))} | {interval} | {format_number(m['threshold'])} | "
+                f"{m.get('verdict', '-')} |"
+            )
+    return rows
 
 
 def model_card(manifest: dict) -> str:
     q = manifest["quantization"]["settings"]
+    power = manifest.get("power_check")
     lines = [
         f"# {manifest['model']} {manifest['version']} (AWQ INT4)",
         "",
@@ -29,17 +78,18 @@ def model_card(manifest: dict) -> str:
         "",
         "## Validation against the unquantized model",
         "",
-        "| stage | gate | baseline | candidate | threshold |",
-        "|---|---|---|---|---|",
+        VERDICTS_EXPLAINED,
+        "",
+        "| stage | gate | baseline | candidate | estimate | interval | threshold | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+        *_gate_rows(manifest),
+        "",
+        "## Can these gates catch damage? (power check)",
+        "",
+        power_summary(power),
     ]
-    for stage, result in manifest["validation"].items():
-        if result.get("status") == "skipped":  # allowed by the policy, and said so: never shown as passed
-            lines.append(f"| {stage} | not run: {'; '.join(result['reasons'])} | - | - | - |")
-        for name, m in result["metrics"].items():
-            lines.append(
-                f"| {stage} | {name} | {format_number(m['baseline'])} | {format_number(m['candidate'])} | "
-                f"{format_number(m['threshold'])} |"
-            )
+    if power:
+        lines += ["", power_table(power)]
     lines += [
         "",
         "## Lineage",

@@ -35,6 +35,7 @@ RELEASE_ASSETS = {
     "tasks_validation",
     "long_context_validation",
     "load_validation",
+    "power_check",
     "release",
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -193,15 +194,13 @@ def calib_file(tmp_path_factory, demo) -> Path:
 @pytest.fixture(scope="session")
 def demo_quantized(tmp_path_factory, demo) -> Path:
     """Checkpoints of the demo model, group 64, 16 x 256 calibration tokens of SOTU text:
-    awq/ (honest; scale search on 2048 of them, as the demo policy does), rtn/ (round-to-nearest),
-    rtn2/ (2-bit round-to-nearest: deliberately damaged)."""
+    awq/ (honest; scale search on 2048 of them, as the demo policy does) and rtn/ (round-to-nearest)."""
     tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
     calib = build_calibration(tokenizer, demo.calibration_texts, n_samples=16, seqlen=256)
     root = tmp_path_factory.mktemp("demo")
     for name, config in {
         "awq": QuantConfig(search_tokens=2048),
         "rtn": QuantConfig(method="rtn"),
-        "rtn2": QuantConfig(method="rtn", bits=2),
     }.items():
         quantize(demo.model_dir, root / name, calib, config, progress=False)
     return root

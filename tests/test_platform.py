@@ -18,14 +18,13 @@ from sqlalchemy import func, select
 
 from deploy.capability import vllm_awq_capability
 from deploy.registry import current_version
-from orchestrator.assets import VALIDATIONS, awq_model, calibration_set, checkpoint, release
+from orchestrator.assets import RELEASE_ASSETS
 from orchestrator.db import models as db
 from orchestrator.db import session_scope
 from orchestrator.partitions import CHECKPOINTS
 from orchestrator.resources import LineageDatabase, Platform
 
 pytestmark = pytest.mark.slow
-ASSETS = [checkpoint, calibration_set, awq_model, *VALIDATIONS, release]
 
 
 def policy(demo, work, quantization: dict) -> dict:
@@ -62,6 +61,8 @@ def policy(demo, work, quantization: dict) -> dict:
                 "max_model_len": 512,
                 "required": False,
             },
+            # A perplexity-only check of damage perplexity cannot see: the release must say its gates are blind.
+            "power_check": {"run": True, "damages": ["long_range_rotary"], "stages": ["perplexity"]},
         },
         "target_gpu": {"name": "L4 24GB", "memory_gib": 24},
         "serving": {"max_model_len": 2048, "max_num_seqs": 8, "dtype": "bfloat16"},
@@ -87,7 +88,7 @@ def materialize(root, folder_name: str, policy_name: str, instance) -> dg.Execut
     key = folder_name.replace(" ", "-")
     instance.add_dynamic_partitions(CHECKPOINTS.name, [key])
     return dg.materialize(
-        ASSETS,
+        RELEASE_ASSETS,
         partition_key=key,
         instance=instance,
         raise_on_error=False,
@@ -121,6 +122,13 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         )
         checks = {check.check_name: check.passed for check in result.get_asset_check_evaluations()}
         assert all(passed for name, passed in checks.items() if name != "load_gate")
+        (perplexity_check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "perplexity_gate"]
+        gated = perplexity_check.metadata["metrics"].value["domain perplexity increase"]
+        low, high = gated["interval"]
+        assert low <= gated["value"] <= high <= 0.3 and gated["verdict"] == "pass"
+        assert metadata["power_check"]["blind"].value is True and "| long_range_rotary |" in (
+            metadata["power_check"]["table"].value
+        )
         assert metadata["load_validation"]["status"].value == ("passed" if load_runs else "skipped")
         # skipped is never shown as passed
         assert checks["load_gate"] is load_runs and ("plot" in metadata["load_validation"]) is load_runs
@@ -129,6 +137,15 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
             assert [count(session, m) for m in (db.Checkpoint, db.CalibrationSet, db.QuantizationRun)] == [1, 1, 1]
             assert count(session, db.ValidationStage) == 4
             assert count(session, db.ValidationMetric) >= (10 if load_runs else 5)
+            rows = session.scalars(select(db.ValidationMetric)).all()
+            assert all(r.verdict == "pass" and r.passed for r in rows if r.low is not None)
+            assert all(r.low <= r.value <= r.high for r in rows if r.metric.endswith("perplexity increase"))
+            (outcome,) = session.scalars(select(db.PowerCheckOutcome)).all()
+            assert (outcome.damage, outcome.verdicts, outcome.meant_for) == (
+                "long_range_rotary",
+                {"perplexity": "missed"},
+                "long_context",
+            )
             load_row = session.scalars(select(db.ValidationStage).where(db.ValidationStage.stage == "load")).one()
             assert load_row.status == ("passed" if load_runs else "skipped") and load_row.passed is load_runs
             (promoted,) = session.scalars(select(db.Release)).all()
@@ -141,7 +158,13 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         assert manifest["policy"]["hash"] == manifest["quantization"]["policy_hash"] == policy_hash
         assert manifest["validation"]["load"]["status"] == ("passed" if load_runs else "skipped")
         assert manifest["quantization"]["settings"]["compute"]["dtype"] in ("float32", "bfloat16")
-        assert load_runs or "| load | not run: skipped: " in (release_dir / "README.md").read_text()
+        card = (release_dir / "README.md").read_text()
+        assert load_runs or "| load | not run: skipped: " in card
+        assert manifest["power_check"]["blind"] is True and "WARNING: the gates caught none of the 1 planted" in card
+        rotary = "8 slowest rotary pairs (of 32) reflected in every self_attn.q_proj and self_attn.k_proj"
+        assert f"| long_range_rotary | {rotary} | missed |" in card
+        ppl = manifest["validation"]["perplexity"]["metrics"]["domain perplexity increase"]
+        assert ppl["verdict"] == "pass" and f"| {ppl['verdict']} |" in card and len(ppl["interval"]) == 2
         assert manifest["files"]["config.json"] and (release_dir / "README.md").read_text().startswith(
             "# demo-bot v0001"
         )
@@ -154,6 +177,8 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         result = materialize(root, "demo bot 2", "damaged", instance)
         assert not result.success
         assert not [c for c in result.get_asset_check_evaluations() if c.check_name == "perplexity_gate" and c.passed]
+        materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert "power_check" not in materialized  # a failed gate skips it: nothing to learn from a rejected candidate
 
     with session_scope(engine) as session:
         (rejected,) = session.scalars(
@@ -185,7 +210,9 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         all(r["created_at"] for r in history) and history[0]["gates"]["perplexity.domain perplexity increase"]["passed"]
     )
     assert history[0]["stages"]["load"]["status"] == ("passed" if load_runs else "skipped")
-    assert load_runs or "skipped: load" in cli("history", "--model", "demo-bot").stdout
+    printed = cli("history", "--model", "demo-bot").stdout
+    assert load_runs or "skipped: load" in printed
+    assert "power check: BLIND, 0/1 planted damages caught" in printed and history[0]["power_check"]["blind"]
     assert json.loads(cli("show", "v0001", "--model", "demo-bot").stdout)["manifest"]["version"] == "v0001"
     diff = cli("diff", "v0001", "v0002", "--model", "demo-bot").stdout
     assert "settings.method" in diff and "rtn" in diff and "status" in diff

@@ -60,7 +60,7 @@ def test_damage_changes_exactly_its_tensors(tmp_path, candidate, damage):
     if damage in ("permuted_mlp_scales", "permuted_layer_scales"):  # the same scales, in other channels
         assert all(torch.equal(after[n].sort(dim=1).values, before[n].sort(dim=1).values) for n in transforms)
     if damage == "long_range_rotary":
-        pairs = slow_rotary_pairs(c.config)
+        pairs = slow_rotary_pairs(c.head_dim, c.rope_theta)
         head_dim, heads = 32, 4
         assert pairs == [15]  # theta 10000, head_dim 32: only the slowest pair turns < 1/8 rad in 512 tokens
         q = "model.layers.0.self_attn.q_proj.scales"

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from awq_core.architectures import Architecture, architecture_for
 from awq_core.checkpoint import CheckpointFolder
-from awq_core.compute import Resolved, resolve
+from awq_core.compute import Compute, Resolved, resolve
 from awq_core.packing import pack_awq_int4
 from awq_release.errors import ReleaseError, ValidationError
 from kernels.reference import unpack_awq_int4
@@ -67,6 +67,15 @@ class Candidate:
     def blocks(self) -> int:
         return int(self.config["num_hidden_layers"])
 
+    @property
+    def head_dim(self) -> int:
+        return int(self.config.get("head_dim") or self.config["hidden_size"] // self.config["num_attention_heads"])
+
+    @property
+    def rope_theta(self) -> float:
+        parameters = self.config.get("rope_parameters") or {}  # transformers 5; 4.x kept it at the top level
+        return float(parameters.get("rope_theta") or self.config.get("rope_theta") or 10000.0)
+
     def linear(self, block: int, name: str) -> str:
         return f"{self.arch.layers}.{block}.{name}"
 
@@ -98,13 +107,11 @@ def negated_columns(columns: list[int]) -> Transform:
     return negate
 
 
-def slow_rotary_pairs(config: dict) -> list[int]:
+def slow_rotary_pairs(head_dim: int, theta: float) -> list[int]:
     """Rotary pair indices i (frequency theta^(-2i / head_dim)) that turn less than
     SHORT_RANGE_MAX_TURN radians over SHORT_RANGE_TOKENS."""
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
-    theta = float((config.get("rope_parameters") or {}).get("rope_theta") or config.get("rope_theta") or 10000.0)
-    half = head_dim // 2
-    return [i for i in range(half) if theta ** (-2 * i / head_dim) * SHORT_RANGE_TOKENS < SHORT_RANGE_MAX_TURN]
+    frequencies = [theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+    return [i for i, f in enumerate(frequencies) if f * SHORT_RANGE_TOKENS < SHORT_RANGE_MAX_TURN]
 
 
 def _plan_fewer_levels(c: Candidate, settings: PowerCheckSettings) -> tuple[str, dict[str, Transform]]:
@@ -144,10 +151,10 @@ def _plan_permuted_layer_scales(c: Candidate, settings: PowerCheckSettings) -> t
 
 
 def _plan_long_range_rotary(c: Candidate, settings: PowerCheckSettings) -> tuple[str, dict[str, Transform]]:
-    pairs = slow_rotary_pairs(c.config)
+    head_dim = c.head_dim
+    pairs = slow_rotary_pairs(head_dim, c.rope_theta)
     if not pairs:
         raise ValidationError(f"{c.dir}: no rotary pair turns slowly enough to damage only long range.")
-    head_dim = int(c.config.get("head_dim") or c.config["hidden_size"] // c.config["num_attention_heads"])
     transforms = {}
     for block in range(c.blocks):
         for projection in c.arch.rotary_projections:
@@ -275,11 +282,11 @@ def power_check(
     candidate: str | Path,
     settings: ValidationSettings,
     work_dir: str | Path,
-    compute: Resolved | None = None,
+    compute: Compute = Compute(),
 ) -> PowerReport:
     """Plant each damage of settings.power_check into a copy under work_dir, run the stages on it,
     remove it. Each stage measures the baseline once for all copies."""
-    compute = compute or resolve()
+    resolved = resolve(compute)
     checked = settings.power_check
     c = Candidate.open(candidate)
     plans = {name: DAMAGES[name].plan(c, checked) for name in checked.damages}  # bad layer names fail first
@@ -291,7 +298,7 @@ def power_check(
         shutil.rmtree(copy, ignore_errors=True)
         try:
             plant(c, transforms, copy)
-            judged = {stage: _judge(Path(baseline), copy, stage, settings, compute, known[stage]) for stage in known}
+            judged = {stage: _judge(Path(baseline), copy, stage, settings, resolved, known[stage]) for stage in known}
         finally:
             shutil.rmtree(copy, ignore_errors=True)
         outcomes.append(

@@ -128,10 +128,29 @@ class ValidationMetric(Base):
     metric: Mapped[str] = mapped_column(String(128))
     baseline: Mapped[float | None] = mapped_column(Float)
     candidate: Mapped[float] = mapped_column(Float)
-    value: Mapped[float] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(Float)  # the point estimate
+    low: Mapped[float | None] = mapped_column(Float)  # its confidence interval; None: the point decided
+    high: Mapped[float | None] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
-    passed: Mapped[bool] = mapped_column(Boolean)
+    verdict: Mapped[str] = mapped_column(String(16))  # pass | fail | inconclusive (what the evidence says)
+    passed: Mapped[bool] = mapped_column(Boolean)  # what the gate decided, inconclusive per the policy
     stage_row: Mapped[ValidationStage] = relationship(back_populates="metrics")
+
+
+class PowerCheckOutcome(Base):
+    """One planted damage of a quantization run's power check: which stages caught it."""
+
+    __tablename__ = "power_check_outcomes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    quantization_run_id: Mapped[int] = mapped_column(ForeignKey("quantization_runs.id"), index=True)
+    run_id: Mapped[str] = mapped_column(String(64))  # the Dagster run that checked
+    damage: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text)
+    meant_for: Mapped[str | None] = mapped_column(String(32))  # the stage built to catch it, if one is
+    verdicts: Mapped[dict] = mapped_column(JSON)  # stage -> caught | inconclusive | missed
+    reasons: Mapped[dict] = mapped_column(JSON)  # stage -> why it rejected the damaged copy
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Release(Base):
