@@ -44,7 +44,10 @@ def power_summary(power: dict | None) -> str:
             f"**WARNING: the gates caught none of the {power['planted']} planted damages.** They cannot be trusted "
             "to reject a broken model: add items, texts or lengths, or tighten thresholds."
         )
-    return f"Power check: the gates caught {power['caught']} of {power['planted']} planted damages."
+    verdicts = [set(d["verdicts"].values()) for d in power["damages"]]
+    weak = sum("inconclusive" in v and "caught" not in v for v in verdicts)  # rejected on weak evidence alone
+    caveat = f"; {weak} of them only on inconclusive evidence" if weak else ""
+    return f"Power check: the gates caught {power['caught']} of {power['planted']} planted damages{caveat}."
 
 
 def _gate_rows(manifest: dict) -> list[str]:

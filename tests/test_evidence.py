@@ -37,7 +37,7 @@ def test_inconclusive_fails_or_passes_with_a_recorded_warning():
     ]
     lenient = gate("acc relative drop", 0.8, 0.78, 0.025, 0.03, interval=(-0.01, 0.06), inconclusive="warn")
     warned = StageResult("tasks", [lenient])
-    assert warned.status == "passed" and lenient.verdict == "inconclusive" and lenient.bound == 0.06
+    assert warned.status == "passed" and lenient.verdict == "inconclusive"
     assert warned.warnings == [
         "acc relative drop: inconclusive, its interval [-0.01, 0.06] holds the threshold 0.03; "
         "passed with this warning, as the policy allows"

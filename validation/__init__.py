@@ -1,7 +1,9 @@
 """The four stages that decide whether a quantized candidate may ship, each against its baseline.
 
 Each stage module has one entry point, `run(baseline_dir, candidate_dir, settings, compute) -> StageResult`;
-the models run where awq_core.compute decides (the load stage leaves that to vLLM).
+the models run where awq_core.compute decides (the load stage leaves that to vLLM). The quality stages
+also take `known`, figures of models they measured before (validation.models.measure_both), which is
+how the power check (validation.power) measures its baseline once for every damaged copy.
 """
 
 from collections.abc import Callable

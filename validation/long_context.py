@@ -152,10 +152,8 @@ def run(
 
     results = measure_both(baseline, candidate, measure, compute, known)
     figures = {role: {n: summary(by_length[n]) for n in lengths} for role, by_length in results.items()}
-    increases = {
-        n: paired_increases(results["baseline"][n], results["candidate"][n], settings.evidence) for n in lengths
-    }
     evidence = settings.evidence
+    increases = {n: paired_increases(results["baseline"][n], results["candidate"][n], evidence) for n in lengths}
     degradation = {n: figures["candidate"][n]["perplexity"] / figures["baseline"][n]["perplexity"] - 1 for n in lengths}
     metrics = [
         gate(

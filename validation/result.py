@@ -39,13 +39,6 @@ class Metric:
         """The pass condition on `value`, e.g. '<= 0.15'."""
         return f"{'>=' if self.higher_is_better else '<='} {format_number(self.threshold)}"
 
-    @property
-    def bound(self) -> float:
-        """The end of the interval that has to be within the threshold for a pass (the point without one)."""
-        if self.interval is None:
-            return self.value
-        return self.interval[0] if self.higher_is_better else self.interval[1]
-
 
 def verdict(value: float, threshold: float, higher_is_better: bool, interval: tuple[float, float] | None) -> Verdict:
     """pass: the whole interval is within the threshold; fail: the whole interval is beyond it;
