@@ -62,6 +62,11 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+def head_dim(config: dict) -> int:
+    """Channels per attention head, from config.json (explicit, or hidden size over heads)."""
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
 def architecture_for(config: dict) -> Architecture:
     names = config.get("architectures") or []
     for name in names:

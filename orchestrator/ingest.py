@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from awq_core.architectures import architecture_for
+from awq_core.architectures import architecture_for, head_dim
 from awq_core.checkpoint import CheckpointFolder, refuse_outside_links
 from awq_release.errors import CheckpointError
 from orchestrator.hashing import content_hash
@@ -74,8 +74,8 @@ def footprint(ckpt: CheckpointFolder, policy: ReleasePolicy) -> dict:
         # int4 + fp16 scale and packed zero per group
         weights += n * (0.5 + 2.5 / group) if linear.fullmatch(name) else n * 2
     c = ckpt.config
-    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    kv_per_token = 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim * 2
+    kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
+    kv_per_token = 2 * c["num_hidden_layers"] * kv_heads * head_dim(c) * 2
     kv = kv_per_token * policy.serving.max_model_len * policy.serving.max_num_seqs
     usable = (
         policy.target_gpu.memory_gib

@@ -6,6 +6,7 @@ from orchestrator.db.models import PowerCheckOutcome, ValidationMetric, Validati
 from orchestrator.hashing import file_hash
 from orchestrator.lineage import Lineage
 from orchestrator.policy import PolicySnapshot
+from validation.power import DamageOutcome, PowerReport
 
 
 def metric_record(m: ValidationMetric) -> dict:
@@ -22,22 +23,11 @@ def metric_record(m: ValidationMetric) -> dict:
 
 
 def power_check_record(outcomes: list[PowerCheckOutcome]) -> dict | None:
-    """The planted damages and which stages caught them, shaped as validation.power.PowerReport.to_dict
-    (without reasons); None where no power check ran."""
+    """The recorded power check as validation.power.PowerReport.to_dict() gave it; None where none ran."""
     if not outcomes:
         return None
-    damages = [
-        {"damage": o.damage, "description": o.description, "meant_for": o.meant_for, "verdicts": o.verdicts}
-        for o in outcomes
-    ]
-    caught = sum(any(v != "missed" for v in o.verdicts.values()) for o in outcomes)  # as PowerReport.caught
-    return {
-        "stages": list(outcomes[0].verdicts),
-        "caught": caught,
-        "planted": len(outcomes),
-        "blind": caught == 0,
-        "damages": damages,
-    }
+    damages = [DamageOutcome(o.damage, o.description, o.meant_for, o.verdicts, o.reasons, o.seconds) for o in outcomes]
+    return PowerReport(list(outcomes[0].verdicts), damages).to_dict()
 
 
 def _validation(row: ValidationStage) -> dict:

@@ -96,9 +96,9 @@ def stage_metadata(result: StageResult, stage_id: int, report_path: Path) -> dic
 def power_check_metadata(report: PowerReport) -> dict:
     power = report.to_dict()
     return {
-        "caught": report.caught,
-        "planted": len(report.outcomes),
-        "blind": report.blind,
+        "caught": power["caught"],
+        "planted": power["planted"],
+        "blind": power["blind"],
         "summary": power_summary(power),
         "table": dg.MetadataValue.md(power_table(power)),
         "seconds": round(sum(o.seconds for o in report.outcomes), 1),

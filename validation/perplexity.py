@@ -50,12 +50,16 @@ def window_nlls(
     return windows
 
 
+def pooled_perplexity(windows: list[tuple[float, int]]) -> float:
+    """exp(mean NLL) over every token the windows scored."""
+    return math.exp(sum(nll for nll, _ in windows) / sum(tokens for _, tokens in windows))
+
+
 def perplexity(
     model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 256, batch_size: int = 4, desc: str | None = None
 ) -> float:
     """exp(mean NLL) over ids (T,), windows as in window_nlls."""
-    windows = window_nlls(model, ids, seqlen, stride, batch_size, desc)
-    return math.exp(sum(nll for nll, _ in windows) / sum(tokens for _, tokens in windows))
+    return pooled_perplexity(window_nlls(model, ids, seqlen, stride, batch_size, desc))
 
 
 def increase_gate(
@@ -67,8 +71,8 @@ def increase_gate(
     samples = bootstrap_increases(diffs, tokens, settings.evidence.resamples)
     return gate(
         f"{name} perplexity increase",
-        math.exp(sum(b for b, _ in baseline) / sum(tokens)),
-        math.exp(sum(c for c, _ in candidate) / sum(tokens)),
+        pooled_perplexity(baseline),
+        pooled_perplexity(candidate),
         increase(sum(diffs), sum(tokens)),
         settings.max_increase,
         interval=percentile_interval(samples, settings.evidence.confidence),

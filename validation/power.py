@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from awq_core.architectures import Architecture, architecture_for
+from awq_core.architectures import Architecture, architecture_for, head_dim
 from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Compute, Resolved, resolve
 from awq_core.packing import pack_awq_int4
@@ -69,7 +69,7 @@ class Candidate:
 
     @property
     def head_dim(self) -> int:
-        return int(self.config.get("head_dim") or self.config["hidden_size"] // self.config["num_attention_heads"])
+        return head_dim(self.config)
 
     @property
     def rope_theta(self) -> float:
@@ -151,22 +151,22 @@ def _plan_permuted_layer_scales(c: Candidate, settings: PowerCheckSettings) -> t
 
 
 def _plan_long_range_rotary(c: Candidate, settings: PowerCheckSettings) -> tuple[str, dict[str, Transform]]:
-    head_dim = c.head_dim
-    pairs = slow_rotary_pairs(head_dim, c.rope_theta)
+    channels = c.head_dim
+    pairs = slow_rotary_pairs(channels, c.rope_theta)
     if not pairs:
         raise ValidationError(f"{c.dir}: no rotary pair turns slowly enough to damage only long range.")
     transforms = {}
     for block in range(c.blocks):
         for projection in c.arch.rotary_projections:
             name = c.linear(block, projection)
-            heads = _output_channels(c, name) // head_dim
+            heads = _output_channels(c, name) // channels
             # rotate_half pairs channel i with i + head_dim / 2: negating the second of each slow pair reflects it
-            negate = negated_columns([h * head_dim + head_dim // 2 + i for h in range(heads) for i in pairs])
+            negate = negated_columns([h * channels + channels // 2 + i for h in range(heads) for i in pairs])
             transforms[f"{name}.scales"] = negate
             if f"{name}.bias" in c.tensor_files:
                 transforms[f"{name}.bias"] = negate
     return (
-        f"{len(pairs)} slowest rotary pairs (of {head_dim // 2}) reflected in every "
+        f"{len(pairs)} slowest rotary pairs (of {channels // 2}) reflected in every "
         f"{' and '.join(c.arch.rotary_projections)}",
         transforms,
     )
