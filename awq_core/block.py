@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from awq_core.architectures import Architecture, ScaleGroup
 from awq_core.config import QuantConfig
 from awq_core.model import run_block
-from awq_core.packing import pack_awq
+from awq_core.packing import LAYOUTS
 from awq_core.quant import dequantize_groups, quantize_groups
 from awq_core.search import ScaleResult, clip_, mse, search_clip, search_scales
 
@@ -103,7 +103,7 @@ def quantize_block(
 ) -> BlockResult:
     """hidden: the block's calibration input (N, L, C), on the block's device or the host. The block's
     weights are replaced by their fake-quantized values; its tensors come back on the host, packed
-    linears in the AWQ layout and everything else in `store_dtype`."""
+    linears in cfg.format's layout and everything else in `store_dtype`."""
     N, L, _ = hidden.shape
     search_windows = min(N, max(1, math.ceil(cfg.search_tokens / L)))
     reference, inputs = _collect(block, arch, hidden, kwargs, search_windows)
@@ -141,7 +141,7 @@ def quantize_block(
                 clip_(linear.weight, max_val, cfg.group_size)
             q, scales, zeros = quantize_groups(linear.weight, cfg.group_size, cfg.zero_point, cfg.bits)
             linear.weight.data = dequantize_groups(q, scales, zeros, cfg.group_size).to(linear.weight.dtype)
-            tensors |= {f"{name}.{key}": t.cpu() for key, t in pack_awq(q, scales, zeros).items()}
+            tensors |= {f"{name}.{key}": t.cpu() for key, t in LAYOUTS[cfg.format].pack(q, scales, zeros).items()}
             layers.append(
                 {
                     "linear": name,

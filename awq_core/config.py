@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from awq_core.formats import FORMATS, Format
 from awq_release.errors import QuantizationError
 
 Propagation = Literal["quantized", "original"]
@@ -26,6 +27,7 @@ class QuantConfig:
     # What the next block sees: outputs of the quantized block (errors compound as at inference,
     # llm-compressor) or of the original one (AutoAWQ). bench/quantize.py measures both.
     propagate: Propagation = "quantized"
+    format: Format = "awq"  # the checkpoint layout written (awq_core.formats): the same integers either way
 
     def __post_init__(self) -> None:
         if self.method not in ("awq", "rtn"):
@@ -43,6 +45,8 @@ class QuantConfig:
             raise QuantizationError("n_grid and n_clip_grid must be at least 1.")
         if self.propagate not in ("quantized", "original"):
             raise QuantizationError(f"propagate={self.propagate!r}: choose 'quantized' or 'original'.")
+        if self.format not in FORMATS:
+            raise QuantizationError(f"format={self.format!r}: choose one of {', '.join(FORMATS)}.")
 
     def fingerprint(self) -> str:
         """Stable hash of every setting: a resumed run only reuses blocks made with the same one."""

@@ -1,4 +1,5 @@
-"""quantize(): AWQ a checkpoint block by block into an AutoAWQ GEMM checkpoint, resumably and atomically.
+"""quantize(): AWQ a checkpoint block by block into a 4-bit checkpoint (AutoAWQ GEMM or compressed-tensors),
+resumably and atomically.
 
 The output is assembled in a hidden `.NAME.partial` folder beside the target and renamed into place
 only when complete. Each finished block is one shard there; a rerun with the same weights,
@@ -31,9 +32,11 @@ from awq_core.calibration import calibration_fingerprint
 from awq_core.checkpoint import CheckpointFolder, side_files
 from awq_core.compute import Compute, Resolved, resolve
 from awq_core.config import QuantConfig
+from awq_core.formats import quantization_config
 from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
+from awq_core.packing import LAYOUTS
+from awq_core.quant import dequantize_groups
 from awq_release.errors import CalibrationError, QuantizationError, UnsupportedArchitecture
-from kernels.reference import dequantize_awq
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +77,6 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # elsewhere the peak covers the whole process
-
-
-def quantization_config(cfg: QuantConfig, arch: Architecture) -> dict:
-    """config.json's quantization_config, as AutoAWQ writes it and vLLM reads it (quantization="awq")."""
-    return {
-        "quant_method": "awq",
-        "bits": 4,  # the container; cfg.bits < 4 only narrows the values stored in it
-        "group_size": cfg.group_size,
-        "zero_point": True,  # qzeros are always stored; symmetric mode stores a constant 8
-        "version": "gemm",
-        "modules_to_not_convert": [arch.lm_head],
-    }
 
 
 def _check_shapes(ckpt: CheckpointFolder, arch: Architecture, n_layers: int, cfg: QuantConfig) -> None:
@@ -186,12 +177,13 @@ def _write_json(path: Path, data) -> None:
     tmp.rename(path)
 
 
-def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, group_size: int) -> dict[str, Tensor]:
+def _dense_block_state(tensors: dict[str, Tensor], arch: Architecture, config: QuantConfig) -> dict[str, Tensor]:
     """A finished block's shard back as dense weights (the fake-quantized values) for a resumed run."""
     state = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in arch.linears or k.endswith(".bias")}
+    layout = LAYOUTS[config.format]
     for name in arch.linears:
-        w = dequantize_awq(tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"], tensors[f"{name}.scales"], group_size)
-        state[f"{name}.weight"] = w.t().contiguous()
+        groups = layout.unpack({suffix: tensors[f"{name}.{suffix}"] for suffix in layout.suffixes})
+        state[f"{name}.weight"] = dequantize_groups(groups.q, groups.scales, groups.zeros, config.group_size)
     return state
 
 
@@ -256,7 +248,7 @@ def _quantize_blocks(
         if block_report.is_file():  # finished by an earlier run with the same inputs
             tensors = {k.removeprefix(prefix): v for k, v in load_file(shard).items()}
             quantized = config.propagate == "quantized"
-            state = _dense_block_state(tensors, arch, config.group_size) if quantized else ckpt.load_prefix(prefix)
+            state = _dense_block_state(tensors, arch, config) if quantized else ckpt.load_prefix(prefix)
             hidden = run_block(materialize_block(model, arch, i, state, compute), hidden, kwargs)
             report = json.loads(block_report.read_text())
             blocks.resumed += 1
@@ -281,7 +273,8 @@ def _write_rest(ckpt: CheckpointFolder, arch: Architecture, config: QuantConfig,
     save_file(rest, work / _shard_name(n_layers, n_layers), metadata={"format": "pt"})
     weight_map = weight_map | {name: _shard_name(n_layers, n_layers) for name in rest}
     _write_json(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))})
-    _write_json(work / "config.json", ckpt.config | {"quantization_config": quantization_config(config, arch)})
+    quantized = quantization_config(config.format, config.group_size, not_quantized=[arch.lm_head])
+    _write_json(work / "config.json", ckpt.config | {"quantization_config": quantized})
     _copy_side_files(ckpt.dir, work)
 
 

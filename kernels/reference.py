@@ -16,10 +16,11 @@ AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 AWQ_NIBBLE_OF_COLUMN = tuple(AWQ_PACK_ORDER.index(column) for column in range(8))  # (0, 4, 1, 5, 2, 6, 3, 7)
 
 
-def unpack_awq_int4(packed: Tensor) -> Tensor:
-    """int32 [R, C // 8] -> int32 [R, C] with values in 0..15."""
+def unpack_int4(packed: Tensor, order: tuple[int, ...] = AWQ_PACK_ORDER) -> Tensor:
+    """int32 [R, C // 8] -> int32 [R, C] with values in 0..15; nibble i holds column order[i] of each run."""
     rows, packed_cols = packed.shape
-    shifts = torch.tensor(AWQ_NIBBLE_OF_COLUMN, dtype=torch.int32, device=packed.device) * 4
+    nibble_of_column = [order.index(column) for column in range(8)]  # AWQ: AWQ_NIBBLE_OF_COLUMN
+    shifts = torch.tensor(nibble_of_column, dtype=torch.int32, device=packed.device) * 4
     values = (packed[:, :, None] >> shifts) & 0xF  # (R, C // 8, 8)
     return values.reshape(rows, packed_cols * 8)
 
@@ -27,8 +28,8 @@ def unpack_awq_int4(packed: Tensor) -> Tensor:
 def dequantize_awq(qweight: Tensor, qzeros: Tensor, scales: Tensor, group_size: int) -> Tensor:
     """Packed layout -> fp32 weight [K, N] (input features first, as the GEMM reads it)."""
     K, N = qweight.shape[0], scales.shape[1]
-    q = unpack_awq_int4(qweight).float().reshape(K // group_size, group_size, N)
-    zeros = unpack_awq_int4(qzeros).float()  # (K // g, N)
+    q = unpack_int4(qweight).float().reshape(K // group_size, group_size, N)
+    zeros = unpack_int4(qzeros).float()  # (K // g, N)
     w = (q - zeros[:, None, :]) * scales.float()[:, None, :]
     return w.reshape(K, N)
 

@@ -25,6 +25,12 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
         "--propagate", choices=("quantized", "original"), default="quantized", help="what feeds the next block"
     )
     p.add_argument("--symmetric", action="store_true", help="no zero points (a constant zero of 8)")
+    p.add_argument(
+        "--format",
+        choices=("awq", "compressed-tensors"),
+        default="awq",
+        help="checkpoint layout: AutoAWQ GEMM, or llm-compressor's pack-quantized (the same integers)",
+    )
 
 
 def _compute_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +55,11 @@ def _config(args: argparse.Namespace):
     from awq_core import QuantConfig
 
     return QuantConfig(
-        method=args.method, group_size=args.group_size, zero_point=not args.symmetric, propagate=args.propagate
+        method=args.method,
+        group_size=args.group_size,
+        zero_point=not args.symmetric,
+        propagate=args.propagate,
+        format=args.format,
     )
 
 
@@ -315,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awq-release", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("quantize", help="AWQ-quantize a checkpoint folder into an AutoAWQ GEMM checkpoint")
+    p = sub.add_parser("quantize", help="AWQ-quantize a checkpoint into a 4-bit AWQ GEMM or compressed-tensors one")
     p.add_argument("model_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument(

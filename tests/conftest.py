@@ -194,13 +194,14 @@ def calib_file(tmp_path_factory, demo) -> Path:
 @pytest.fixture(scope="session")
 def demo_quantized(tmp_path_factory, demo) -> Path:
     """Checkpoints of the demo model, group 64, 16 x 256 calibration tokens of SOTU text:
-    awq/ (honest; scale search on 2048 of them, as the demo policy does) and rtn/ (round-to-nearest)."""
+    awq/ (honest; scale search on 2048 of them, as the demo policy does) and rtn/ (round-to-nearest,
+    written as compressed-tensors, so that both layouts are loaded and served on a real model)."""
     tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)
     calib = build_calibration(tokenizer, demo.calibration_texts, n_samples=16, seqlen=256)
     root = tmp_path_factory.mktemp("demo")
     for name, config in {
         "awq": QuantConfig(search_tokens=2048),
-        "rtn": QuantConfig(method="rtn"),
+        "rtn": QuantConfig(method="rtn", format="compressed-tensors"),
     }.items():
         quantize(demo.model_dir, root / name, calib, config, progress=False)
     return root

@@ -116,8 +116,9 @@ def interrupt_after_first_block(monkeypatch, model_dir, out_dir, calib, config) 
     assert not out_dir.exists() and (out_dir.parent / f".{out_dir.name}.partial").is_dir()
 
 
-def test_interrupted_run_resumes_at_first_unfinished_block(tmp_path, tiny_llama, calib, monkeypatch):
-    config = QuantConfig(**FAST)
+@pytest.mark.parametrize("fmt", ["awq", "compressed-tensors"])
+def test_interrupted_run_resumes_at_first_unfinished_block(tmp_path, tiny_llama, calib, monkeypatch, fmt):
+    config = QuantConfig(**FAST, format=fmt)
     interrupt_after_first_block(monkeypatch, tiny_llama, tmp_path / "out", calib, config)
     resumed = quantize(tiny_llama, tmp_path / "out", calib, config, progress=False)
     assert resumed.resumed_blocks == 1 and not (tmp_path / ".out.partial").exists()

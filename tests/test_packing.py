@@ -3,19 +3,19 @@
 import pytest
 import torch
 
-from awq_core.packing import pack_awq, pack_awq_int4
+from awq_core.packing import pack_awq, pack_int4
 from awq_core.quant import dequantize_groups, fake_quantize, quantize_groups
-from kernels.reference import awq_gemm_reference, dequantize_awq, unpack_awq_int4
+from kernels.reference import awq_gemm_reference, dequantize_awq, unpack_int4
 
 
 def test_nibble_order_matches_autoawq_spec():
     # Columns 0..7 with values 0..7: the int32 holds columns in the order 0, 2, 4, 6, 1, 3, 5, 7.
     values = torch.arange(8, dtype=torch.uint8)[None]
-    assert pack_awq_int4(values).item() == 0x75316420
+    assert pack_int4(values).item() == 0x75316420
     # A value of 15 in the last nibble sets the sign bit: packing must still be exact.
     high = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 15]], dtype=torch.uint8)
-    assert pack_awq_int4(high).item() == (15 << 28) - (1 << 32)
-    assert unpack_awq_int4(pack_awq_int4(high)).tolist() == high.tolist()
+    assert pack_int4(high).item() == (15 << 28) - (1 << 32)
+    assert unpack_int4(pack_int4(high)).tolist() == high.tolist()
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])

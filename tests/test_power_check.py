@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_release.errors import ValidationError
-from kernels.reference import unpack_awq_int4
+from kernels.reference import unpack_int4
 from tests.conftest import tiny_policy
 from validation import models
 from validation.models import load_model, load_tokenizer
@@ -53,7 +53,7 @@ def test_damage_changes_exactly_its_tensors(tmp_path, candidate, damage):
         assert copied.is_file() and (path.name in changed_files or copied.stat().st_ino == path.stat().st_ino)
 
     if damage == "fewer_levels":
-        codes = torch.cat([unpack_awq_int4(after[n]).flatten() for n in transforms]).unique()
+        codes = torch.cat([unpack_int4(after[n]).flatten() for n in transforms]).unique()
         assert set(codes.tolist()) <= {2, 6, 10, 14}
     if damage == "zeroed_mlp":
         assert all(not after[n].any() for n in transforms)
@@ -82,7 +82,7 @@ def test_bad_layer_names_and_dense_candidates_are_refused(tmp_path, candidate, t
     wrong = PowerCheckSettings(layers=("model.layers.0.attn.out",))
     with pytest.raises(ValidationError, match=r"not quantized linears .* for example: model\.layers\."):
         DAMAGES["permuted_layer_scales"].plan(Candidate.open(candidate), wrong)
-    with pytest.raises(ValidationError, match="holds no AWQ tensors"):
+    with pytest.raises(ValidationError, match="holds no AWQ GEMM tensors"):
         Candidate.open(tiny_llama)
 
 

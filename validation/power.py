@@ -27,13 +27,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from awq_core.architectures import Architecture, architecture_for, head_dim
 from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Compute, Resolved, resolve
-from awq_core.packing import pack_awq_int4
+from awq_core.packing import pack_int4
 from awq_release.errors import ReleaseError, ValidationError
-from kernels.reference import unpack_awq_int4
+from kernels.reference import unpack_int4
 from validation import STAGES
 from validation.settings import DamageName, PowerCheckSettings, QualityStage, ValidationSettings
 
@@ -58,7 +59,9 @@ class Candidate:
         folder = CheckpointFolder(model_dir)
         if not any(name.endswith(".qweight") for name in folder.tensors):
             raise ValidationError(
-                f"{folder.dir} holds no AWQ tensors (*.qweight): the power check damages a quantized candidate."
+                f"{folder.dir} holds no AWQ GEMM tensors (*.qweight): the power check plants its damage in that "
+                "layout. Check a candidate quantized with quantization.format: awq (the same integers as any other "
+                "format), or set validation.power_check.run: false."
             )
         files = {name: info.file for name, info in folder.tensors.items()}
         return cls(folder.dir, folder.config, architecture_for(folder.config), files)
@@ -86,8 +89,8 @@ class Candidate:
 def coarser_levels(qweight: Tensor) -> Tensor:
     """int32 (K, N // 8) packed codes -> the same with each code moved to the middle of its quarter."""
     step = 16 // KEPT_LEVELS
-    q = unpack_awq_int4(qweight)  # (K, N) in 0..15
-    return pack_awq_int4((q // step * step + step // 2).to(torch.uint8))
+    q = unpack_int4(qweight)  # (K, N) in 0..15
+    return pack_int4((q // step * step + step // 2).to(torch.uint8))
 
 
 def permuted_columns(seed: int) -> Transform:
@@ -292,7 +295,7 @@ def power_check(
     plans = {name: DAMAGES[name].plan(c, checked) for name in checked.damages}  # bad layer names fail first
     known: dict[str, dict] = {stage: {} for stage in checked.stages}
     outcomes = []
-    for name, (description, transforms) in plans.items():
+    for name, (description, transforms) in tqdm(plans.items(), desc="power check, damaged copies", unit="copy"):
         start = time.perf_counter()
         copy = Path(work_dir) / f"damaged-{name}"
         shutil.rmtree(copy, ignore_errors=True)
