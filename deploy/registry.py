@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from awq_release.errors import PromotionError
+from deploy.engine import Serving, engine_args
 
 
 def safe_name(name: str) -> str:
@@ -50,24 +51,22 @@ def point_current(registry: Path, model: str, version: str) -> None:
     os.replace(tmp, root / "current")
 
 
-def launch_config(release_dir: Path, served_name: str, serving: dict) -> dict:
-    """vLLM engine arguments for `--config`: start with `python -m vllm.entrypoints.openai.api_server --config FILE`."""
-    return {
-        "model": str(release_dir),
-        "served-model-name": served_name,
-        "quantization": "awq",
-        "dtype": serving.get("dtype", "float16"),
-        "max-model-len": serving.get("max_model_len", 4096),
-        "gpu-memory-utilization": serving.get("gpu_memory_utilization", 0.9),
-        "tensor-parallel-size": serving.get("tensor_parallel_size", 1),
-    }
+PLOTS = "plots"  # a release's figures, as plots/NAME.png: its model card shows them
 
 
 def write_release(
-    registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: dict
+    registry: Path,
+    model: str,
+    version: str,
+    model_dir: Path,
+    manifest: dict,
+    model_card: str,
+    serving: Serving,
+    figures: dict[str, Path] | None = None,
 ) -> Path:
     """Copy `model_dir` into the registry as MODEL/releases/VERSION, whole or not at all: it is
-    assembled in a hidden .VERSION.partial folder and renamed into place. Not made current."""
+    assembled in a hidden .VERSION.partial folder and renamed into place. Not made current.
+    `figures`: PNG files by name, copied in as plots/NAME.png."""
     links = sorted(str(p.relative_to(model_dir)) for p in Path(model_dir).rglob("*") if p.is_symlink())
     if links:
         raise PromotionError(
@@ -85,9 +84,11 @@ def write_release(
         shutil.copytree(model_dir, partial, symlinks=True, ignore=shutil.ignore_patterns(".*"))
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         (partial / "README.md").write_text(model_card)
-        (partial / "vllm-config.yaml").write_text(
-            yaml.safe_dump(launch_config(final, safe_name(model), serving), sort_keys=False)
-        )
+        for name, figure in (figures or {}).items():
+            (partial / PLOTS).mkdir(exist_ok=True)
+            shutil.copyfile(figure, partial / PLOTS / f"{name}.png")
+        engine = engine_args(partial, safe_name(model), serving) | {"model": str(final)}
+        (partial / "vllm-config.yaml").write_text(yaml.safe_dump(engine, sort_keys=False))
         partial.rename(final)
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)
@@ -99,7 +100,7 @@ def write_release(
 
 
 def publish(
-    registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: dict
+    registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: Serving
 ) -> Path:
     """write_release(), then make it current."""
     final = write_release(registry, model, version, model_dir, manifest, model_card, serving)

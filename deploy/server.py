@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from awq_release.errors import ServerError
 
 # CPU-only settings, ignored by GPU builds: KV cache size in GiB, and exact W4A16 (no int8 activations).
@@ -95,39 +97,32 @@ def _healthy(base_url: str) -> bool:
 
 @contextmanager
 def serve(
-    model_dir: str | Path,
+    engine: dict,
     log_path: str | Path,
     *,
     port: int | None = None,
     host: str = "127.0.0.1",
-    quantization: str | None = "awq",
-    dtype: str = "bfloat16",
-    max_model_len: int = 2048,
     startup_timeout_s: float = 300.0,
-    extra_args: tuple[str, ...] = (),
 ) -> Iterator[Server]:
-    """Start vLLM on `model_dir`, wait until /health answers, yield, then stop it whatever happened."""
+    """Start vLLM with `engine` (deploy.engine.engine_args) as its --config file, written beside the log;
+    only host and port are given on the command line. Wait until /health answers, yield, then stop it
+    whatever happened."""
     port = port or free_port(host)
     check_port(host, port)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    config = log_path.with_suffix(".yaml")
+    config.write_text(yaml.safe_dump(engine, sort_keys=False))
     command = [
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model_dir),
+        "--config",
+        str(config),
         "--host",
         host,
         "--port",
         str(port),
-        "--dtype",
-        dtype,
-        "--max-model-len",
-        str(max_model_len),
-        "--enforce-eager",
-        *(["--quantization", quantization] if quantization else []),
-        *extra_args,
     ]
     env = os.environ | CPU_ENV | {"HF_HUB_OFFLINE": "1"}
     with log_path.open("w") as log:
@@ -146,7 +141,7 @@ def serve(
                     f"vLLM was not ready after {startup_timeout_s:.0f} s; log {log_path}:\n{_log_tail(log_path)}"
                 )
             time.sleep(1.0)
-        yield Server(base_url, str(model_dir), log_path, process.pid, process)
+        yield Server(base_url, engine.get("served-model-name", engine["model"]), log_path, process.pid, process)
     finally:
         _stop(process)
 

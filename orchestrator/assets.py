@@ -44,6 +44,7 @@ from orchestrator.metadata import (
     quantization_metadata,
     release_metadata,
     stage_metadata,
+    stage_plot,
 )
 from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
 from orchestrator.policy import PolicySnapshot, ReleasePolicy, run_policy
@@ -100,6 +101,7 @@ def checkpoint(
         raise dg.Failure(f"Nothing to do: {reason}. Remove the copy, or change the checkpoint to release it again.")
     checkpoint_id = register_checkpoint(engine, key, found)
     record = CheckpointRecord(checkpoint_id, key, str(found.model_dir), found.weights_fingerprint)
+    context.log.info(f"checkpoint {key} verified and registered (sha256 {found.content_hash[:16]}…)")
     return dg.MaterializeResult(value=record, metadata=checkpoint_metadata(record, found))
 
 
@@ -119,6 +121,7 @@ def calibration_set(
         lineage.engine(), checkpoint.id, sources, settings.n_samples, settings.seqlen, tokens_path, tokens_hash
     )
     metadata = calibration_metadata(row_id, settings.n_samples, settings.seqlen, len(sources), tokens_hash)
+    context.log.info(f"calibration set: {settings.n_samples} x {settings.seqlen} tokens from {len(sources)} texts")
     return dg.MaterializeResult(
         value=CalibrationRecord(row_id, checkpoint, str(tokens_path), tokens_hash), metadata=metadata
     )
@@ -137,23 +140,23 @@ def awq_model(
         shutil.rmtree(out_dir)
     calib = load_file(calibration_set.tokens_path)["input_ids"]
     ckpt = calibration_set.checkpoint
+    context.log.info(f"quantizing {ckpt.name}: {config.method}, group {config.group_size}, {config.format} format")
     report = quantize(
         ckpt.model_dir,
         out_dir,
         calib,
         config,
-        progress=False,
+        progress=True,  # a bar per block: on the terminal of `awq-release run`, in the run's stderr log in the UI
         compute=policy.compute,
         finite_checked=ckpt.weights_fingerprint,
     )
+    context.log.info(f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}")
     run_id = record_quantization(
         lineage.engine(), ckpt.id, calibration_set.id, snapshot.id, report, content_hash(out_dir)
     )
-    record = CandidateRecord(run_id, ckpt, str(out_dir))
-    plot_path = plots.layer_errors(report.block_mse, platform.work(key) / "plots" / "layer_errors.png")
-    return dg.MaterializeResult(
-        value=record, metadata=quantization_metadata(record, report, config.group_size, plot_path)
-    )
+    plot = plots.layer_errors(report.block_mse, platform.work(key) / "plots" / f"layer_errors-{run_id}.png")
+    record = CandidateRecord(run_id, ckpt, str(out_dir), str(plot))
+    return dg.MaterializeResult(value=record, metadata=quantization_metadata(record, report, config.group_size))
 
 
 def write_report(result: StageResult, path: Path) -> Path:
@@ -178,23 +181,29 @@ def validation_asset(stage: str) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, awq_model: CandidateRecord
     ) -> dg.MaterializeResult:
         key, policy = context.partition_key, policy_of(context, platform, lineage).policy
-        # vLLM server logs go beside the stage reports.
-        load = dataclasses.replace(policy.validation.load, log_dir=platform.work(key) / "logs")
+        # The load stage starts the engine arguments the release will ship; its server logs go beside the reports.
+        load = dataclasses.replace(policy.validation.load, log_dir=platform.work(key) / "logs", serving=policy.serving)
         settings = dataclasses.replace(policy.validation, load=load)
         result = run_stage(stage, awq_model.checkpoint.model_dir, awq_model.model_dir, settings, policy.compute)
         report = write_report(result, platform.work(key) / "validation" / f"{stage}-{awq_model.id}.json")
+        plot = stage_plot(result, report.parent / f"{stage}-{awq_model.id}")
         engine = lineage.engine()
         stage_id = record_stage(engine, awq_model.id, result, str(report))
         if result.status == "skipped":
             context.log.warning(f"{stage} skipped, as the policy allows: {result.skipped}")
+        else:
+            context.log.info(f"{stage}: {result.status} in {result.seconds:.0f} s")
         if result.status == "failed":
             reason = f"{stage} gate failed: " + "; ".join(result.reasons)
             version = record_rejection(engine, model_name(policy, key), awq_model.id, reason)
             end_attempt(engine, context.run_id, "rejected", reason)
             context.log.warning(f"{stage} gate failed; recorded rejected release {version}: {result.reasons}")
+        record = StageRecord(
+            stage_id, stage, awq_model.id, result.status, tuple(result.reasons), str(plot) if plot else None
+        )
         return dg.MaterializeResult(
-            value=StageRecord(stage_id, stage, awq_model.id, result.status, tuple(result.reasons)),
-            metadata=stage_metadata(result, stage_id, report),
+            value=record,
+            metadata=stage_metadata(result, stage_id, report, plot),
             check_results=[gate_result(result)],
         )
 
@@ -227,6 +236,7 @@ def power_check(
     if report.blind:
         context.log.warning(f"The gates caught none of the {len(ids)} planted damages: the release will say so.")
     record = PowerCheckRecord(awq_model.id, tuple(ids), report.caught, len(ids))
+    context.log.info(f"power check: the gates caught {report.caught} of {len(ids)} planted damages")
     return dg.MaterializeResult(value=record, metadata=power_check_metadata(report))
 
 
@@ -259,8 +269,11 @@ def release(
         context.log.warning(repair)
     if promoted := promoted_versions(engine, awq_model.id):
         raise dg.Failure(f"Quantization run {awq_model.id} of {key} is already released as {promoted}.")
-    promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, snapshot)
+    plotted = [("quantization", awq_model.plot)] + [(r.stage, r.plot) for r in validations.values()]
+    figures = {name: Path(plot) for name, plot in plotted if plot}
+    promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, snapshot, figures)
     end_attempt(engine, context.run_id, "released", f"{model} {promotion.version}")
+    context.log.info(f"released {model} {promotion.version} at {promotion.path}")
     return dg.MaterializeResult(metadata=release_metadata(promotion))
 
 

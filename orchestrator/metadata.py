@@ -49,7 +49,7 @@ def calibration_metadata(calibration_set_id: int, n_samples: int, seqlen: int, s
     }
 
 
-def quantization_metadata(record: CandidateRecord, report: QuantReport, group_size: int, plot_path: Path) -> dict:
+def quantization_metadata(record: CandidateRecord, report: QuantReport, group_size: int) -> dict:
     size = sum(p.stat().st_size for p in Path(record.model_dir).glob("*.safetensors"))
     return {
         "quantization_run_id": record.id,
@@ -62,23 +62,21 @@ def quantization_metadata(record: CandidateRecord, report: QuantReport, group_si
         "device": report.compute["device"],
         "dtype": report.compute["dtype"],
         "compute_choice": report.compute["why"],
-        "layer_errors": dg.MetadataValue.md(plots.embed(plot_path, "output MSE per block")),
-        "layer_errors_png": dg.MetadataValue.path(str(plot_path)),
+        "layer_errors": dg.MetadataValue.md(plots.embed(Path(record.plot), "output MSE per block")),
+        "layer_errors_png": dg.MetadataValue.path(record.plot),
     }
 
 
-def stage_plot(result: StageResult, directory: Path) -> dict:
+def stage_plot(result: StageResult, directory: Path) -> Path | None:
     """Perplexity by context length, or latency percentiles per concurrency level, where measured."""
     if result.stage == "long_context" and result.metrics:
-        return _plot(
-            plots.perplexity_by_length(result.details["by_length"], directory / "long_context.png"), result.stage
-        )
+        return plots.perplexity_by_length(result.details["by_length"], directory / "long_context.png")
     if result.stage == "load" and result.details.get("levels"):
-        return _plot(plots.latency_percentiles(result.details["levels"], directory / "latency.png"), result.stage)
-    return {}
+        return plots.latency_percentiles(result.details["levels"], directory / "latency.png")
+    return None
 
 
-def stage_metadata(result: StageResult, stage_id: int, report_path: Path) -> dict:
+def stage_metadata(result: StageResult, stage_id: int, report_path: Path, plot: Path | None) -> dict:
     return {
         "status": result.status,
         "passed": result.passed,
@@ -89,7 +87,7 @@ def stage_metadata(result: StageResult, stage_id: int, report_path: Path) -> dic
         "metrics": dg.MetadataValue.md(metrics_table(result.metrics)),
         "report": dg.MetadataValue.path(str(report_path)),
         "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings) or "none"),
-        **stage_plot(result, report_path.parent),
+        **(_plot(plot, result.stage) if plot else {}),
     }
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from awq_core.compute import Compute
 from awq_core.config import QuantConfig
 from awq_release.errors import ValidationError
+from deploy.engine import Serving
 from orchestrator.lineage import record_run_policy, run_policy_row
 from validation.settings import ValidationSettings, from_dict, parse_mapping
 
@@ -27,15 +28,6 @@ class TargetGPU:
 
 
 @dataclass(frozen=True)
-class Serving:
-    max_model_len: int = 4096
-    max_num_seqs: int = 16  # concurrent sequences whose KV cache must fit beside the weights
-    gpu_memory_utilization: float = 0.9
-    tensor_parallel_size: int = 1
-    dtype: str = "float16"
-
-
-@dataclass(frozen=True)
 class ReleasePolicy:
     model_name: str | None = None  # default: the checkpoint folder's name
     calibration: CalibrationPolicy = CalibrationPolicy()
@@ -43,7 +35,7 @@ class ReleasePolicy:
     compute: Compute = Compute()  # where quantization and validation run, in what precision (auto)
     validation: ValidationSettings = ValidationSettings()
     target_gpu: TargetGPU = TargetGPU()
-    serving: Serving = Serving()
+    serving: Serving = Serving()  # vLLM's engine arguments: the load stage starts them, the release ships them
     base_models: dict[str, Path] | None = None  # LoRA adapters: base model name -> local folder
     max_attempts: int = 3  # a folder whose attempts failed (or were killed) this often is not retried
 

@@ -1,7 +1,6 @@
 """The release step's two decisions and one act: which gates block a candidate, whether it was
 released already, and promotion into the registry with its database row, all or nothing."""
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +53,16 @@ def reconcile(engine: Engine, registry: Path, model: str) -> list[str]:
     return done
 
 
-def promote(engine: Engine, registry: Path, model: str, quantization_run_id: int, policy: PolicySnapshot) -> Promotion:
+def promote(
+    engine: Engine,
+    registry: Path,
+    model: str,
+    quantization_run_id: int,
+    policy: PolicySnapshot,
+    figures: dict[str, Path] | None = None,
+) -> Promotion:
     """Publish the run's output as the model's next version, served as `policy` says, and record it.
+    `figures`: PNG plots by name (quantization, long_context, load), copied into the release for its card.
 
     Order, so that a process killed at any point leaves the previous release current and intact and
     reconcile() can finish or undo the rest: the folder is written whole (hidden until renamed), the
@@ -68,9 +75,9 @@ def promote(engine: Engine, registry: Path, model: str, quantization_run_id: int
             row = lineage.record_release(session, model, "promoted", chain.checkpoint.id, quantization_run_id, {})
             version = row.version
             manifest = build_manifest(model, version, row.id, chain, policy)
-            card = model_card(manifest)
-            serving = dataclasses.asdict(policy.policy.serving)
-            written = write_release(registry, model, version, Path(chain.run.output_path), manifest, card, serving)
+            card = model_card(manifest, tuple(sorted(figures or {})))
+            serving, output = policy.policy.serving, Path(chain.run.output_path)
+            written = write_release(registry, model, version, output, manifest, card, serving, figures)
             row.manifest, row.path = manifest, str(written)
     except Exception:
         if written is not None:

@@ -28,6 +28,7 @@ class CandidateRecord:
     id: int  # quantization_runs row
     checkpoint: CheckpointRecord  # the baseline every stage compares against
     model_dir: str  # the quantized checkpoint
+    plot: str | None = None  # PNG of the quantization error per block, for the UI and the model card
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class StageRecord:
     quantization_run_id: int
     status: str  # passed | failed | skipped
     reasons: tuple[str, ...]
+    plot: str | None = None  # PNG of what the stage measured, where it has one (long context, load)
 
 
 @dataclass(frozen=True)

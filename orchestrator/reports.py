@@ -65,8 +65,38 @@ def _gate_rows(manifest: dict) -> list[str]:
     return rows
 
 
-def model_card(manifest: dict) -> str:
+# How each tool loads a release, by its format (awq_core.formats). Users' own scripts can always use ours.
+TRANSFORMERS_LOADING = {
+    "awq": (
+        "needs `gptqmodel` (`pip install --no-build-isolation gptqmodel==7.5.0`; 7.7 needs torch 2.14): "
+        '`AutoModelForCausalLM.from_pretrained("RELEASE")`. On a CPU, pass '
+        '`quantization_config=AwqConfig(bits=4, backend="torch_awq")` for its exact-dtype kernel.'
+    ),
+    "compressed-tensors": (
+        "needs the pure-Python `compressed-tensors` package, on CPU too: "
+        '`AutoModelForCausalLM.from_pretrained("RELEASE")`.'
+    ),
+}
+FIGURES = {  # plots/NAME.png -> caption
+    "quantization": "Quantization error per decoder block (output MSE against the original block)",
+    "long_context": "Perplexity of the final tokens by context length, baseline and candidate",
+    "load": "Latency percentiles per concurrency level (vLLM, the engine arguments in vllm-config.yaml)",
+}
+
+
+def loading_lines(fmt: str) -> list[str]:
+    return [
+        f"- **vLLM** (quantization `{fmt}`): `python -m vllm.entrypoints.openai.api_server --config vllm-config.yaml`,",
+        "  the engine arguments the load stage measured the SLA on.",
+        f"- **transformers**: {TRANSFORMERS_LOADING[fmt]}",
+        '- **Python, no extra package**: `awq_core.loader.load_quantized("RELEASE")` (this project).',
+    ]
+
+
+def model_card(manifest: dict, figures: tuple[str, ...] = ()) -> str:
+    """The release's README.md; `figures` are the names of its plots/NAME.png files."""
     q = manifest["quantization"]["settings"]
+    fmt = q.get("format", "awq")  # releases made before formats existed are AWQ GEMM
     power = manifest.get("power_check")
     lines = [
         f"# {manifest['model']} {manifest['version']} (AWQ INT4)",
@@ -75,9 +105,11 @@ def model_card(manifest: dict) -> str:
         f"{manifest['checkpoint']['content_hash'][:16]}…), "
         f"group size {q['group_size']}, {'asymmetric' if q['zero_point'] else 'symmetric'}, "
         f"calibrated on {manifest['calibration']['n_samples']} × "
-        f"{manifest['calibration']['seqlen']} tokens of the team's domain text.",
+        f"{manifest['calibration']['seqlen']} tokens of the team's domain text, written as `{fmt}`.",
         "",
-        "Serve it as is: `python -m vllm.entrypoints.openai.api_server --config vllm-config.yaml`.",
+        "## Loading it",
+        "",
+        *loading_lines(fmt),
         "",
         "## Validation against the unquantized model",
         "",
@@ -93,6 +125,10 @@ def model_card(manifest: dict) -> str:
     ]
     if power:
         lines += ["", power_table(power)]
+    if figures:
+        lines += ["", "## Figures"]
+        for name in figures:
+            lines += ["", f"![{FIGURES.get(name, name)}](plots/{name}.png)", "", f"*{FIGURES.get(name, name)}.*"]
     lines += [
         "",
         "## Lineage",

@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from awq_release.errors import DatabaseError, PromotionError, ReleaseError
+from deploy.engine import Serving
 from deploy.registry import current_version, publish
 from deploy.server import free_port
 from orchestrator import releases
@@ -123,7 +124,7 @@ def test_history_show_diff_and_rollback(database_url, tmp_path):
             row = record_release(
                 session, "bot", "promoted", session.get(QuantizationRun, run_id).checkpoint_id, run_id, {"n": name}
             )
-            row.path = str(publish(registry, "bot", row.version, model_dir, {"n": name}, "# card", {}))
+            row.path = str(publish(registry, "bot", row.version, model_dir, {"n": name}, "# card", Serving()))
             versions.append(row.version)
     assert versions == ["v0001", "v0002"] and current_version(registry, "bot") == "v0002"
 
@@ -147,13 +148,14 @@ def test_rollback_keeps_registry_and_database_in_step_when_the_commit_fails(tmp_
     engine = upgrade(f"sqlite:///{tmp_path / 'l.db'}")
     registry, model_dir = tmp_path / "registry", tmp_path / "model"
     model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
     for name in ("a", "b"):
         run_id = add_lineage(engine, name)
         with session_scope(engine) as session:
             row = record_release(
                 session, "bot", "promoted", session.get(QuantizationRun, run_id).checkpoint_id, run_id, {}
             )
-            publish(registry, "bot", row.version, model_dir, {}, "", {})
+            publish(registry, "bot", row.version, model_dir, {}, "", Serving())
 
     @contextmanager
     def commit_fails(engine):  # the body runs, then the commit is lost
@@ -203,7 +205,7 @@ def test_publish_never_copies_what_a_link_points_to(tmp_path):
     (model_dir / "config.json").write_text("{}")
     (model_dir / "notes.txt").symlink_to(secret)
     with pytest.raises(PromotionError, match=r"holds links \(notes.txt\)"):
-        publish(tmp_path / "registry", "bot", "v0001", model_dir, {}, "# card", {})
+        publish(tmp_path / "registry", "bot", "v0001", model_dir, {}, "# card", Serving())
     assert not (tmp_path / "registry" / "bot" / "releases" / "v0001").exists()
     assert current_version(tmp_path / "registry", "bot") is None
 

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from awq_core.loader import load_quantized
 from awq_release.texts import token_stream
+from deploy.engine import Serving, engine_args
 from deploy.server import serve
 from validation.models import load_model
 from validation.perplexity import perplexity
@@ -33,9 +34,11 @@ def post(url: str, body: dict) -> dict:
 
 
 @pytest.mark.vllm
-def test_vllm_serves_the_awq_checkpoint(demo_quantized, tmp_path):
-    model_dir = demo_quantized / "awq"
-    with serve(model_dir, tmp_path / "vllm.log") as server:
+@pytest.mark.parametrize("variant", ["awq", "rtn"])  # rtn/ is written as compressed-tensors
+def test_vllm_serves_both_formats(demo_quantized, tmp_path, variant):
+    model_dir = demo_quantized / variant
+    serving = Serving(dtype="bfloat16", max_model_len=2048, enforce_eager=True)
+    with serve(engine_args(model_dir, variant, serving), tmp_path / "vllm.log") as server:
         completion = post(
             f"{server.base_url}/v1/completions",
             {"model": server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0},

@@ -58,14 +58,13 @@ def policy(demo, work, quantization: dict) -> dict:
                 "requests_per_level": 4,
                 "prompt_tokens": 64,
                 "output_tokens": 8,
-                "max_model_len": 512,
                 "required": False,
             },
             # A perplexity-only check of damage perplexity cannot see: the release must say its gates are blind.
             "power_check": {"run": True, "damages": ["long_range_rotary"], "stages": ["perplexity"]},
         },
         "target_gpu": {"name": "L4 24GB", "memory_gib": 24},
-        "serving": {"max_model_len": 2048, "max_num_seqs": 8, "dtype": "bfloat16"},
+        "serving": {"max_model_len": 2048, "max_num_seqs": 8, "dtype": "bfloat16", "enforce_eager": True},
     }
 
 
@@ -159,6 +158,11 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         assert manifest["validation"]["load"]["status"] == ("passed" if load_runs else "skipped")
         assert manifest["quantization"]["settings"]["compute"]["dtype"] in ("float32", "bfloat16")
         card = (release_dir / "README.md").read_text()
+        figures = ["load", "long_context", "quantization"] if load_runs else ["long_context", "quantization"]
+        assert sorted(p.stem for p in (release_dir / "plots").glob("*.png")) == figures
+        assert all(f"](plots/{name}.png)" in card for name in figures)
+        assert all((release_dir / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in figures)
+        assert "--config vllm-config.yaml" in card and "gptqmodel" in card and "load_quantized" in card
         assert load_runs or "| load | not run: skipped: " in card
         assert manifest["power_check"]["blind"] is True and "WARNING: the gates caught none of the 1 planted" in card
         rotary = "8 slowest rotary pairs (of 32) reflected in every self_attn.q_proj and self_attn.k_proj"
@@ -169,9 +173,12 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
             "# demo-bot v0001"
         )
         launch = yaml.safe_load((release_dir / "vllm-config.yaml").read_text())
-        assert (
-            launch["quantization"] == "awq" and launch["model"] == str(release_dir) and launch["max-model-len"] == 2048
-        )
+        assert (launch["quantization"], launch["model"]) == ("awq", str(release_dir))
+        assert (launch["max-model-len"], launch["max-num-seqs"], launch["enforce-eager"]) == (2048, 8, True)
+        if load_runs:  # the load stage started what the release ships: only the folder and its name differ
+            started = yaml.safe_load(next((root / "work").rglob("vllm-candidate.yaml")).read_text())
+            own = ("model", "served-model-name")
+            assert started | {k: launch[k] for k in own} == launch and started["served-model-name"] == "candidate"
         assert current_version(root / "registry", "demo-bot") == "v0001"
 
         result = materialize(root, "demo bot 2", "damaged", instance)

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,13 @@ import yaml
 
 from awq_core.compute import resolve
 from awq_release.errors import ServerError
+from deploy.engine import Serving, engine_args
 from deploy.server import serve
 from validation import load_test
 from validation.settings import SLA, LoadSettings
+
+# What the load stage starts in these tests: eager (no minute of compilation on a CPU), 2K positions.
+SERVING = {"max_model_len": 2048, "dtype": "bfloat16", "enforce_eager": True}
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "awq-release")
@@ -63,10 +68,10 @@ def policy(tmp_path_factory, demo) -> dict:
 
 
 def validate(
-    baseline: Path, candidate: Path, stages: list[str], policy: dict, tmp_path: Path, *extra: str
+    baseline: Path, candidate: Path, stages: list[str], policy: dict, tmp_path: Path, *extra: str, serving=SERVING
 ) -> tuple[int, dict, str]:
     config = tmp_path / "policy.yaml"
-    config.write_text(yaml.safe_dump({"validation": policy}))
+    config.write_text(yaml.safe_dump({"validation": policy, "serving": serving}))
     args = [
         CLI,
         "validate",
@@ -174,8 +179,8 @@ def test_load_stage_gates_on_the_sla(demo, demo_quantized, policy, tmp_path):
 
 @pytest.mark.vllm
 def test_server_that_cannot_start_fails_cleanly(demo, demo_quantized, policy, tmp_path):
-    broken = policy | {"load": policy["load"] | {"max_model_len": 100000}}  # beyond the model's 8192 positions
-    code, report, _ = validate(demo.model_dir, demo_quantized / "awq", ["load"], broken, tmp_path)
+    broken = SERVING | {"max_model_len": 100000}  # beyond the model's 8192 positions
+    code, report, _ = validate(demo.model_dir, demo_quantized / "awq", ["load"], policy, tmp_path, serving=broken)
     stage = report["stages"]["load"]
     assert code == 1 and stage["passed"] is False and "vLLM exited with status" in stage["error"]
     assert Path(stage["details"]["log"]).is_file()
@@ -211,9 +216,10 @@ def test_empty_task_set_is_a_clear_error(demo, demo_quantized, policy, tmp_path)
     assert code == 2 and "has no items" in stderr
 
 
-def serve_dense(demo, log: Path, **kwargs):
+def serve_dense(demo, log: Path, max_model_len: int):
     """vLLM on the dense demo model, which every CPU build serves, in this host's compute dtype."""
-    return serve(demo.model_dir, log, quantization=None, dtype=resolve().dtype_name, **kwargs)
+    serving = Serving(dtype=resolve().dtype_name, enforce_eager=True, max_model_len=max_model_len)
+    return serve(engine_args(demo.model_dir, "dense", serving), log)
 
 
 def test_load_stage_drives_a_running_endpoint_and_refuses_a_server_that_dies(demo, demo_quantized, policy, tmp_path):
@@ -226,11 +232,14 @@ def test_load_stage_drives_a_running_endpoint_and_refuses_a_server_that_dies(dem
     (One test, so that the suite starts vLLM once for both.)"""
     with pytest.raises(ServerError, match=r"vLLM exited with status -9 while it was being load-tested") as failure:
         with serve_dense(demo, tmp_path / "vllm.log", max_model_len=512) as server:
+            with urllib.request.urlopen(f"{server.base_url}/v1/models", timeout=10) as reply:
+                served = json.loads(reply.read())["data"]
+            # vLLM runs the engine arguments of its --config file
+            assert [(m["id"], m["max_model_len"]) for m in served] == [("dense", 512)]
             load = policy["load"] | {
                 "endpoint": server.base_url,
                 "concurrency": [2],
                 "requests_per_level": 4,
-                "max_model_len": 512,
             }
             code, report, stderr = validate(
                 demo.model_dir, demo_quantized / "awq", ["load"], policy | {"load": load}, tmp_path
@@ -248,7 +257,6 @@ def test_load_stage_drives_a_running_endpoint_and_refuses_a_server_that_dies(dem
                 requests_per_level=4,
                 prompt_tokens=32,
                 output_tokens=400,  # the kill lands in the middle of them
-                max_model_len=512,
             )
             threading.Timer(1.5, os.kill, (server.pid, signal.SIGKILL)).start()
             prompts = load_test.make_prompts(demo.model_dir, long_streams)

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from tqdm.auto import tqdm
 
 from awq_core.compute import Resolved
 from awq_release.errors import ServerError, ValidationError
 from awq_release.texts import token_stream
 from deploy.capability import vllm_awq_capability
+from deploy.engine import engine_args
 from deploy.server import Server, check_port, connect, serve
 from validation.models import load_tokenizer
 from validation.result import Metric, StageResult, gate
@@ -108,7 +110,7 @@ def summarise(timings: list[RequestTiming], wall_s: float) -> dict:
 def drive(server: Server, prompts: list[str], settings: LoadSettings) -> dict[int, dict]:
     """Every concurrency level, one after the other: level -> summary."""
     results = {}
-    for concurrency in settings.concurrency:
+    for concurrency in tqdm(settings.concurrency, desc="load test, concurrency levels", leave=False):
         timings, wall_s = asyncio.run(_level(server, prompts[: settings.requests_per_level], concurrency, settings))
         results[concurrency] = summarise(timings, wall_s)
     return results
@@ -134,17 +136,11 @@ def server_log(settings: LoadSettings, role: str) -> Path:
     return Path(settings.log_dir) / f"vllm-{role}.log"
 
 
-def _serve_and_drive(
-    model_dir: str | Path, quantization: str | None, role: str, prompts: list[str], settings: LoadSettings
-) -> dict[int, dict]:
-    with serve(
-        model_dir,
-        server_log(settings, role),
-        port=settings.port,
-        quantization=quantization,
-        max_model_len=settings.max_model_len,
-        startup_timeout_s=settings.startup_timeout_s,
-    ) as server:
+def _serve_and_drive(model_dir: str | Path, role: str, prompts: list[str], settings: LoadSettings) -> dict[int, dict]:
+    """Start vLLM on `model_dir` with the release's engine arguments and drive it."""
+    engine = engine_args(model_dir, role, settings.serving)
+    log = server_log(settings, role)
+    with serve(engine, log, port=settings.port, startup_timeout_s=settings.startup_timeout_s) as server:
         levels = drive(server, prompts, settings)
         failed_requests = any(level["errors"] for level in levels.values())
         # A server that died midway failed the stage, whatever its figures say.
@@ -181,11 +177,11 @@ def _measure(
 ) -> tuple[dict, dict | None]:
     """The candidate's levels (and the baseline's, if asked) from a server started here."""
     details["log"] = str(server_log(settings, "candidate"))
-    levels = _serve_and_drive(candidate, "awq", "candidate", prompts, settings)
+    levels = _serve_and_drive(candidate, "candidate", prompts, settings)
     if not settings.compare_baseline:
         return levels, None
     details["baseline_log"] = str(server_log(settings, "baseline"))
-    baseline_levels = _serve_and_drive(baseline, None, "baseline", prompts, settings)
+    baseline_levels = _serve_and_drive(baseline, "baseline", prompts, settings)
     details["speedup"] = {
         c: levels[c]["output_tokens_per_s"] / baseline_levels[c]["output_tokens_per_s"] for c in levels
     }
@@ -203,10 +199,10 @@ def run(
     fixes, or is skipped if the policy says it is not required. A server that cannot start fails the
     stage with its log; a port already in use is an error. `compute` is vLLM's own business."""
     start = time.perf_counter()
-    if settings.prompt_tokens + settings.output_tokens > settings.max_model_len:
+    if settings.prompt_tokens + settings.output_tokens > settings.serving.max_model_len:
         raise ValidationError(
             f"prompt_tokens + output_tokens = {settings.prompt_tokens + settings.output_tokens} exceed "
-            f"max_model_len {settings.max_model_len}."
+            f"serving.max_model_len {settings.serving.max_model_len}."
         )
     if settings.endpoint and settings.compare_baseline:
         raise ValidationError(

@@ -17,6 +17,7 @@ from typing import Literal
 import yaml
 
 from awq_release.errors import ValidationError
+from deploy.engine import Serving
 from validation.result import Inconclusive
 
 
@@ -102,7 +103,9 @@ class LoadSettings:
     endpoint: str | None = None
     # False: on a host whose vLLM cannot run 4-bit AWQ, record the stage as skipped (never as passed).
     required: bool = True
-    max_model_len: int = 2048
+    # The engine arguments the release ships (a release policy's top-level `serving:`): the server
+    # started here runs exactly these, with only host and port of its own.
+    serving: Serving = Serving()
     startup_timeout_s: float = 300.0
     request_timeout_s: float = 120.0
     log_dir: Path = Path("validation-logs")
@@ -212,8 +215,13 @@ def read_mapping(path: str | Path, what: str) -> dict:
 
 
 def load_settings(path: str | Path | None) -> ValidationSettings:
-    """Validation settings from a file: top-level stage keys, or under `validation:` as in a release policy."""
+    """Validation settings from a file: top-level stage keys, or under `validation:` as in a release policy,
+    whose `serving:` section is then what the load stage starts."""
     if path is None:
         return ValidationSettings()
     data = read_mapping(path, "Settings file")
-    return from_dict(ValidationSettings, data.get("validation", data), str(path))
+    settings = from_dict(ValidationSettings, data.get("validation", data), str(path))
+    if "validation" not in data or "serving" not in data:
+        return settings
+    serving = from_dict(Serving, data["serving"], f"{path}: serving")
+    return dataclasses.replace(settings, load=dataclasses.replace(settings.load, serving=serving))
