@@ -235,35 +235,50 @@ def _print_power_record(power: dict | None) -> None:
     print(f"\n{power_summary(power)}" + (f"\n{power_table(power)}" if power else ""))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from awq_core.compute import resolve
-    from orchestrator.demo import demo_assets
-    from orchestrator.main_job import run_demo, why_not_started
-    from orchestrator.releases import attempt_history, history
-
-    print(f"compute: {resolve(Compute())}")  # the demo policy's setting: auto
-    assets = demo_assets()
-    outcomes = run_demo(assets)
-    engine, _ = _platform()
-    rows = history(engine)
-    if not outcomes:
-        print(f"No new attempt at {assets.model_dir.name}: {why_not_started(assets)}; history:")
+def _print_outcomes(outcomes, rows: list[dict]) -> None:
+    """Each run's result, time per step, and the release it made or refused: gates, power check, path."""
     for outcome in outcomes:
         latest = next((r for r in reversed(rows) if r["status"] != "rolled_back"), None)
         print(
             f"run {outcome.run_id} for checkpoint {outcome.partition_key}: "
             f"{'succeeded' if outcome.success else 'FAILED'}"
         )
+        print("  time per step: " + ", ".join(f"{step} {s:.0f} s" for step, s in outcome.step_seconds.items()))
         if latest:
             print(
                 f"release {latest['model']} {latest['version']}: {latest['status']}"
                 + (f" at {latest['path']}" if latest["path"] else f" ({latest['reason']})")
             )
             _print_gates(latest["gates"])
-            for stage, outcome in latest["stages"].items():
-                if outcome["status"] == "skipped":
-                    print(f"  SKIP {stage}: {'; '.join(outcome['reasons'])}")
+            for stage, stage_outcome in latest["stages"].items():
+                if stage_outcome["status"] == "skipped":
+                    print(f"  SKIP {stage}: {'; '.join(stage_outcome['reasons'])}")
             _print_power_record(latest["power_check"])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    from awq_core.compute import resolve
+    from orchestrator.demo import demo_assets
+    from orchestrator.main_job import run_demo, run_platform, why_not_started
+    from orchestrator.releases import attempt_history, history
+
+    if not args.verbose:  # a bar per block and per stage is progress enough; not one per weights file read
+        transformers_logging.disable_progress_bar()
+    log_level = "DEBUG" if args.verbose else "INFO"
+    if args.no_demo:
+        outcomes, why = run_platform(log_level), "nothing new or retryable in the watched folder"
+    else:
+        print(f"compute: {resolve(Compute())}")  # the demo policy's setting: auto
+        assets = demo_assets()
+        outcomes = run_demo(assets, log_level)
+        why = f"{assets.model_dir.name}: {why_not_started(assets)}" if not outcomes else ""
+    engine, _ = _platform()
+    rows = history(engine)
+    if not outcomes:
+        print(f"No new attempt at {why}; history:")
+    _print_outcomes(outcomes, rows)
     print()
     _print_history(rows)
     _print_attempts(attempt_history(engine))
@@ -369,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("run", help="the main job: release the demo checkpoint through the whole platform, in process")
+    p.add_argument("--verbose", action="store_true", help="every Dagster event (DEBUG), and every progress bar")
+    p.add_argument(
+        "--no-demo",
+        action="store_true",
+        help="release what the watched folder holds under its own policy, without placing the demo there",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("history", help="releases, newest last")

@@ -31,6 +31,17 @@ class JobOutcome:
     partition_key: str
     success: bool
     run_id: str
+    step_seconds: dict[str, float]  # each step that ran, in the order it started
+
+
+def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    stats = sorted(instance.get_run_step_stats(run_id), key=lambda s: s.start_time or 0.0)
+    return {s.step_key: s.end_time - s.start_time for s in stats if s.start_time and s.end_time}
+
+
+def console_logging(level: str) -> dict:
+    """Run config for the job's console logger: INFO shows each step's outcome, DEBUG every Dagster event."""
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
 def prepare_home(home: Path) -> Path:
@@ -52,14 +63,17 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
         "compute": {"device": "auto", "dtype": "auto"},
         "validation": demo_validation_settings(assets),
         "target_gpu": {"name": "H100 80GB", "memory_gib": 80},
-        "serving": {"max_model_len": 8192, "max_num_seqs": 16, "dtype": "bfloat16"},
+        # enforce_eager: vLLM on a CPU starts in seconds instead of compiling for a minute; a GPU release leaves it off.
+        "serving": {"max_model_len": 8192, "max_num_seqs": 16, "dtype": "bfloat16", "enforce_eager": True},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
 
 
-def tick_and_run(instance: dg.DagsterInstance, resources: dict, max_ticks: int = 3) -> list[JobOutcome]:
+def tick_and_run(
+    instance: dg.DagsterInstance, resources: dict, max_ticks: int = 3, log_level: str = "INFO"
+) -> list[JobOutcome]:
     """Tick the sensor until it requests runs (a checkpoint is taken once unchanged over two ticks),
     add the partitions it asks for, then execute in this process each run whose run key (the folder's
     stat signature and attempt number) has no run yet, as the daemon would, and record how it failed."""
@@ -83,12 +97,17 @@ def tick_and_run(instance: dg.DagsterInstance, resources: dict, max_ticks: int =
     for request in requests:
         tags = request.tags | {"dagster/run_key": request.run_key, LAUNCHER_TAG: "in_process"}
         run = job.execute_in_process(
-            instance=instance, partition_key=request.partition_key, resources=resources, tags=tags, raise_on_error=False
+            run_config=console_logging(log_level),
+            instance=instance,
+            partition_key=request.partition_key,
+            resources=resources,
+            tags=tags,
+            raise_on_error=False,
         )
         if not run.success:
             failures = [e for e in run.all_events if e.is_step_failure] or [None]
             end_attempt(engine, run.run_id, "failed", failure_reason(failures[0]))
-        outcomes.append(JobOutcome(request.partition_key, run.success, run.run_id))
+        outcomes.append(JobOutcome(request.partition_key, run.success, run.run_id, step_seconds(instance, run.run_id)))
     return outcomes
 
 
@@ -112,7 +131,7 @@ def run_lock(path: Path) -> Iterator[None]:
         yield
 
 
-def run_platform() -> list[JobOutcome]:
+def run_platform(log_level: str = "INFO") -> list[JobOutcome]:
     """One pass of the platform over its watched folder, in this process: what the daemon would
     start, after marking runs an earlier pass left unfinished (it was killed) as failed."""
     home = platform_home()
@@ -121,10 +140,10 @@ def run_platform() -> list[JobOutcome]:
         engine = defs.resources["lineage"].engine()
         reap_killed_runs(instance, engine)
         settle_attempts(instance, engine)
-        return tick_and_run(instance, defs.resources)
+        return tick_and_run(instance, defs.resources, log_level=log_level)
 
 
-def run_demo(assets: DemoAssets) -> list[JobOutcome]:
+def run_demo(assets: DemoAssets, log_level: str = "INFO") -> list[JobOutcome]:
     platform = defs.resources["platform"]
     write_release_policy(assets, Path(platform.policy_path))
     target = Path(platform.checkpoints_dir) / assets.model_dir.name
@@ -133,4 +152,4 @@ def run_demo(assets: DemoAssets) -> list[JobOutcome]:
         # hidden while copying: the sensor skips it
         shutil.copytree(assets.model_dir, target.with_name(f".{target.name}.copying"))
         target.with_name(f".{target.name}.copying").rename(target)
-    return run_platform()
+    return run_platform(log_level)

@@ -35,7 +35,6 @@ from tests.conftest import make_tiny_model, platform_under, postgres_cluster, ti
 from tests.fake_openai import FakeOpenAI
 
 CLI = str(Path(sys.executable).parent / "awq-release")
-ONE_PASS = "from orchestrator.main_job import run_platform; run_platform()"
 
 
 @pytest.fixture
@@ -48,8 +47,10 @@ def platform_home(tmp_path, demo, calib_file):
 
 
 def one_pass(home: Path) -> subprocess.Popen:
-    env = os.environ | {"AWQ_RELEASE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-c", ONE_PASS], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    """`awq-release run --no-demo`: one pass over the watched folder, as a user runs it."""
+    env = os.environ | {"AWQ_RELEASE_HOME": str(home)}
+    command = [CLI, "run", "--no-demo"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -79,6 +80,12 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
         second = one_pass(home)
         output = second.communicate(timeout=900)[0].decode()
         assert second.returncode == 0, output[-3000:]
+
+    # What the terminal shows: INFO lines of each step, a bar per block, then the summary.
+    assert " - DEBUG - " not in output and " - INFO - " in output and "quantizing tiny: awq, group 64" in output
+    assert "AWQ blocks" in output and "12/12" in output  # the quantization bar, per block
+    assert "time per step: checkpoint" in output and "release tiny-bot v0001: promoted at " in output
+    assert "perplexity.domain perplexity increase" in output and "verdict" in output
 
     (quantized,) = work.glob("awq-*")
     report = json.loads((quantized / "quant_report.json").read_text())
