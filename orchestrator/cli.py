@@ -8,12 +8,16 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from awq_core.compute import Compute
 from awq_release.errors import ReleaseError, ValidationError
 from validation import STAGES, ValidationSettings, load_settings, run_stage
 from validation.power import PowerReport, power_check
 from validation.result import format_interval, format_number
+
+if TYPE_CHECKING:
+    from orchestrator.main_job import JobOutcome
 
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
@@ -235,7 +239,7 @@ def _print_power_record(power: dict | None) -> None:
     print(f"\n{power_summary(power)}" + (f"\n{power_table(power)}" if power else ""))
 
 
-def _print_outcomes(outcomes, rows: list[dict]) -> None:
+def _print_outcomes(outcomes: "list[JobOutcome]", rows: list[dict]) -> None:
     """Each run's result, time per step, and the release it made or refused: gates, power check, path."""
     for outcome in outcomes:
         latest = next((r for r in reversed(rows) if r["status"] != "rolled_back"), None)
@@ -268,16 +272,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         transformers_logging.disable_progress_bar()
     log_level = "DEBUG" if args.verbose else "INFO"
     if args.no_demo:
-        outcomes, why = run_platform(log_level), "nothing new or retryable in the watched folder"
+        outcomes, why = run_platform(log_level), "(the watched folder holds nothing new or retryable)"
     else:
         print(f"compute: {resolve(Compute())}")  # the demo policy's setting: auto
         assets = demo_assets()
         outcomes = run_demo(assets, log_level)
-        why = f"{assets.model_dir.name}: {why_not_started(assets)}" if not outcomes else ""
+        why = f"at {assets.model_dir.name}: {why_not_started(assets)}" if not outcomes else ""
     engine, _ = _platform()
     rows = history(engine)
     if not outcomes:
-        print(f"No new attempt at {why}; history:")
+        print(f"No new attempt {why}; history:")
     _print_outcomes(outcomes, rows)
     print()
     _print_history(rows)

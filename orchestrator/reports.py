@@ -69,8 +69,8 @@ def _gate_rows(manifest: dict) -> list[str]:
 TRANSFORMERS_LOADING = {
     "awq": (
         "needs `gptqmodel` (`pip install --no-build-isolation gptqmodel==7.5.0`; 7.7 needs torch 2.14): "
-        '`AutoModelForCausalLM.from_pretrained("RELEASE")`. On a CPU, pass '
-        '`quantization_config=AwqConfig(bits=4, backend="torch_awq")` for its exact-dtype kernel.'
+        '`AutoModelForCausalLM.from_pretrained("RELEASE")`. Its kernels compute in bf16 or fp16 whatever '
+        "dtype is asked for."
     ),
     "compressed-tensors": (
         "needs the pure-Python `compressed-tensors` package, on CPU too: "
