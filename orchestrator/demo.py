@@ -263,9 +263,15 @@ def demo_validation_settings(assets: DemoAssets) -> dict:
     }
 
 
+# enforce_eager: vLLM on a CPU starts in seconds instead of compiling for a minute; a GPU release leaves it off.
+DEMO_SERVING = {"max_model_len": 8192, "max_num_seqs": 16, "dtype": "bfloat16", "enforce_eager": True}
+
+
 def write_demo_policy(assets: DemoAssets, path: Path) -> Path:
-    """The demo's validation settings as a file for `awq-release validate --config`."""
-    path.write_text(yaml.safe_dump({"validation": demo_validation_settings(assets)}, sort_keys=False))
+    """The demo's validation settings and the engine arguments its load stage starts, as a file for
+    `awq-release validate --config`."""
+    settings = {"validation": demo_validation_settings(assets), "serving": DEMO_SERVING}
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
 
 

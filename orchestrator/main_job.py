@@ -18,7 +18,7 @@ import yaml
 from awq_release.errors import ReleaseError
 from orchestrator.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
 from orchestrator.definitions import defs, platform_home
-from orchestrator.demo import DemoAssets, demo_validation_settings
+from orchestrator.demo import DEMO_SERVING, DemoAssets, demo_validation_settings
 from orchestrator.hashing import stat_signature
 from orchestrator.lineage import attempt_statuses, end_attempt
 from orchestrator.policy import max_attempts_in
@@ -63,8 +63,7 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
         "compute": {"device": "auto", "dtype": "auto"},
         "validation": demo_validation_settings(assets),
         "target_gpu": {"name": "H100 80GB", "memory_gib": 80},
-        # enforce_eager: vLLM on a CPU starts in seconds instead of compiling for a minute; a GPU release leaves it off.
-        "serving": {"max_model_len": 8192, "max_num_seqs": 16, "dtype": "bfloat16", "enforce_eager": True},
+        "serving": DEMO_SERVING,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(policy, sort_keys=False))

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from awq_release.errors import ValidationError
+from deploy.engine import engine_args
 from tests.fake_openai import FakeOpenAI
 from validation import load_test, long_context, perplexity, tasks
 from validation.result import StageResult, gate
@@ -46,6 +47,18 @@ def test_settings_file_types_globs_and_unknown_keys(tmp_path):
         load_settings(config)
     config.write_text(f"perplexity: {{domain_texts: ['{tmp_path}/*.md']}}\n")
     with pytest.raises(ValidationError, match="matches no file"):
+        load_settings(config)
+
+
+def test_a_release_policys_serving_is_what_the_load_stage_starts(tmp_path, tiny_llama):
+    config = tmp_path / "policy.yaml"
+    config.write_text("validation: {load: {port: 8123}}\nserving: {max_model_len: 1024, enforce_eager: true}\n")
+    settings = load_settings(config).load
+    assert (settings.port, settings.serving.max_model_len, settings.serving.enforce_eager) == (8123, 1024, True)
+    engine = engine_args(tiny_llama, "candidate", settings.serving)
+    assert engine["max-model-len"] == 1024 and engine["enforce-eager"] is True and "quantization" not in engine
+    config.write_text("validation: {}\nserving: {max_model_len: long}\n")
+    with pytest.raises(ValidationError, match="serving.max_model_len: expected int"):
         load_settings(config)
 
 
