@@ -1,7 +1,7 @@
 """The release chain, one dynamic partition per checkpoint:
 
-checkpoint -> calibration_set -> awq_model -> {perplexity, tasks, long_context, load}_validation
-    -> power_check (after the three quality stages) -> release
+checkpoint -> calibration_set -> awq_model -> {perplexity, tasks, long_context}_validation
+    -> load_validation and power_check (each after the three quality gates passed) -> release
 
 Each asset records its lineage row and hands the next a small record (orchestrator.records): ids
 and paths, never a model. Each validation asset emits its stage's gate as a blocking check.
@@ -165,8 +165,9 @@ def write_report(result: StageResult, path: Path) -> Path:
     return path
 
 
-def validation_asset(stage: str) -> dg.AssetsDefinition:
-    """One validation stage as an asset that emits its blocking gate."""
+def validation_asset(stage: str, after: list[dg.AssetsDefinition] | None = None) -> dg.AssetsDefinition:
+    """One validation stage as an asset that emits its blocking gate; `after`: stages whose gates must
+    pass first (a failed blocking gate skips it)."""
     name = f"{stage}_validation"
 
     @dg.asset(
@@ -174,6 +175,7 @@ def validation_asset(stage: str) -> dg.AssetsDefinition:
         partitions_def=CHECKPOINTS,
         group_name=GROUP,
         pool=HEAVY_POOL,
+        deps=after,
         check_specs=[gate_spec(stage, name)],
         dagster_type=StageRecord,  # with a check beside it, the return annotation cannot carry the type
     )
@@ -210,8 +212,10 @@ def validation_asset(stage: str) -> dg.AssetsDefinition:
     return stage_asset
 
 
-VALIDATIONS = [validation_asset(stage) for stage in STAGES]
-QUALITY_VALIDATIONS = [v for v in VALIDATIONS if v.key.path[-1] != "load_validation"]
+QUALITY_VALIDATIONS = [validation_asset(stage) for stage in STAGES if stage != "load"]
+# The load test holds the serving hardware (a GPU in production) for minutes: spent only on a candidate
+# whose quality gates passed.
+VALIDATIONS = [*QUALITY_VALIDATIONS, validation_asset("load", after=QUALITY_VALIDATIONS)]
 
 
 @dg.asset(

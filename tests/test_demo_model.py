@@ -34,11 +34,11 @@ def post(url: str, body: dict) -> dict:
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("variant", ["awq", "rtn"])  # rtn/ is written as compressed-tensors
-def test_vllm_serves_both_formats(demo_quantized, tmp_path, variant):
-    model_dir = demo_quantized / variant
+def test_vllm_serves_the_awq_checkpoint(demo_quantized, tmp_path):
+    """The compressed-tensors one is served by the load stage's test (test_validation_demo)."""
+    model_dir = demo_quantized / "awq"
     serving = Serving(dtype="bfloat16", max_model_len=2048, enforce_eager=True)
-    with serve(engine_args(model_dir, variant, serving), tmp_path / "vllm.log") as server:
+    with serve(engine_args(model_dir, "awq", serving), tmp_path / "vllm.log") as server:
         completion = post(
             f"{server.base_url}/v1/completions",
             {"model": server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0},

@@ -164,8 +164,9 @@ def test_power_check_shows_which_stage_catches_which_damage(demo, demo_quantized
 
 @pytest.mark.vllm
 def test_load_stage_gates_on_the_sla(demo, demo_quantized, policy, tmp_path):
+    """On the compressed-tensors checkpoint (rtn/): vLLM serves that format too (AWQ: test_demo_model)."""
     impossible = policy | {"load": policy["load"] | {"sla": {"ttft_p90_s": 0.0001}}}
-    code, report, stderr = validate(demo.model_dir, demo_quantized / "awq", ["load"], impossible, tmp_path)
+    code, report, stderr = validate(demo.model_dir, demo_quantized / "rtn", ["load"], impossible, tmp_path)
     stage = report["stages"]["load"]
     assert code == 1 and stage["passed"] is False, stderr
     assert [r for r in stage["reasons"] if r.startswith("c=1 TTFT p90 s")]
@@ -174,7 +175,10 @@ def test_load_stage_gates_on_the_sla(demo, demo_quantized, policy, tmp_path):
     assert 0 < levels[1]["ttft_s"]["p50"] <= levels[1]["e2e_s"]["p50"] and levels[4]["output_tokens_per_s"] > 0
     # The same measurements pass a realistic SLA.
     assert all(m.passed for m in load_test.sla_metrics(levels, SLA()))
-    assert "Application startup complete" in Path(stage["details"]["log"]).read_text()
+    log = Path(stage["details"]["log"])
+    assert "Application startup complete" in log.read_text()
+    started = yaml.safe_load(log.with_suffix(".yaml").read_text())  # the --config the server ran
+    assert started["quantization"] == "compressed-tensors" and started["max-model-len"] == SERVING["max_model_len"]
 
 
 @pytest.mark.vllm
