@@ -84,8 +84,9 @@ def write_release(
         shutil.copytree(model_dir, partial, symlinks=True, ignore=shutil.ignore_patterns(".*"))
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         (partial / "README.md").write_text(model_card)
+        if figures:
+            (partial / PLOTS).mkdir()
         for name, figure in (figures or {}).items():
-            (partial / PLOTS).mkdir(exist_ok=True)
             shutil.copyfile(figure, partial / PLOTS / f"{name}.png")
         engine = engine_args(partial, safe_name(model), serving) | {"model": str(final)}
         (partial / "vllm-config.yaml").write_text(yaml.safe_dump(engine, sort_keys=False))

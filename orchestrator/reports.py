@@ -128,7 +128,8 @@ def model_card(manifest: dict, figures: tuple[str, ...] = ()) -> str:
     if figures:
         lines += ["", "## Figures"]
         for name in figures:
-            lines += ["", f"![{FIGURES.get(name, name)}](plots/{name}.png)", "", f"*{FIGURES.get(name, name)}.*"]
+            caption = FIGURES.get(name, name)
+            lines += ["", f"![{caption}](plots/{name}.png)", "", f"*{caption}.*"]
     lines += [
         "",
         "## Lineage",
