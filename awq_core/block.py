@@ -10,8 +10,9 @@ from awq_core.architectures import Architecture, ScaleGroup
 from awq_core.config import QuantConfig
 from awq_core.model import run_block
 from awq_core.packing import LAYOUTS
-from awq_core.quant import dequantize_groups, quantize_groups
-from awq_core.search import ScaleResult, clip_, mse, search_clip, search_scales
+from awq_core.quant import as_stored, dequantize_groups, grouped, quantize_groups, range_params, round_to
+from awq_core.rounding import InputMoments, gptq_round, refine_range
+from awq_core.search import ScaleResult, mse, search_clip, search_scales
 
 
 @dataclass
@@ -22,6 +23,7 @@ class GroupInputs:
     tokens: int
     search: list[Tensor]  # inputs of the first search windows, (n, L, in) each
     kwargs: dict  # keyword arguments the inspected module was called with
+    moments: InputMoments | None  # what the rounding steps need of x x^T, over every calibration token
 
 
 @dataclass
@@ -32,20 +34,30 @@ class BlockResult:
     output_mse: float  # quantized vs original block output
 
 
+def _moments_needed(cfg: QuantConfig) -> InputMoments | None:
+    """GPTQ needs the whole hessian, the range searches only its blocks, RTN neither."""
+    if cfg.method == "rtn" or not (cfg.gptq or cfg.refine or cfg.clip != "none"):
+        return None
+    return InputMoments(cfg.group_size, full=cfg.gptq)
+
+
 def _collect(
-    block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, search_windows: int
+    block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, search_windows: int, cfg: QuantConfig
 ) -> tuple[Tensor, dict[str, GroupInputs]]:
     """One forward of the original block; hooks record each group's input statistics."""
     inputs: dict[str, GroupInputs] = {}
     handles = []
     for group in arch.groups:
         first = block.get_submodule(group.linears[0])
-        record = inputs[group.prev] = GroupInputs(torch.zeros(first.in_features, device=first.weight.device), 0, [], {})
+        abs_sum = torch.zeros(first.in_features, device=first.weight.device)
+        record = inputs[group.prev] = GroupInputs(abs_sum, 0, [], {}, _moments_needed(cfg))
 
         def on_input(module, args, record=record):
             x = args[0]
             record.abs_sum += x.abs().float().sum(dim=(0, 1))
             record.tokens += x.shape[0] * x.shape[1]
+            if record.moments is not None:
+                record.moments.add(x)
             if sum(t.shape[0] for t in record.search) < search_windows:
                 record.search.append(x)
 
@@ -62,7 +74,7 @@ def _collect(
     return output, inputs
 
 
-def _apply_scales(block: nn.Module, group: ScaleGroup, scales: Tensor) -> None:
+def _apply_scales(block: nn.Module, arch: Architecture, group: ScaleGroup, scales: Tensor) -> None:
     """Fold 1/s into the previous op's output and s into the linears' input columns: the block's
     function is unchanged."""
     prev = block.get_submodule(group.prev)
@@ -70,8 +82,9 @@ def _apply_scales(block: nn.Module, group: ScaleGroup, scales: Tensor) -> None:
         prev.weight.data.div_(scales.view(-1, 1).to(prev.weight.dtype))
         if prev.bias is not None:
             prev.bias.data.div_(scales.to(prev.bias.dtype))
-    else:
-        prev.weight.data.div_(scales.to(prev.weight.dtype))
+    else:  # a norm computing (norm_offset + w) * x
+        offset = arch.norm_offset
+        prev.weight.data.copy_(((prev.weight.float() + offset) / scales - offset).to(prev.weight.dtype))
     for name in group.linears:
         linear = block.get_submodule(name)
         linear.weight.data.mul_(scales.view(1, -1).to(linear.weight.dtype))
@@ -97,6 +110,27 @@ def _store_(block: nn.Module, arch: Architecture, store_dtype: torch.dtype) -> d
     return stored
 
 
+def _round_linear(
+    w: Tensor, moments: InputMoments | None, cfg: QuantConfig, clip: bool
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """One linear's integers, fp16 scales and zeros after AWQ's scaling, and the share of its
+    groups' ranges the clipping kept. RTN: each group's own range, rounded to nearest."""
+    wg = grouped(w, cfg.group_size)
+    w_min, w_max = wg.amin(-1), wg.amax(-1)
+    if cfg.method == "rtn":
+        return *quantize_groups(w, cfg.group_size, cfg.zero_point, cfg.bits), 1.0
+    lo, hi = search_clip(w, moments.blocks, cfg) if clip and cfg.clip != "none" else (w_min, w_max)
+    kept_range = ((hi - lo) / (w_max - w_min).clamp(min=1e-12)).mean().item()
+    scales, zeros = range_params(lo, hi, cfg.zero_point, cfg.bits)
+    if cfg.refine:
+        scales, zeros = refine_range(w, moments.blocks, scales, zeros, cfg.group_size, cfg.bits)
+    if cfg.gptq:
+        qg = gptq_round(w, moments.mean, scales, zeros, cfg.group_size, cfg.bits, cfg.gptq_damp, cfg.gptq_act_order)
+    else:
+        qg = round_to(wg, scales, zeros, cfg.bits)
+    return *as_stored(qg, scales, zeros), kept_range
+
+
 @torch.no_grad()
 def quantize_block(
     block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, cfg: QuantConfig, store_dtype: torch.dtype
@@ -106,10 +140,9 @@ def quantize_block(
     linears in cfg.format's layout and everything else in `store_dtype`."""
     N, L, _ = hidden.shape
     search_windows = min(N, max(1, math.ceil(cfg.search_tokens / L)))
-    reference, inputs = _collect(block, arch, hidden, kwargs, search_windows)
+    reference, inputs = _collect(block, arch, hidden, kwargs, search_windows, cfg)
 
     scale_results: dict[str, ScaleResult | None] = {}
-    search_inputs: dict[str, Tensor] = {}
     for group in arch.groups:
         record = inputs[group.prev]
         x = torch.cat(record.search)[:search_windows]  # (n, L, in)
@@ -120,26 +153,19 @@ def quantize_block(
             result = search_scales(
                 block.get_submodule(group.inspect), names, x, record.abs_sum / record.tokens, record.kwargs, cfg
             )
-            _apply_scales(block, group, result.scales)
-            x = x / result.scales.to(x.dtype)
+            _apply_scales(block, arch, group, result.scales)
+            if record.moments is not None:
+                record.moments = record.moments.scaled(result.scales)
             scale_results[group.prev] = result
-        search_inputs[group.prev] = x
 
     tensors: dict[str, Tensor] = {}
     layers: list[dict] = []
     for group in arch.groups:
-        tokens = search_inputs[group.prev].reshape(-1, search_inputs[group.prev].shape[-1])  # (n * L, in)
-        tokens = tokens[:: max(1, tokens.shape[0] // cfg.clip_tokens)][: cfg.clip_tokens]
+        moments = inputs[group.prev].moments
         result = scale_results[group.prev]
         for name in group.linears:
             linear = block.get_submodule(name)
-            clip_ratio = 1.0
-            if cfg.method == "awq" and name not in arch.no_clip:
-                max_val = search_clip(linear.weight, tokens, cfg)
-                org_max = linear.weight.abs().float().reshape(max_val.shape[0], max_val.shape[1], -1).amax(-1)
-                clip_ratio = (max_val / org_max.clamp(min=1e-12)).mean().item()
-                clip_(linear.weight, max_val, cfg.group_size)
-            q, scales, zeros = quantize_groups(linear.weight, cfg.group_size, cfg.zero_point, cfg.bits)
+            q, scales, zeros, kept_range = _round_linear(linear.weight, moments, cfg, clip=name not in arch.no_clip)
             linear.weight.data = dequantize_groups(q, scales, zeros, cfg.group_size).to(linear.weight.dtype)
             tensors |= {f"{name}.{key}": t.cpu() for key, t in LAYOUTS[cfg.format].pack(q, scales, zeros).items()}
             layers.append(
@@ -149,7 +175,7 @@ def quantize_block(
                     "scaled": result is not None,
                     "group_mse_rtn": None if result is None else result.loss_rtn,
                     "group_mse_awq": None if result is None else result.loss_awq,
-                    "clip_ratio": clip_ratio,
+                    "clip_ratio": kept_range,
                 }
             )
 

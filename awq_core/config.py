@@ -11,19 +11,31 @@ from awq_release.errors import QuantizationError
 
 Propagation = Literal["quantized", "original"]
 Method = Literal["awq", "rtn"]
+Clip = Literal["asymmetric", "symmetric", "none"]
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    method: Method = "awq"  # "rtn": plain round-to-nearest, no search (the baseline AWQ must beat)
+    method: Method = "awq"  # "rtn": plain round-to-nearest, no search nor refinement (the baseline to beat)
     bits: int = 4  # values of 2 or 3 bits still pack into the 4-bit layout (a deliberately damaged model)
     group_size: int = 64
     zero_point: bool = True  # asymmetric INT4; False stores a constant zero of 8 (symmetric)
     n_grid: int = 20  # alpha = step / n_grid in the scale search: n_grid / 2 + 2 steps tried, plus the identity
-    max_shrink: float = 0.5  # clipping search shrinks each group's max down to (1 - max_shrink)
+    # After the scales, each group's range is searched for its output error on the search tokens:
+    # its two ends apart ("asymmetric", for the asymmetric quantizer), one bound on |w| (AutoAWQ's
+    # "symmetric"), or not at all. The search reaches max_shrink of |w|'s bound in n_clip_grid steps.
+    clip: Clip = "asymmetric"
+    max_shrink: float = 0.5
     n_clip_grid: int = 20
-    clip_tokens: int = 512  # tokens sampled for the clipping search
-    search_tokens: int = 4096  # tokens the scale-search loss is measured on (whole windows)
+    # Then each group's scale and zero point refitted for output error (awq_core.rounding). Off by
+    # default: it lowers the calibration error but raised held-out perplexity (bench/quantize.py).
+    refine: bool = False
+    gptq: bool = True  # then the integers chosen with GPTQ's error compensation, groups' parameters fixed
+    # Added to the hessian's diagonal, as a share of its mean. GPTQ's usual 0.01 fits the calibration
+    # domain and lost on general text; 0.3 kept the domain gain and won on both (bench/quantize.py).
+    gptq_damp: float = 0.3
+    gptq_act_order: bool = True  # columns with the largest inputs first (their groups stay in place)
+    search_tokens: int = 4096  # tokens the searches measure output error on (whole windows)
     # What the next block sees: outputs of the quantized block (errors compound as at inference,
     # llm-compressor) or of the original one (AutoAWQ). bench/quantize.py measures both.
     propagate: Propagation = "quantized"
@@ -41,6 +53,15 @@ class QuantConfig:
             raise QuantizationError(f"group_size={self.group_size}: choose 32, 64 or 128.")
         if not 0.0 < self.max_shrink < 1.0:
             raise QuantizationError(f"max_shrink={self.max_shrink}: must lie in (0, 1).")
+        if self.clip not in ("asymmetric", "symmetric", "none"):
+            raise QuantizationError(f"clip={self.clip!r}: choose 'asymmetric', 'symmetric' or 'none'.")
+        if self.refine and not self.zero_point:
+            raise QuantizationError(
+                "refine fits each group's integer zero point, which the symmetric quantizer does not have: "
+                "set refine: false with zero_point: false (--symmetric does)."
+            )
+        if not 0.0 <= self.gptq_damp < 1.0:
+            raise QuantizationError(f"gptq_damp={self.gptq_damp}: must lie in [0, 1).")
         if self.n_grid < 1 or self.n_clip_grid < 1:
             raise QuantizationError("n_grid and n_clip_grid must be at least 1.")
         if self.propagate not in ("quantized", "original"):

@@ -1,6 +1,8 @@
-"""The two AWQ searches: per-input-channel scales for a group of linears, and per-group clipping."""
+"""The two AWQ searches: per-input-channel scales for a group of linears, and per-group clipping ranges."""
 
+import itertools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -8,7 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from awq_core.config import QuantConfig
-from awq_core.quant import fake_quantize
+from awq_core.quant import fake_quantize, grouped, range_params, round_to
 
 
 def call_module(module: nn.Module, x: Tensor, kwargs: dict, params: dict[str, Tensor] | None = None) -> Tensor:
@@ -87,39 +89,70 @@ def search_scales(
     return min([identity, *tried], key=lambda r: r.loss_awq)  # the identity wins ties
 
 
-@torch.no_grad()
-def search_clip(w: Tensor, x: Tensor, cfg: QuantConfig, max_elements: int = 2**25) -> Tensor:
-    """Per (output row, group) clipping threshold minimising each group's partial output error.
+def group_error(wg: Tensor, deq: Tensor, gram: Tensor) -> Tensor:
+    """Each group's partial output error: mean over tokens of (x_g . (w_g - deq_g))^2, as d^T G d.
 
-    w (out, in); x (T, in) sampled input tokens. Returns max_val (out, in/g).
+    wg, deq (o, G, g) fp32; gram (G, g, g) the mean x_g x_g^T of each group's input. -> (o, G).
+    """
+    d = (wg - deq).transpose(0, 1)  # (G, o, g)
+    return (torch.bmm(d, gram) * d).sum(-1).t()
+
+
+def _ranges(w_min: Tensor, w_max: Tensor, cfg: QuantConfig) -> Callable[[Tensor | int, Tensor | int], tuple]:
+    """(lo, hi) for steps inwards from each end: symmetric (AutoAWQ) shrinks one bound on |w| by
+    1 / n_clip_grid a step (the low step is unused); asymmetric moves each end on its own by 1 / (2
+    n_clip_grid) of the range, the same reach for a range centred on zero."""
+    if cfg.clip == "symmetric":
+        bound = torch.maximum(w_max, -w_min)
+
+        def symmetric(high_step, low_step):
+            m = bound * (1 - high_step / cfg.n_clip_grid)
+            return torch.maximum(w_min, -m), torch.minimum(w_max, m)
+
+        return symmetric
+    span = (w_max - w_min) / (2 * cfg.n_clip_grid)
+    return lambda high_step, low_step: (w_min + low_step * span, w_max - high_step * span)
+
+
+def _step_pairs(cfg: QuantConfig, best: tuple[Tensor, Tensor] | None = None) -> Iterator[tuple]:
+    """The (high, low) steps to try: first every other step on both ends (asymmetric) or every step
+    (symmetric); then, asymmetric only, the eight neighbours of each group's best pair."""
+    last = int(cfg.max_shrink * cfg.n_clip_grid)
+    if cfg.clip == "symmetric":
+        if best is None:
+            yield from ((step, 0) for step in range(last + 1))
+        return
+    if best is None:
+        yield from itertools.product(range(0, last + 1, 2), range(0, last + 1, 2))
+        return
+    for dh, dl in itertools.product((-1, 0, 1), (-1, 0, 1)):
+        if dh or dl:
+            yield (best[0] + dh).clamp(0, last), (best[1] + dl).clamp(0, last)
+
+
+@torch.no_grad()
+def search_clip(w: Tensor, gram: Tensor, cfg: QuantConfig, max_elements: int = 2**24) -> tuple[Tensor, Tensor]:
+    """Per (output row, group) range [lo, hi] minimising each group's partial output error: a coarse
+    grid, then (asymmetric) the neighbours of each group's best, a third of the full grid's cost.
+
+    w (out, in); gram (G, g, g) of the group's input (rounding.gram_blocks). Returns lo, hi (out, in/g).
     """
     out_features, in_features = w.shape
-    G, g = in_features // cfg.group_size, cfg.group_size
-    T = x.shape[0]
-    xg = x.float().reshape(T, G, g).transpose(0, 1)  # (G, T, g)
-    rows_per_chunk = max(1, max_elements // (G * T))
+    rows_per_chunk = max(1, max_elements // in_features)
     chunks = []
     for start in range(0, out_features, rows_per_chunk):
-        wc = w[start : start + rows_per_chunk].float()  # (o, in)
-        o = wc.shape[0]
-        reference = torch.bmm(xg, wc.reshape(o, G, g).permute(1, 2, 0))  # (G, T, o) per-group partial outputs
-        org_max = wc.abs().reshape(o, G, g).amax(dim=-1)  # (o, G)
-        best_max, best_err = org_max.clone(), torch.full((o, G), math.inf, device=w.device)
-        for step in range(int(cfg.max_shrink * cfg.n_clip_grid) + 1):
-            max_val = org_max * (1 - step / cfg.n_clip_grid)
-            clipped = wc.reshape(o, G, g).clamp(-max_val[..., None], max_val[..., None]).reshape(o, in_features)
-            q = fake_quantize(clipped, g, cfg.zero_point, cfg.bits)
-            err = (torch.bmm(xg, q.reshape(o, G, g).permute(1, 2, 0)) - reference).pow(2).mean(dim=1).t()  # (o, G)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_max = torch.where(better, max_val, best_max)
-        chunks.append(best_max)
-    return torch.cat(chunks)
-
-
-def clip_(w: Tensor, max_val: Tensor, group_size: int) -> None:
-    """Clamp w (out, in) in place to +-max_val (out, in/g)."""
-    out_features, in_features = w.shape
-    wg = w.data.view(out_features, in_features // group_size, group_size)
-    bound = max_val.to(w.dtype)[..., None]
-    wg.copy_(wg.clamp(-bound, bound))
+        wg = grouped(w[start : start + rows_per_chunk], cfg.group_size)  # (o, G, g)
+        w_min, w_max = wg.amin(-1), wg.amax(-1)
+        range_at = _ranges(w_min, w_max, cfg)
+        best = (torch.zeros_like(w_min), torch.zeros_like(w_min))  # (high, low) steps of each group's best
+        best_err = torch.full_like(w_min, math.inf)
+        for coarse in (True, False):
+            for high_step, low_step in list(_step_pairs(cfg, None if coarse else best)):
+                scales, zeros = range_params(*range_at(high_step, low_step), cfg.zero_point, cfg.bits)
+                deq = (round_to(wg, scales, zeros, cfg.bits) - zeros[..., None]) * scales[..., None]
+                err = group_error(wg, deq, gram)
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best = (torch.where(better, high_step, best[0]), torch.where(better, low_step, best[1]))
+        chunks.append(range_at(*best))
+    return torch.cat([lo for lo, _ in chunks]), torch.cat([hi for _, hi in chunks])

@@ -30,6 +30,18 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--symmetric", action="store_true", help="no zero points (a constant zero of 8)")
     p.add_argument(
+        "--clip", choices=("asymmetric", "symmetric", "none"), default="asymmetric", help="the range search per group"
+    )
+    p.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="refit each group's scale and zero point for output error (off: it did not help held-out text)",
+    )
+    p.add_argument(
+        "--gptq", action=argparse.BooleanOptionalAction, default=True, help="GPTQ error compensation in rounding"
+    )
+    p.add_argument(
         "--format",
         choices=("awq", "compressed-tensors"),
         default="awq",
@@ -62,6 +74,9 @@ def _config(args: argparse.Namespace):
         method=args.method,
         group_size=args.group_size,
         zero_point=not args.symmetric,
+        clip=args.clip,
+        refine=args.refine,
+        gptq=args.gptq,
         propagate=args.propagate,
         format=args.format,
     )
@@ -328,10 +343,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_demo(args: argparse.Namespace) -> int:
-    from orchestrator.demo import cache_dir, demo_assets, write_demo_policy
+    from orchestrator.demo import cache_dir, demo_assets, gemma_model_dir, write_demo_policy
 
     assets = demo_assets()
     policy = write_demo_policy(assets, cache_dir() / "demo-policy.yaml")
+    print(f"second architecture (tests and benchmarks): {gemma_model_dir() or 'not installed'}")
     print(
         f"demo model: {assets.model_dir}\ncalibration texts: {len(assets.calibration_texts)}, held-out: "
         f"{len(assets.domain_eval_texts)}, "

@@ -93,6 +93,18 @@ def loading_lines(fmt: str) -> list[str]:
     ]
 
 
+def rounding_steps(settings: dict) -> str:
+    """How the integers were chosen, from a release's quantization settings. Releases made before
+    these settings existed used AutoAWQ's symmetric clipping and plain rounding."""
+    if settings.get("method") == "rtn":
+        return "round to nearest"
+    clip = settings.get("clip", "symmetric")
+    steps = ["AWQ scales", f"{clip} range search" if clip != "none" else None]
+    steps += ["ranges refitted for output error" if settings.get("refine") else None]
+    steps += ["GPTQ rounding" if settings.get("gptq") else "rounded to nearest"]
+    return " + ".join(step for step in steps if step)
+
+
 def model_card(manifest: dict, figures: tuple[str, ...] = ()) -> str:
     """The release's README.md; `figures` are the names of its plots/NAME.png files."""
     q = manifest["quantization"]["settings"]
@@ -103,7 +115,7 @@ def model_card(manifest: dict, figures: tuple[str, ...] = ()) -> str:
         "",
         f"4-bit AWQ of checkpoint `{manifest['checkpoint']['name']}` (sha256 "
         f"{manifest['checkpoint']['content_hash'][:16]}…), "
-        f"group size {q['group_size']}, {'asymmetric' if q['zero_point'] else 'symmetric'}, "
+        f"group size {q['group_size']}, {'asymmetric' if q['zero_point'] else 'symmetric'}, {rounding_steps(q)}, "
         f"calibrated on {manifest['calibration']['n_samples']} × "
         f"{manifest['calibration']['seqlen']} tokens of the team's domain text, written as `{fmt}`.",
         "",

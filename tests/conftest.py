@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from awq_core import QuantConfig, build_calibration, quantize  # noqa: E402
+from awq_core.architectures import ARCHITECTURES  # noqa: E402
 from deploy.capability import vllm_awq_capability  # noqa: E402
 from deploy.server import free_port  # noqa: E402
 from orchestrator.demo import DemoAssets, demo_assets  # noqa: E402
@@ -25,7 +26,10 @@ MODEL_TYPES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3_text",
 }
+# A sliding window shorter than the tests' calibration windows, so its mask is exercised.
+TINY_CONFIG = {"Gemma3ForCausalLM": {"sliding_window": 32, "layer_types": ["sliding_attention", "full_attention"]}}
 # The release chain's assets, as the UI and the definitions must name them.
 RELEASE_ASSETS = {
     "checkpoint",
@@ -106,10 +110,12 @@ def make_tiny_model(
     kv_heads: int = 2,
     seed: int = 0,
     layers: int = 2,
+    **config_overrides,
 ) -> Path:
     """A random model (2 blocks unless asked) with the demo tokenizer. A few input channels are boosted in every norm,
     as real LLMs have salient activation channels: that is what AWQ's scales exist for."""
     torch.manual_seed(seed)
+    offset = ARCHITECTURES[architecture].norm_offset  # Gemma's norms scale by (1 + w)
     config = AutoConfig.for_model(
         MODEL_TYPES[architecture],
         architectures=[architecture],
@@ -122,12 +128,14 @@ def make_tiny_model(
         head_dim=hidden // 4,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
+        **(TINY_CONFIG.get(architecture, {}) | config_overrides),
     )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("layernorm.weight"):
-                param[torch.randperm(hidden)[:4]] *= 12.0
+                salient = torch.randperm(hidden)[:4]
+                param[salient] = (param[salient] + offset) * 12.0 - offset
     model.save_pretrained(path)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).exists():
@@ -152,7 +160,7 @@ def tiny_policy(calib_file: Path, tasks: Path, endpoint: str) -> dict:
     return {
         "model_name": "tiny-bot",
         "calibration": {"texts": texts, "n_samples": 8, "seqlen": 128},
-        "quantization": {"group_size": 64, "search_tokens": 512, "n_grid": 10, "clip_tokens": 128},
+        "quantization": {"group_size": 64, "search_tokens": 512, "n_grid": 10},
         "validation": {
             "perplexity": {"domain_texts": texts, "max_tokens": 512, "seqlen": 128, "stride": 64, "max_increase": 10},
             "tasks": {"tasks": [{"path": str(tasks)}], "max_drop": 100},
@@ -181,6 +189,11 @@ def tiny_policy(calib_file: Path, tasks: Path, endpoint: str) -> dict:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, demo) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", demo.model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory, demo) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "gemma", demo.model_dir, "Gemma3ForCausalLM")
 
 
 @pytest.fixture(scope="session")

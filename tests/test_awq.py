@@ -9,14 +9,26 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import awq_core.quantizer as quantizer_module
 from awq_core import QuantConfig, build_calibration, quantize
-from awq_core.architectures import LLAMA
-from awq_core.block import _apply_scales
+from awq_core.architectures import ARCHITECTURES
+from awq_core.block import _apply_scales, _shares_shape
+from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
 from awq_core.loader import load_quantized
-from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
+from awq_core.model import (
+    block_kwargs,
+    embed,
+    layer_types,
+    materialize_block,
+    meta_model,
+    rotary_embedding,
+    run_block,
+)
+from awq_core.packing import LAYOUTS
+from awq_core.quant import dequantize_groups
 from tests.conftest import make_tiny_model
 
-FAST = dict(group_size=32, n_grid=10, search_tokens=512, clip_tokens=128)
+FAST = dict(group_size=32, n_grid=10, search_tokens=512)
+CPU_FP32 = Resolved(torch.device("cpu"), torch.float32, "test")
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +48,50 @@ def logits_mse(model_dir, quantized_dir, ids) -> float:
         return (load_quantized(quantized_dir)(ids).logits.float() - reference).pow(2).mean().item()
 
 
-def test_scale_folding_keeps_the_block_function(tiny_llama, calib):
-    model, config = meta_model(tiny_llama, torch.float32)
-    from awq_core.checkpoint import CheckpointFolder
+def block_inputs(model_dir, architecture: str, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each block's input and the last block's output, computed as the quantizer computes them."""
+    model, config = meta_model(model_dir, torch.float32)
+    arch = ARCHITECTURES[architecture]
+    ckpt = CheckpointFolder(model_dir)
+    rotary = rotary_embedding(model, arch, config)
+    hidden = embed(ids, ckpt.get(f"{arch.embed}.weight"), arch, config, torch.float32)
+    inputs = []
+    for i, layer_type in enumerate(layer_types(config)):
+        inputs.append(hidden)
+        block = materialize_block(model, arch, i, ckpt.load_prefix(f"{arch.layers}.{i}."), CPU_FP32)
+        hidden = run_block(block, hidden, block_kwargs(rotary, arch, config, layer_type, ids.shape[1], CPU_FP32))
+    return inputs, hidden
 
-    ckpt = CheckpointFolder(tiny_llama)
-    cpu_fp32 = Resolved(torch.device("cpu"), torch.float32, "test")
-    block = materialize_block(model, LLAMA, 0, ckpt.load_prefix("model.layers.0."), cpu_fp32)
-    kwargs = block_kwargs(rotary_embedding(model, LLAMA, config), 16, cpu_fp32)
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Gemma3ForCausalLM"])
+def test_blocks_run_as_in_the_model(tmp_path, demo, architecture):
+    """Embedding scale, per-type rotary bases and the sliding window (32 tokens of 64 in the Gemma model) as the
+    model itself computes them: what the searches measure is what the model computes."""
+    model_dir = make_tiny_model(tmp_path / "model", demo.model_dir, architecture)
+    ids = torch.randint(0, 49152, (2, 64))
+    inputs, last = block_inputs(model_dir, architecture, ids)
+    with torch.no_grad():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+        states = model(ids, output_hidden_states=True).hidden_states
+    for ours, theirs in zip(inputs, states, strict=False):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    final_norm = model.model.norm
+    torch.testing.assert_close(final_norm(last), states[-1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Gemma3ForCausalLM"])
+def test_scale_folding_keeps_the_block_function(tmp_path, demo, architecture):
+    model_dir = make_tiny_model(tmp_path / "model", demo.model_dir, architecture)
+    arch = ARCHITECTURES[architecture]
+    model, config = meta_model(model_dir, torch.float32)
+    block = materialize_block(model, arch, 0, CheckpointFolder(model_dir).load_prefix("model.layers.0."), CPU_FP32)
+    kwargs = block_kwargs(rotary_embedding(model, arch, config), arch, config, "full_attention", 16, CPU_FP32)
     x = torch.randn(2, 16, config.hidden_size)
     before = run_block(block, x, kwargs)
     torch.manual_seed(0)
-    for group in LLAMA.groups[2:]:  # a norm-preceded group and a linear-preceded one
-        _apply_scales(block, group, torch.rand(block.get_submodule(group.linears[0]).in_features) + 0.5)
+    for group in arch.groups:  # norm-preceded groups ((1 + w) norms in Gemma) and linear-preceded ones
+        if _shares_shape(block, group):
+            _apply_scales(block, arch, group, torch.rand(block.get_submodule(group.linears[0]).in_features) + 0.5)
     torch.testing.assert_close(run_block(block, x, kwargs), before, rtol=1e-4, atol=1e-4)
 
 
@@ -60,6 +103,7 @@ def test_scale_folding_keeps_the_block_function(tiny_llama, calib):
         ("MistralForCausalLM", 2),
         ("Qwen2ForCausalLM", 2),
         ("Qwen3ForCausalLM", 2),
+        ("Gemma3ForCausalLM", 2),
     ],
 )
 def test_awq_beats_round_to_nearest(tmp_path, demo, calib, held_out, architecture, kv_heads):
@@ -137,3 +181,24 @@ def test_partial_run_from_other_inputs_is_discarded(tmp_path, tiny_llama, calib,
         tiny_llama, tmp_path / "out", calib if change == "settings" else calib[:, :64], config, progress=False
     )
     assert report.resumed_blocks == 0
+
+
+def test_our_loader_computes_what_the_quantizer_wrote_for_gemma(tmp_path, tiny_gemma, calib, held_out):
+    """The (1 + w) norms with 1/s folded in, the embedding scale and the unpacked integers: the loaded model is
+    the dense Gemma with exactly the quantizer's weights."""
+    quantize(tiny_gemma, tmp_path / "awq", calib, QuantConfig(**FAST), progress=False)
+    written = CheckpointFolder(tmp_path / "awq")
+    arch = ARCHITECTURES["Gemma3ForCausalLM"]
+    layout = LAYOUTS["awq"]
+    state = {name: written.get(name) for name in written.tensors if not name.endswith(layout.suffixes)}
+    for i in range(2):
+        for name in arch.linears:
+            prefix = f"{arch.layers}.{i}.{name}"
+            groups = layout.unpack({suffix: written.get(f"{prefix}.{suffix}") for suffix in layout.suffixes})
+            state[f"{prefix}.weight"] = dequantize_groups(groups.q, groups.scales, groups.zeros, FAST["group_size"])
+    dense = AutoModelForCausalLM.from_pretrained(tiny_gemma, dtype=torch.float32)
+    dense.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    with torch.no_grad():
+        expected = dense(held_out).logits
+        got = load_quantized(tmp_path / "awq", CPU_FP32)(held_out).logits
+    assert torch.equal(got, expected), (got - expected).abs().max()

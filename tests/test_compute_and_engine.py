@@ -20,7 +20,7 @@ from kernels import AWQLinear, awq_gemm_reference
 from validation import load_test
 from validation.settings import LoadSettings
 
-FAST = dict(group_size=32, n_grid=10, search_tokens=512, clip_tokens=128)
+FAST = dict(group_size=32, n_grid=10, search_tokens=512)
 AVX2_FLAGS = frozenset({"avx", "avx2", "fma"})
 AVX512_BF16_FLAGS = AVX2_FLAGS | {"avx512f", "avx512_bf16"}
 

@@ -99,7 +99,7 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
         home / "checkpoints" / "tiny",
         home / "fresh",
         load_file(tokens)["input_ids"],
-        QuantConfig(group_size=64, search_tokens=512, n_grid=10, clip_tokens=128),
+        QuantConfig(group_size=64, search_tokens=512, n_grid=10),
         progress=False,
     )
     assert fresh.resumed_blocks == 0

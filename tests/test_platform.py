@@ -34,7 +34,7 @@ def policy(demo, work, quantization: dict) -> dict:
     return {
         "model_name": "demo-bot",
         "calibration": {"texts": [str(p) for p in demo.calibration_texts[-8:]], "n_samples": 4, "seqlen": 256},
-        "quantization": {"group_size": 64, "search_tokens": 1024, "n_grid": 10, "clip_tokens": 256} | quantization,
+        "quantization": {"group_size": 64, "search_tokens": 1024, "n_grid": 10} | quantization,
         "validation": {
             "perplexity": {
                 "domain_texts": domain[-2:],
@@ -163,6 +163,8 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         assert all(f"](plots/{name}.png)" in card for name in figures)
         assert all((release_dir / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in figures)
         assert "--config vllm-config.yaml" in card and "gptqmodel" in card and "load_quantized" in card
+        steps = "AWQ scales + asymmetric range search + GPTQ rounding"
+        assert f"group size 64, asymmetric, {steps}, calibrated" in card
         assert load_runs or "| load | not run: skipped: " in card
         assert manifest["power_check"]["blind"] is True and "WARNING: the gates caught none of the 1 planted" in card
         rotary = "8 slowest rotary pairs (of 32) reflected in every self_attn.q_proj and self_attn.k_proj"
