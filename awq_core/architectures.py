@@ -36,6 +36,12 @@ class Architecture:
     rotary_projections: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")  # rotate_half layout
     attention_out: str = "self_attn.o_proj"
     mlp_out: str = "mlp.down_proj"
+    # Gemma: norms compute (norm_offset + w) * x, so folding 1/s into one is not a plain division;
+    # embeddings are multiplied by sqrt(hidden size) in the model's dtype; the rotary embedding is
+    # computed per attention type (sliding or full), each with its own base.
+    norm_offset: float = 0.0
+    scaled_embedding: bool = False
+    rotary_per_layer_type: bool = False
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -52,6 +58,20 @@ LLAMA = Architecture(
     )
 )
 
+# Gemma 3 normalises attention's and the MLP's outputs too (post_attention_layernorm,
+# post_feedforward_layernorm); those follow the linears, so nothing is folded into them.
+GEMMA3 = Architecture(
+    groups=(
+        ScaleGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+        ScaleGroup("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+        ScaleGroup("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
+    ),
+    norm_offset=1.0,
+    scaled_embedding=True,
+    rotary_per_layer_type=True,
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
     "LlamaForCausalLM": LLAMA,
     "MistralForCausalLM": LLAMA,
@@ -59,6 +79,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Qwen3 normalises each head after q_proj/k_proj (q_norm, k_norm). Those norms sit inside the
     # inspected attention, so the qkv loss accounts for them; they are never folded into or quantized.
     "Qwen3ForCausalLM": LLAMA,
+    "Gemma3ForCausalLM": GEMMA3,  # text-only Gemma 3 (270M, 1B)
 }
 
 

@@ -11,7 +11,7 @@ from awq_core.architectures import architecture_for
 from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
 from awq_core.formats import format_of
-from awq_core.model import meta_model, rotary_embedding
+from awq_core.model import meta_model, restore_computed_buffers
 from awq_core.packing import LAYOUTS, pack_awq
 from awq_release.errors import CheckpointError
 from kernels import AWQLinear
@@ -65,5 +65,5 @@ def load_quantized(model_dir: str | Path, compute: Resolved | None = None) -> nn
         )
     if tied:
         model.get_submodule(arch.lm_head).weight = model.get_submodule(arch.embed).weight
-    model.set_submodule(arch.rotary, rotary_embedding(model, arch, hf_config))
+    restore_computed_buffers(model, arch, hf_config)
     return model.to(compute.device).eval()

@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
@@ -28,11 +29,48 @@ def rotary_embedding(
     return type(meta_rotary)(config=config).to(device)
 
 
-def block_kwargs(rotary: nn.Module, seqlen: int, compute: Resolved) -> dict:
-    """Forward arguments shared by every window of one length: causal attention, positions 0..L-1."""
+def embedding_scale(arch: Architecture, config: PretrainedConfig) -> float:
+    """What the model multiplies its input embeddings by (Gemma: sqrt of the hidden size)."""
+    return config.hidden_size**0.5 if arch.scaled_embedding else 1.0
+
+
+def restore_computed_buffers(model: nn.Module, arch: Architecture, config: PretrainedConfig) -> None:
+    """The buffers a meta skeleton lacks because the model computes them at construction."""
+    model.set_submodule(arch.rotary, rotary_embedding(model, arch, config))
+    if arch.scaled_embedding:
+        model.get_submodule(arch.embed).embed_scale = torch.tensor(embedding_scale(arch, config))
+
+
+def embed(ids: Tensor, weight: Tensor, arch: Architecture, config: PretrainedConfig, dtype: torch.dtype) -> Tensor:
+    """Input embeddings of ids (N, L) -> (N, L, C) in dtype, scaled as the model scales them (in dtype)."""
+    hidden = F.embedding(ids, weight).to(dtype)
+    scale = embedding_scale(arch, config)
+    return hidden * torch.tensor(scale, dtype=dtype) if scale != 1.0 else hidden
+
+
+def layer_types(config: PretrainedConfig) -> list[str]:
+    """Each block's attention type ("full_attention" or "sliding_attention"), all full when unsaid."""
+    return list(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)
+
+
+def block_kwargs(
+    rotary: nn.Module, arch: Architecture, config: PretrainedConfig, layer_type: str, seqlen: int, compute: Resolved
+) -> dict:
+    """Forward arguments shared by every window of one length for blocks of one attention type:
+    causal attention (within the sliding window where the block has one), positions 0..L-1."""
     position_ids = torch.arange(seqlen, device=compute.device)[None]  # (1, L)
     probe = torch.empty(1, seqlen, 1, dtype=compute.dtype, device=compute.device)
-    return {"attention_mask": None, "position_ids": position_ids, "position_embeddings": rotary(probe, position_ids)}
+    rotary_args = (layer_type,) if arch.rotary_per_layer_type else ()
+    window = getattr(config, "sliding_window", None) if layer_type == "sliding_attention" else None
+    mask = None  # None: SDPA's own causal mask
+    if window and seqlen > window:
+        distance = position_ids[0, :, None] - position_ids[0, None, :]  # (L, L) query minus key position
+        mask = ((distance >= 0) & (distance < window))[None, None]  # (1, 1, L, L) True where attended
+    return {
+        "attention_mask": mask,
+        "position_ids": position_ids,
+        "position_embeddings": rotary(probe, position_ids, *rotary_args),
+    }
 
 
 def materialize_block(

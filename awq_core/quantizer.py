@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -33,7 +32,15 @@ from awq_core.checkpoint import CheckpointFolder, side_files
 from awq_core.compute import Compute, Resolved, resolve
 from awq_core.config import QuantConfig
 from awq_core.formats import quantization_config
-from awq_core.model import block_kwargs, materialize_block, meta_model, rotary_embedding, run_block
+from awq_core.model import (
+    block_kwargs,
+    embed,
+    layer_types,
+    materialize_block,
+    meta_model,
+    rotary_embedding,
+    run_block,
+)
 from awq_core.packing import LAYOUTS
 from awq_core.quant import dequantize_groups
 from awq_release.errors import CalibrationError, QuantizationError, UnsupportedArchitecture
@@ -236,14 +243,17 @@ def _quantize_blocks(
     embed_name = f"{arch.embed}.weight"
     store_dtype = STORAGE_DTYPES[ckpt.tensors[embed_name].dtype]
     model, hf_config = meta_model(ckpt.dir, compute.dtype)
-    kwargs = block_kwargs(rotary_embedding(model, arch, hf_config, compute.device), calib.shape[1], compute)
-    hidden = F.embedding(calib, ckpt.get(embed_name)).to(compute.dtype)  # (N, L, C)
+    rotary = rotary_embedding(model, arch, hf_config, compute.device)
+    types = layer_types(hf_config)
+    kwargs_of = {t: block_kwargs(rotary, arch, hf_config, t, calib.shape[1], compute) for t in set(types)}
+    hidden = embed(calib, ckpt.get(embed_name), arch, hf_config, compute.dtype)  # (N, L, C)
     hidden = hidden.to(activation_device(hidden, compute))
     blocks = _Blocks()
     desc = f"AWQ blocks ({compute.device} {compute.dtype_name})"
     bar = tqdm(range(n_layers), desc=desc, unit="block", disable=not progress)
     for i in bar:
         prefix, shard = f"{arch.layers}.{i}.", work / _shard_name(i, n_layers)
+        kwargs = kwargs_of[types[i]]
         block_report = work / ".blocks" / f"{i:05d}.json"
         if block_report.is_file():  # finished by an earlier run with the same inputs
             tensors = {k.removeprefix(prefix): v for k, v in load_file(shard).items()}
