@@ -70,3 +70,10 @@ def token_stream(tokenizer, paths: list[Path]) -> Tensor:
     for document in read_documents(paths, tokenizer):
         stream += tokenizer(document, add_special_tokens=False)["input_ids"] + eos
     return torch.tensor(stream)
+
+
+def window_prefix(tokenizer) -> list[int]:
+    """The tokens every scored or calibration window starts with: BOS where the tokenizer begins
+    each text with it (Gemma, which is never trained on text without it), none otherwise."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []

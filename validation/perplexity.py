@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
-from awq_release.texts import token_stream
+from awq_release.texts import token_stream, window_prefix
 from validation.evidence import bootstrap_increases, increase, percentile_interval
 from validation.models import load_tokenizer, measure_both
 from validation.result import Metric, StageResult, gate
@@ -20,20 +20,29 @@ from validation.settings import PerplexitySettings
 
 @torch.no_grad()
 def window_nlls(
-    model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 256, batch_size: int = 4, desc: str | None = None
+    model: nn.Module,
+    ids: Tensor,
+    seqlen: int = 512,
+    stride: int = 256,
+    batch_size: int = 4,
+    desc: str | None = None,
+    prefix: list[int] | None = None,
 ) -> list[tuple[float, int]]:
-    """(summed NLL, tokens) of each window over ids (T,). Windows of `seqlen` start every `stride`
-    tokens; the first window scores all its tokens, later ones only their last `stride`, each with
-    >= seqlen - stride of context, so every token is scored once."""
-    if ids.numel() < seqlen:
+    """(summed NLL, tokens) of each window over ids (T,). Windows of `seqlen` (`prefix`, the
+    tokenizer's window prefix, then text) start every `stride` tokens of text; the first window
+    scores all its text it can, later ones only their last `stride` tokens, each with >= seqlen -
+    stride of context, so every token is scored once."""
+    head = torch.tensor(prefix or [], dtype=ids.dtype)
+    width = seqlen - len(head)  # text tokens per window
+    if ids.numel() < width:
         raise ValidationError(
             f"{ids.numel()} tokens are fewer than one window of {seqlen}: give more text or a shorter window."
         )
-    starts = list(range(0, ids.numel() - seqlen + 1, stride))
+    starts = list(range(0, ids.numel() - width + 1, stride))
     device = next(model.parameters()).device
     windows = []
     for i in tqdm(range(0, len(starts), batch_size), desc=desc, disable=desc is None, leave=False):
-        batch = torch.stack([ids[s : s + seqlen] for s in starts[i : i + batch_size]]).to(device)  # (B, L)
+        batch = torch.stack([torch.cat([head, ids[s : s + width]]) for s in starts[i : i + batch_size]]).to(device)
         # Only the first window scores every token; the others need logits for their last `stride`
         # tokens alone, which saves most of the vocabulary-sized projection and softmax.
         keep = 0 if starts[i] == 0 else stride + 1  # 0: every position
@@ -56,10 +65,10 @@ def pooled_perplexity(windows: list[tuple[float, int]]) -> float:
 
 
 def perplexity(
-    model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 256, batch_size: int = 4, desc: str | None = None
+    model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 256, prefix: list[int] | None = None
 ) -> float:
     """exp(mean NLL) over ids (T,), windows as in window_nlls."""
-    return pooled_perplexity(window_nlls(model, ids, seqlen, stride, batch_size, desc))
+    return pooled_perplexity(window_nlls(model, ids, seqlen, stride, prefix=prefix))
 
 
 def increase_gate(
@@ -99,10 +108,11 @@ def run(
         )
     tokenizer = load_tokenizer(candidate)
     streams = {name: token_stream(tokenizer, list(files))[: settings.max_tokens] for name, files in sources.items()}
+    prefix = window_prefix(tokenizer)
 
     def measure(model: nn.Module, role: str) -> dict[str, list[tuple[float, int]]]:
         return {
-            name: window_nlls(model, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl")
+            name: window_nlls(model, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl", prefix=prefix)
             for name, ids in streams.items()
         }
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
+from awq_release.texts import window_prefix
 from validation.evidence import paired_mean
 from validation.models import load_tokenizer, measure_both
 from validation.result import Inconclusive, Metric, StageResult, gate
@@ -111,13 +112,14 @@ def load_task(path: str | Path) -> list[Item]:
 
 def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """As lm-evaluation-harness: trailing spaces move to the continuation; the continuation's tokens
-    are what the whole string adds after the context's tokens."""
+    are what the whole string adds after the context's tokens; the context starts with the window
+    prefix (BOS for Gemma, as the harness adds it there)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    return context_ids, whole[len(context_ids) :]
+    return window_prefix(tokenizer) + context_ids, whole[len(context_ids) :]
 
 
 @torch.no_grad()
