@@ -1,14 +1,17 @@
-"""Quantization benchmark on the demo model: original vs RTN vs AWQ perplexity, wall time, peak memory.
+"""Quantization ablation: what each rounding step after AWQ's scales buys, on held-out text and tasks.
 
-    .venv/bin/python -m bench.quantize [--n-samples 64 --seqlen 512 --group-size 64] [--propagate both] \
-        [--device D --dtype T]
+    .venv/bin/python -m bench.quantize [--model demo|gemma3] [--n-samples 64 --seqlen 512] [--group-size G]
+        [--variants rtn,autoawq,...] [--propagate quantized|original] [--device D --dtype T]
 
-Device and dtype are awq_core.compute's (auto: CUDA if present, else bf16 only on CPUs with native
-bf16); the table prints what each run used, its seconds per block, and peak host and GPU memory.
+Models: the demo model (SmolLM2-135M, Llama; group 64 by default) or Gemma 3 270M (group 128; its
+wheels are installed by scripts/setup.sh, for testing only). Calibration is SOTU before 2000; the
+scored texts are SOTU from 2000 on (domain) and Shakespeare (general), never seen in calibration.
 
-Every figure is measured in this run, on this machine. Each quantization runs in a child process
-and its peak RSS is taken while quantize() runs; "above start" subtracts what the process held
-when quantize() began (interpreter, torch, tokenized calibration texts).
+Each variant quantizes in a child process (`awq-release quantize`, so its peak RSS is its own) and
+is scored in this one: perplexity on both texts, its gap to the BF16 original as a share of RTN's,
+and the drop in acc and acc_norm over the demo's multiple-choice quiz items (four choices, scored
+by log-likelihood as lm-evaluation-harness does) with the 95% interval of the paired per-item
+difference. Device and dtype are awq_core.compute's; every figure is measured in this run.
 """
 
 import argparse
@@ -19,103 +22,136 @@ import tempfile
 import time
 from pathlib import Path
 
+from torch import nn
 from transformers import AutoTokenizer
 
 from awq_core.compute import Compute, resolve
-from orchestrator.demo import demo_assets
+from awq_release.texts import window_prefix
+from orchestrator.demo import DemoAssets, demo_assets, gemma_model_dir
 from validation.models import load_model
 from validation.perplexity import perplexity
+from validation.tasks import MultipleChoice, load_task, paired_drop, score_multiple_choice
+
+# Variant -> (label, `awq-release quantize` flags). Each AWQ variant adds one step to AutoAWQ's.
+VARIANTS = {
+    "rtn": ("RTN (round to nearest)", ["--method", "rtn"]),
+    "autoawq": ("AWQ scales + symmetric clip (AutoAWQ)", ["--clip", "symmetric", "--no-refine", "--no-gptq"]),
+    "asym": ("AWQ + asymmetric clip", ["--clip", "asymmetric", "--no-refine", "--no-gptq"]),
+    "refine": ("AWQ + asymmetric clip + refine", ["--clip", "asymmetric", "--refine", "--no-gptq"]),
+    "default": ("AWQ + asymmetric clip + GPTQ (default)", []),
+    "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--refine"]),
+}
+MODELS = {"demo": 64, "gemma3": 128}  # model -> default group size (128 does not divide SmolLM2's 576)
 
 
-def quantize_in_child(model_dir: Path, out_dir: Path, calib: list[Path], args, method: str, propagate: str) -> dict:
+def model_dir(name: str, assets: DemoAssets) -> Path:
+    if name == "demo":
+        return assets.model_dir
+    path = gemma_model_dir()
+    if path is None:
+        raise SystemExit("Gemma 3 270M is not installed: run scripts/setup.sh (it installs its wheels).")
+    return path
+
+
+def quantize_in_child(source: Path, out_dir: Path, calib: list[Path], args, flags: list[str]) -> dict:
     command = [
         str(Path(sys.executable).parent / "awq-release"),
         "quantize",
-        str(model_dir),
+        str(source),
         str(out_dir),
         "--calib",
         *map(str, calib),
-        "--group-size",
-        str(args.group_size),
-        "--n-samples",
-        str(args.n_samples),
-        "--seqlen",
-        str(args.seqlen),
-        "--method",
-        method,
-        "--propagate",
-        propagate,
-        "--device",
-        args.device,
-        "--dtype",
-        args.dtype,
-        "--json",
+        *("--group-size", str(args.group_size), "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen)),
+        *("--propagate", args.propagate, "--device", args.device, "--dtype", args.dtype, "--json"),
+        *flags,
     ]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
+def multiple_choice_items(assets: DemoAssets) -> list[MultipleChoice]:
+    items = [item for path in assets.tasks.values() for item in load_task(path)]
+    return [item for item in items if isinstance(item, MultipleChoice)]
+
+
+def scores(model: nn.Module, tokenizer, texts: dict, items: list[MultipleChoice]) -> dict:
+    """Perplexity on each text and per-item acc and acc_norm (0 or 1) on the quiz items."""
+    prefix = window_prefix(tokenizer)
+    return {name: perplexity(model, ids, prefix=prefix) for name, ids in texts.items()} | score_multiple_choice(
+        model, tokenizer, items, batch_size=16
+    )
+
+
+def drop_cell(baseline: list[int], candidate: list[int]) -> str:
+    """Accuracy drop in points with its 95% interval, e.g. "+2.1 [-0.3, 4.5]"."""
+    d = paired_drop(baseline, candidate)
+    return f"{100 * d['drop']:+5.1f} [{100 * d['ci_low']:+5.1f}, {100 * d['ci_high']:+5.1f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=MODELS, default="demo")
     parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--group-size", type=int, help="default: 64 for the demo model, 128 for Gemma 3")
     parser.add_argument("--eval-tokens", type=int, default=16384)
-    parser.add_argument("--propagate", choices=("quantized", "original", "both"), default="quantized")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--propagate", choices=("quantized", "original"), default="quantized")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
+    args.group_size = args.group_size or MODELS[args.model]
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or "rtn" not in variants:  # RTN: the gap every other row is measured against
+        raise SystemExit(f"--variants {args.variants}: list rtn and choose the rest from {', '.join(VARIANTS)}.")
     compute = resolve(Compute(args.device, args.dtype))
 
     assets = demo_assets()
-    bf16_bytes = sum(p.stat().st_size for p in assets.model_dir.glob("*.safetensors"))
-    tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
+    source = model_dir(args.model, assets)
+    tokenizer = AutoTokenizer.from_pretrained(source)
     texts = assets.eval_streams(tokenizer, args.eval_tokens)
-    blocks = json.loads((assets.model_dir / "config.json").read_text())["num_hidden_layers"]
+    items = multiple_choice_items(assets)
+    blocks = json.loads((source / "config.json").read_text())["num_hidden_layers"]
     print(f"compute: {compute}")
     print(
-        f"demo model {assets.model_dir.name}: {bf16_bytes / 2**20:.0f} MiB BF16; group {args.group_size}; "
-        f"calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; eval {args.eval_tokens} tokens each of "
-        "SOTU >= 2000 (domain) and Shakespeare (general); windows of 512 every 256\n"
+        f"{source.name}: group {args.group_size}; calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; "
+        f"{args.eval_tokens} held-out tokens each of SOTU >= 2000 (domain) and Shakespeare (general), windows of "
+        f"{args.seqlen} every 256; {len(items)} four-way quiz items\n"
     )
 
-    rows = []
     start = time.perf_counter()
-    original = load_model(assets.model_dir, compute)
-    baseline = {name: perplexity(original, ids) for name, ids in texts.items()}
-    rows.append(("original (BF16 weights)", baseline, None))
-    print(f"original evaluated in {time.perf_counter() - start:.0f} s")
-
-    runs = [("rtn", "quantized")] + [
-        ("awq", p) for p in (("quantized", "original") if args.propagate == "both" else (args.propagate,))
-    ]
+    baseline = scores(load_model(source, compute), tokenizer, texts, items)
+    print(f"original scored in {time.perf_counter() - start:.0f} s")
+    rows = {}
     with tempfile.TemporaryDirectory() as work:
-        for method, propagate in runs:
-            out_dir = Path(work) / f"{method}-{propagate}"
-            summary = quantize_in_child(assets.model_dir, out_dir, assets.calibration_texts, args, method, propagate)
-            model = load_model(out_dir, compute)
-            label = "RTN" if method == "rtn" else f"AWQ ({propagate} outputs feed the next block)"
-            rows.append((label, {name: perplexity(model, ids) for name, ids in texts.items()}, summary))
+        for variant in variants:
+            label, flags = VARIANTS[variant]
+            out_dir = Path(work) / variant
+            summary = quantize_in_child(source, out_dir, assets.calibration_texts, args, flags)
+            rows[variant] = (summary, scores(load_model(out_dir, compute), tokenizer, texts, items))
+            print(f"{label}: quantized in {summary['seconds']:.0f} s", flush=True)
 
-    columns = (("device", 7), ("dtype", 9), ("wall s", 7), ("s/block", 8), ("peak RSS MiB", 13), ("above start", 12))
-    columns += (("that / BF16", 12), ("peak GPU MiB", 13))
-    header = " ".join(f"{name:>{width}}" for name, width in columns)
-    print(f"\n{'model':44} {'domain ppl':>11} {'general ppl':>12} {header}")
-    for label, ppl, summary in rows:
-        figures = ""
-        if summary:
-            added = summary["peak_rss_mb"] - summary["start_rss_mb"]
-            gpu = "-" if summary["peak_gpu_mb"] is None else f"{summary['peak_gpu_mb']:.0f}"
-            figures = (
-                f"{summary['compute']['device']:>7} {summary['compute']['dtype']:>9} {summary['seconds']:7.0f} "
-                f"{summary['seconds'] / blocks:8.1f} "
-                f"{summary['peak_rss_mb']:13.0f} {added:12.0f} {added * 2**20 / bf16_bytes:12.2f} {gpu:>13}"
-            )
-        print(f"{label:44} {ppl['domain']:11.3f} {ppl['general']:12.3f} {figures}")
-    rtn = rows[1][1]
-    print("\nperplexity gap to BF16, as a fraction of RTN's gap (target <= 0.5):")
-    for label, ppl, _ in rows[2:]:
-        fractions = {name: (ppl[name] - baseline[name]) / (rtn[name] - baseline[name]) for name in texts}
-        print(f"  {label:42} domain {fractions['domain']:.2f}   general {fractions['general']:.2f}")
+    rtn = rows["rtn"][1]
+    print(
+        f"\n{'method':44} {'domain ppl':>10} {'general ppl':>11} {'gap/RTN dom':>11} {'gap/RTN gen':>11} "
+        f"{'wall s':>7} {'s/block':>7} {'RSS MiB':>8} {'GPU MiB':>8}"
+    )
+    print(f"{'original (BF16 weights)':44} {baseline['domain']:10.3f} {baseline['general']:11.3f}")
+    for variant, (summary, got) in rows.items():
+        gaps = [(got[t] - baseline[t]) / (rtn[t] - baseline[t]) for t in ("domain", "general")]
+        gpu = "-" if summary["peak_gpu_mb"] is None else f"{summary['peak_gpu_mb']:.0f}"
+        print(
+            f"{VARIANTS[variant][0]:44} {got['domain']:10.3f} {got['general']:11.3f} {gaps[0]:11.2f} {gaps[1]:11.2f} "
+            f"{summary['seconds']:7.0f} {summary['seconds'] / blocks:7.1f} {summary['peak_rss_mb']:8.0f} {gpu:>8}"
+        )
+    print(
+        f"\nquiz accuracy, {len(items)} items: the original's acc {sum(baseline['acc']) / len(items):.1%}, "
+        f"acc_norm {sum(baseline['acc_norm']) / len(items):.1%}; drops in points with 95% intervals"
+    )
+    print(f"{'method':44} {'acc drop':>22} {'acc_norm drop':>22}")
+    for variant, (_, got) in rows.items():
+        cells = [drop_cell(baseline[m], got[m]) for m in ("acc", "acc_norm")]
+        print(f"{VARIANTS[variant][0]:44} {cells[0]:>22} {cells[1]:>22}")
 
 
 if __name__ == "__main__":
