@@ -86,7 +86,7 @@ def test_unknown_architecture(tmp_path, model_copy, calib_file):
         run_quantize(model_copy, tmp_path / "out", [calib_file]),
         tmp_path / "out",
         "GPT2LMHeadModel",
-        "Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
+        "Supported: Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
     )
 
 
