@@ -159,7 +159,7 @@ def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
     bad = make_tiny_model(tmp_path / "bad", demo.model_dir)
     config = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps(config | {"architectures": ["GPTNeoXForCausalLM"]}))
-    with pytest.raises(UnsupportedArchitecture, match="Supported: LlamaForCausalLM"):
+    with pytest.raises(UnsupportedArchitecture, match="Supported: Gemma3ForCausalLM, LlamaForCausalLM"):
         ingest(bad, tmp_path, ReleasePolicy())
 
 
