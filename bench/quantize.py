@@ -1,7 +1,7 @@
 """Quantization ablation: what each rounding step after AWQ's scales buys, on held-out text and tasks.
 
     .venv/bin/python -m bench.quantize [--model demo|gemma3] [--n-samples 64 --seqlen 512] [--group-size G]
-        [--variants rtn,autoawq,...] [--propagate quantized|original] [--device D --dtype T]
+        [--variants rtn,default,...] [--propagate quantized|original] [--device D --dtype T]
 
 Models: the demo model (SmolLM2-135M, Llama; group 64 by default) or Gemma 3 270M (group 128; its
 wheels are installed by scripts/setup.sh, for testing only). Calibration is SOTU before 2000; the
@@ -35,11 +35,11 @@ from validation.tasks import MultipleChoice, load_task, paired_drop, score_multi
 # Variant -> (label, `awq-release quantize` flags). Each AWQ variant adds one step to AutoAWQ's.
 VARIANTS = {
     "rtn": ("RTN (round to nearest)", ["--method", "rtn"]),
-    "autoawq": ("AWQ scales + symmetric clip (AutoAWQ)", ["--clip", "symmetric", "--no-refine", "--no-gptq"]),
     "asym": ("AWQ + asymmetric clip", ["--clip", "asymmetric", "--no-refine", "--no-gptq"]),
     "refine": ("AWQ + asymmetric clip + refine", ["--clip", "asymmetric", "--refine", "--no-gptq"]),
-    "default": ("AWQ + asymmetric clip + GPTQ (default)", []),
-    "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--refine"]),
+    "default": ("AWQ scales + symmetric clip (the default)", []),
+    "gptq": ("AWQ + asymmetric clip + GPTQ", ["--clip", "asymmetric", "--gptq"]),
+    "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--clip", "asymmetric", "--refine", "--gptq"]),
 }
 MODELS = {"demo": 64, "gemma3": 128}  # model -> default group size (128 does not divide SmolLM2's 576)
 

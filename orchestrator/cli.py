@@ -30,7 +30,7 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--symmetric", action="store_true", help="no zero points (a constant zero of 8)")
     p.add_argument(
-        "--clip", choices=("asymmetric", "symmetric", "none"), default="asymmetric", help="the range search per group"
+        "--clip", choices=("asymmetric", "symmetric", "none"), default="symmetric", help="the range search per group"
     )
     p.add_argument(
         "--refine",
@@ -39,7 +39,7 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
         help="refit each group's scale and zero point for output error (off: it did not help held-out text)",
     )
     p.add_argument(
-        "--gptq", action=argparse.BooleanOptionalAction, default=True, help="GPTQ error compensation in rounding"
+        "--gptq", action=argparse.BooleanOptionalAction, default=False, help="GPTQ error compensation in rounding"
     )
     p.add_argument(
         "--format",
