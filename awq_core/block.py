@@ -115,10 +115,10 @@ def _round_linear(
 ) -> tuple[Tensor, Tensor, Tensor, float]:
     """One linear's integers, fp16 scales and zeros after AWQ's scaling, and the share of its
     groups' ranges the clipping kept. RTN: each group's own range, rounded to nearest."""
-    wg = grouped(w, cfg.group_size)
-    w_min, w_max = wg.amin(-1), wg.amax(-1)
     if cfg.method == "rtn":
         return *quantize_groups(w, cfg.group_size, cfg.zero_point, cfg.bits), 1.0
+    wg = grouped(w, cfg.group_size)
+    w_min, w_max = wg.amin(-1), wg.amax(-1)
     lo, hi = search_clip(w, moments.blocks, cfg) if clip and cfg.clip != "none" else (w_min, w_max)
     kept_range = ((hi - lo) / (w_max - w_min).clamp(min=1e-12)).mean().item()
     scales, zeros = range_params(lo, hi, cfg.zero_point, cfg.bits)

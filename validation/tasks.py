@@ -110,16 +110,16 @@ def load_task(path: str | Path) -> list[Item]:
     return items
 
 
-def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def _encode_pair(tokenizer, prefix: list[int], context: str, continuation: str) -> tuple[list[int], list[int]]:
     """As lm-evaluation-harness: trailing spaces move to the continuation; the continuation's tokens
-    are what the whole string adds after the context's tokens; the context starts with the window
-    prefix (BOS for Gemma, as the harness adds it there)."""
+    are what the whole string adds after the context's tokens; the context starts with `prefix`
+    (the window prefix: BOS for Gemma, as the harness adds it there)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    return window_prefix(tokenizer) + context_ids, whole[len(context_ids) :]
+    return prefix + context_ids, whole[len(context_ids) :]
 
 
 @torch.no_grad()
@@ -148,7 +148,9 @@ def token_loglikelihoods(model: nn.Module, pairs: list[tuple[list[int], list[int
 
 def loglikelihoods(model: nn.Module, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> list[float]:
     """Sum of log p(continuation | context) for each (context, continuation) string pair."""
-    return token_loglikelihoods(model, [_encode_pair(tokenizer, c, x) for c, x in pairs], batch_size)
+    prefix = window_prefix(tokenizer)
+    encoded = [_encode_pair(tokenizer, prefix, c, x) for c, x in pairs]
+    return token_loglikelihoods(model, encoded, batch_size)
 
 
 def score_multiple_choice(
