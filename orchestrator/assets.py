@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from awq_core import build_calibration, quantize
 from awq_core.calibration import calibration_fingerprint
+from deploy.engine import Serving
 from deploy.registry import safe_name
 from orchestrator import plots
 from orchestrator.checks import gate_result, gate_spec
@@ -83,6 +84,11 @@ def model_name(policy: ReleasePolicy, key: str) -> str:
     return policy.model_name or key
 
 
+def serving_of(policy: ReleasePolicy, checkpoint: CheckpointRecord) -> Serving:
+    """The policy's engine arguments, on as many GPUs as the footprint check found the model needs."""
+    return dataclasses.replace(policy.serving, tensor_parallel_size=checkpoint.tensor_parallel_size)
+
+
 @dg.asset(partitions_def=CHECKPOINTS, group_name=GROUP, kinds={"safetensors"})
 def checkpoint(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase
@@ -100,7 +106,8 @@ def checkpoint(
         end_attempt(engine, run_id, "duplicate", reason)
         raise dg.Failure(f"Nothing to do: {reason}. Remove the copy, or change the checkpoint to release it again.")
     checkpoint_id = register_checkpoint(engine, key, found)
-    record = CheckpointRecord(checkpoint_id, key, str(found.model_dir), found.weights_fingerprint)
+    tp = found.footprint["tensor_parallel_size"]
+    record = CheckpointRecord(checkpoint_id, key, str(found.model_dir), found.weights_fingerprint, tp)
     context.log.info(f"checkpoint {key} verified and registered (sha256 {found.content_hash[:16]}…)")
     return dg.MaterializeResult(value=record, metadata=checkpoint_metadata(record, found))
 
@@ -184,7 +191,8 @@ def validation_asset(stage: str, after: list[dg.AssetsDefinition] | None = None)
     ) -> dg.MaterializeResult:
         key, policy = context.partition_key, policy_of(context, platform, lineage).policy
         # The load stage starts the engine arguments the release will ship; its server logs go beside the reports.
-        load = dataclasses.replace(policy.validation.load, log_dir=platform.work(key) / "logs", serving=policy.serving)
+        serving = serving_of(policy, awq_model.checkpoint)
+        load = dataclasses.replace(policy.validation.load, log_dir=platform.work(key) / "logs", serving=serving)
         settings = dataclasses.replace(policy.validation, load=load)
         result = run_stage(stage, awq_model.checkpoint.model_dir, awq_model.model_dir, settings, policy.compute)
         report = write_report(result, platform.work(key) / "validation" / f"{stage}-{awq_model.id}.json")
@@ -275,7 +283,8 @@ def release(
         raise dg.Failure(f"Quantization run {awq_model.id} of {key} is already released as {promoted}.")
     plotted = [("quantization", awq_model.plot)] + [(r.stage, r.plot) for r in validations.values()]
     figures = {name: Path(plot) for name, plot in plotted if plot}
-    promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, snapshot, figures)
+    serving = serving_of(snapshot.policy, awq_model.checkpoint)
+    promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, snapshot, serving, figures)
     end_attempt(engine, context.run_id, "released", f"{model} {promotion.version}")
     context.log.info(f"released {model} {promotion.version} at {promotion.path}")
     return dg.MaterializeResult(metadata=release_metadata(promotion))

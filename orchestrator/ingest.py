@@ -62,9 +62,21 @@ def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> t
     return out_dir, base_name
 
 
+def tensor_parallel_size(need_bytes: float, usable_per_gpu: float, heads: int, least: int, per_node: int) -> int | None:
+    """The smallest tensor parallelism from `least` up to the GPUs of one node that splits `need_bytes`
+    into what one GPU can hold; vLLM needs it to divide the attention heads. None: nothing fits."""
+    tp = least
+    while tp <= per_node:
+        if heads % tp == 0 and need_bytes / tp <= usable_per_gpu:
+            return tp
+        tp *= 2
+    return None
+
+
 def footprint(ckpt: CheckpointFolder, policy: ReleasePolicy) -> dict:
     """Serving memory of the 4-bit release: packed linears, 16-bit everything else, and the KV cache
-    of max_num_seqs sequences of max_model_len tokens, against the target GPU's usable memory."""
+    of max_num_seqs sequences of max_model_len tokens, against the target GPUs' usable memory, and
+    the tensor parallelism that makes it fit (the policy's, raised when one GPU is not enough)."""
     arch = architecture_for(ckpt.config)
     linear = re.compile(rf"{re.escape(arch.layers)}\.\d+\.({'|'.join(map(re.escape, arch.linears))})\.weight")
     group = policy.quantization.group_size
@@ -77,17 +89,18 @@ def footprint(ckpt: CheckpointFolder, policy: ReleasePolicy) -> dict:
     kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
     kv_per_token = 2 * c["num_hidden_layers"] * kv_heads * head_dim(c) * 2
     kv = kv_per_token * policy.serving.max_model_len * policy.serving.max_num_seqs
-    usable = (
-        policy.target_gpu.memory_gib
-        * 2**30
-        * policy.serving.gpu_memory_utilization
-        * policy.serving.tensor_parallel_size
+    serving, gpu = policy.serving, policy.target_gpu
+    per_gpu = gpu.memory_gib * 2**30 * serving.gpu_memory_utilization
+    tp = tensor_parallel_size(
+        weights + kv, per_gpu, c["num_attention_heads"], serving.tensor_parallel_size, gpu.per_node
     )
+    gpus = tp or max(serving.tensor_parallel_size, gpu.per_node)
     return {
         "weights_gib": weights / 2**30,
         "kv_cache_gib": kv / 2**30,
-        "usable_gib": usable / 2**30,
-        "fits": weights + kv <= usable,
+        "usable_gib": per_gpu * gpus / 2**30,
+        "tensor_parallel_size": gpus,
+        "fits": tp is not None,
     }
 
 
@@ -119,9 +132,9 @@ def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy, known_hash: str 
         raise CheckpointError(
             f"{folder.name} needs {fit['weights_gib']:.1f} GiB of 4-bit weights "
             f"+ {fit['kv_cache_gib']:.1f} GiB of KV cache, more than the "
-            f"{fit['usable_gib']:.1f} GiB usable on the target GPU ({policy.target_gpu.name}): raise "
-            "tensor_parallel_size, lower max_model_len "
-            "or max_num_seqs, or pick a larger GPU in the policy."
+            f"{fit['usable_gib']:.1f} GiB usable on {fit['tensor_parallel_size']} of the target GPU "
+            f"({policy.target_gpu.name}), as many as tensor parallelism can use on one node: lower "
+            "max_model_len or max_num_seqs, or give target_gpu a larger GPU or more GPUs per node (per_node)."
         )
     digest = _hash_and_check(ckpt, source, known_hash)
     return Ingested(

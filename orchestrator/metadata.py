@@ -25,8 +25,9 @@ def _plot(path: Path, title: str) -> dict:
 def checkpoint_metadata(record: CheckpointRecord, found: Ingested) -> dict:
     fit = found.footprint
     footprint = (
-        "| 4-bit weights GiB | KV cache GiB | usable GiB | fits |\n|---|---|---|---|\n"
-        f"| {fit['weights_gib']:.2f} | {fit['kv_cache_gib']:.2f} | {fit['usable_gib']:.1f} | {fit['fits']} |"
+        "| 4-bit weights GiB | KV cache GiB | usable GiB | tensor parallel | fits |\n|---|---|---|---|---|\n"
+        f"| {fit['weights_gib']:.2f} | {fit['kv_cache_gib']:.2f} | {fit['usable_gib']:.1f} "
+        f"| {fit['tensor_parallel_size']} | {fit['fits']} |"
     )
     return {
         "checkpoint_id": record.id,

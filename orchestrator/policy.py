@@ -1,8 +1,9 @@
 """The release policy: one YAML file of settings and thresholds that feeds every step."""
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import Engine
 
@@ -22,9 +23,31 @@ class CalibrationPolicy:
 
 
 @dataclass(frozen=True)
+class Toleration:
+    """A Kubernetes toleration the GPU steps' pods carry, so that they may run on tainted GPU nodes."""
+
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None  # only with operator Equal
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+@dataclass(frozen=True)
 class TargetGPU:
+    """The GPU a release is served on, and, on Kubernetes, where the GPU steps run (orchestrator.placement)."""
+
     name: str = "H100 80GB"
     memory_gib: float = 80.0
+    per_node: int = 1  # GPUs on one node: the most tensor parallelism the footprint check may choose
+    resource: str = "nvidia.com/gpu"  # the extended resource the device plugin advertises
+    node_selector: dict[str, str] = field(default_factory=dict)  # e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}
+    tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu"),)
+    cpu: str = "8"  # what a GPU step's pod requests besides its GPU, in Kubernetes quantities
+    memory: str = "64Gi"
+
+    def __post_init__(self):
+        if self.per_node < 1:
+            raise ValidationError(f"target_gpu.per_node={self.per_node}: a GPU node has at least 1 GPU.")
 
 
 @dataclass(frozen=True)

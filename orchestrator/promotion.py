@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from deploy.engine import Serving
 from deploy.registry import current_version, point_current, versions_on_disk, withdraw, write_release
 from orchestrator import lineage
 from orchestrator.db import session_scope
@@ -59,9 +60,11 @@ def promote(
     model: str,
     quantization_run_id: int,
     policy: PolicySnapshot,
+    serving: Serving,
     figures: dict[str, Path] | None = None,
 ) -> Promotion:
-    """Publish the run's output as the model's next version, served as `policy` says, and record it.
+    """Publish the run's output as the model's next version, served with `serving` (the policy's,
+    on the GPUs the footprint check chose), and record it under `policy`.
     `figures`: PNG plots by name (quantization, long_context, load), copied into the release for its card.
 
     Order, so that a process killed at any point leaves the previous release current and intact and
@@ -76,7 +79,7 @@ def promote(
             version = row.version
             manifest = build_manifest(model, version, row.id, chain, policy)
             card = model_card(manifest, tuple(sorted(figures or {})))
-            serving, output = policy.policy.serving, Path(chain.run.output_path)
+            output = Path(chain.run.output_path)
             written = write_release(registry, model, version, output, manifest, card, serving, figures)
             row.manifest, row.path = manifest, str(written)
     except Exception:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 import orchestrator.assets as assets_module
 from awq_core import QuantConfig, quantize
 from awq_release.errors import PromotionError
+from deploy.engine import Serving
 from deploy.registry import current_version, versions_on_disk
 from orchestrator import lineage
 from orchestrator.assets import calibration_set, checkpoint
@@ -118,6 +119,7 @@ PROMOTE = """
 import os, shutil, signal, sys
 from pathlib import Path
 import orchestrator.promotion as promotion
+from deploy.engine import Serving
 from orchestrator.db import upgrade
 from orchestrator.policy import PolicySnapshot, ReleasePolicy
 
@@ -131,7 +133,7 @@ elif point == "written":  # whole on disk, never recorded
     promotion.write_release = lambda *a, **k: (real_write(*a, **k), die())
 elif point == "recorded":  # recorded, `current` never moved
     promotion.point_current = die
-promotion.promote(upgrade(url), registry, "bot", run_id, PolicySnapshot(0, "h", "{}", ReleasePolicy()))
+promotion.promote(upgrade(url), registry, "bot", run_id, PolicySnapshot(0, "h", "{}", ReleasePolicy()), Serving())
 """
 
 
@@ -167,7 +169,7 @@ def test_kill_during_promotion_keeps_the_previous_release(tmp_path, tiny_llama, 
     engine = upgrade(url)
     snapshot = PolicySnapshot(0, "h", "{}", ReleasePolicy())
     first, second = (add_run(engine, tiny_llama, name) for name in ("a", "b"))
-    promote(engine, registry, "bot", first, snapshot)
+    promote(engine, registry, "bot", first, snapshot, Serving())
     v1 = registry / "bot" / "releases" / "v0001"
     v1_files = {p.name: p.read_bytes() for p in v1.iterdir()}
 
@@ -183,7 +185,7 @@ def test_kill_during_promotion_keeps_the_previous_release(tmp_path, tiny_llama, 
     repairs = reconcile(engine, registry, "bot")
     assert len(repairs) == (0 if point == "copying" else 1), repairs
     if point != "recorded":
-        assert promote(engine, registry, "bot", second, snapshot).version == "v0002"
+        assert promote(engine, registry, "bot", second, snapshot, Serving()).version == "v0002"
     with session_scope(engine) as session:
         promoted = [r.version for r in lineage.promoted_releases(session, "bot")]
     assert promoted == versions_on_disk(registry, "bot") == ["v0001", "v0002"]  # registry and database agree
@@ -229,9 +231,9 @@ def test_full_disk_while_promoting_keeps_the_previous_release(tmp_path, tiny_lla
     engine = upgrade(f"sqlite:///{tmp_path / 'lineage.db'}")
     snapshot = PolicySnapshot(0, "h", "{}", ReleasePolicy())
     first, second = (add_run(engine, tiny_llama, name) for name in ("a", "b"))
-    promote(engine, registry, "bot", first, snapshot)
+    promote(engine, registry, "bot", first, snapshot, Serving())
     with pytest.raises(PromotionError, match=r"Could not write bot v0002 .*No space left on device"):
-        promote(engine, registry, "bot", second, snapshot)
+        promote(engine, registry, "bot", second, snapshot, Serving())
     assert current_version(registry, "bot") == "v0001" and versions_on_disk(registry, "bot") == ["v0001"]
     assert not list((registry / "bot" / "releases").glob(".*"))  # the partial copy is gone
     assert json.loads((registry / "bot" / "current" / "manifest.json").read_text())["version"] == "v0001"

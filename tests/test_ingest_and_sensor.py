@@ -1,5 +1,6 @@
 """The sensor's choice of checkpoints, and ingest's checks: LoRA merge, footprint, hostile names."""
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -18,7 +19,7 @@ from orchestrator import hashing
 from orchestrator.attempts import next_attempt
 from orchestrator.definitions import defs
 from orchestrator.hashing import content_hash, stat_signature
-from orchestrator.ingest import ingest
+from orchestrator.ingest import ingest, tensor_parallel_size
 from orchestrator.lineage import attempt_statuses, end_attempt, start_attempt
 from orchestrator.policy import ReleasePolicy, TargetGPU
 from orchestrator.resources import LineageDatabase
@@ -148,11 +149,31 @@ def test_lora_adapter_for_another_base_is_refused(tmp_path, demo, lora_adapter):
 
 
 def test_checkpoint_too_big_for_the_gpu(tmp_path, demo):
-    with pytest.raises(CheckpointError, match=r"more than the .* GiB usable on the target GPU \(tiny\)"):
+    with pytest.raises(CheckpointError, match=r"more than the .* GiB usable on 1 of the target GPU \(tiny\)"):
         ingest(demo.model_dir, tmp_path, ReleasePolicy(target_gpu=TargetGPU(name="tiny", memory_gib=0.05)))
     found = ingest(demo.model_dir, tmp_path, ReleasePolicy())
     # 135M: ~28M embedding params in 16-bit, the rest 4-bit
     assert found.footprint["fits"] and 0.05 < found.footprint["weights_gib"] < 0.15
+    assert found.footprint["tensor_parallel_size"] == 1
+
+
+def test_tensor_parallelism_is_the_least_that_fits_and_divides_the_heads():
+    assert tensor_parallel_size(need_bytes=10, usable_per_gpu=3, heads=32, least=1, per_node=8) == 4
+    assert tensor_parallel_size(need_bytes=10, usable_per_gpu=3, heads=32, least=1, per_node=2) is None
+    assert tensor_parallel_size(need_bytes=10, usable_per_gpu=3, heads=9, least=1, per_node=8) is None  # SmolLM2
+    assert tensor_parallel_size(need_bytes=1, usable_per_gpu=3, heads=32, least=2, per_node=8) == 2  # the policy's
+
+
+def test_ingest_serves_on_two_gpus_what_one_cannot_hold(tmp_path, demo):
+    tiny = make_tiny_model(tmp_path / "tiny", demo.model_dir)  # 4 attention heads
+    fit = ingest(tiny, tmp_path, ReleasePolicy()).footprint
+    need_gib = fit["weights_gib"] + fit["kv_cache_gib"]
+    small = TargetGPU(name="small", memory_gib=0.6 * need_gib / 0.9, per_node=4)  # holds 0.6 of the model
+    fit = ingest(tiny, tmp_path, ReleasePolicy(target_gpu=small)).footprint
+    assert fit["fits"] and fit["tensor_parallel_size"] == 2
+    assert fit["usable_gib"] == pytest.approx(2 * 0.6 * need_gib)
+    with pytest.raises(CheckpointError, match=r"usable on 1 of the target GPU \(small\).*per_node"):
+        ingest(tiny, tmp_path, ReleasePolicy(target_gpu=dataclasses.replace(small, per_node=1)))
 
 
 def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
