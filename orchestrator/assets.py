@@ -48,6 +48,7 @@ from orchestrator.metadata import (
     stage_plot,
 )
 from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
+from orchestrator.placement import GPU_POOL, gpu_op_tags, load_op_tags, placement_policy, policy_path
 from orchestrator.policy import PolicySnapshot, ReleasePolicy, run_policy
 from orchestrator.promotion import blocking_stages, promote, reconcile
 from orchestrator.records import (
@@ -62,7 +63,8 @@ from validation import STAGES, StageResult, run_stage
 from validation.power import power_check as run_power_check
 
 GROUP = "release"
-HEAVY_POOL = "heavy"  # quantization and model evaluation: one at a time per machine (dagster.yaml sets the limit)
+PLACEMENT = placement_policy(policy_path())  # the GPU steps' Kubernetes op tags come from its target_gpu
+GPU_STEP = {"pool": GPU_POOL, "op_tags": gpu_op_tags(PLACEMENT.target_gpu)}
 
 
 def source_folder(platform: Platform, key: str) -> Path:
@@ -134,7 +136,7 @@ def calibration_set(
     )
 
 
-@dg.asset(partitions_def=CHECKPOINTS, group_name=GROUP, pool=HEAVY_POOL, kinds={"pytorch"})
+@dg.asset(partitions_def=CHECKPOINTS, group_name=GROUP, kinds={"pytorch"}, **GPU_STEP)
 def awq_model(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, calibration_set: CalibrationRecord
 ) -> dg.MaterializeResult[CandidateRecord]:
@@ -181,7 +183,8 @@ def validation_asset(stage: str, after: list[dg.AssetsDefinition] | None = None)
         name=name,
         partitions_def=CHECKPOINTS,
         group_name=GROUP,
-        pool=HEAVY_POOL,
+        pool=GPU_POOL,
+        op_tags=load_op_tags(PLACEMENT) if stage == "load" else GPU_STEP["op_tags"],
         deps=after,
         check_specs=[gate_spec(stage, name)],
         dagster_type=StageRecord,  # with a check beside it, the return annotation cannot carry the type
@@ -229,7 +232,7 @@ VALIDATIONS = [*QUALITY_VALIDATIONS, validation_asset("load", after=QUALITY_VALI
 @dg.asset(
     partitions_def=CHECKPOINTS,
     group_name=GROUP,
-    pool=HEAVY_POOL,
+    **GPU_STEP,
     deps=QUALITY_VALIDATIONS,  # after their gates passed: a failed blocking gate skips it
 )
 def power_check(

@@ -45,7 +45,7 @@ def failure_reason(event: dg.DagsterEvent | None) -> str:
 
 def reap_killed_runs(instance: dg.DagsterInstance, engine: Engine) -> list[str]:
     """Runs an earlier `awq-release run` started and never ended: its process was killed. The caller
-    holds the run lock, so none of them can still be going. Each is marked failed, the `heavy` pool
+    holds the run lock, so none of them can still be going. Each is marked failed, the `gpu` pool
     slot its step held is freed (else the next run would wait for it forever), its attempt killed."""
     unfinished = instance.get_runs(dg.RunsFilter(tags={LAUNCHER_TAG: "in_process"}, statuses=UNFINISHED))
     for run in unfinished:

@@ -12,12 +12,9 @@ import dagster as dg
 
 from orchestrator.assets import RELEASE_ASSETS
 from orchestrator.jobs import release_job
+from orchestrator.placement import platform_home, policy_path
 from orchestrator.resources import LineageDatabase, Platform
 from orchestrator.sensors import attempt_failure_sensor, checkpoint_sensor
-
-
-def platform_home() -> Path:
-    return Path(os.environ.get("AWQ_RELEASE_HOME", ".platform")).resolve()
 
 
 def default_resources() -> dict:
@@ -29,7 +26,7 @@ def default_resources() -> dict:
             checkpoints_dir=os.environ.get("AWQ_RELEASE_CHECKPOINTS", str(home / "checkpoints")),
             registry_dir=os.environ.get("AWQ_RELEASE_REGISTRY", str(home / "registry")),
             work_dir=work_dir,
-            policy_path=os.environ.get("AWQ_RELEASE_POLICY", str(home / "policy.yaml")),
+            policy_path=str(policy_path()),
         ),
         "lineage": LineageDatabase(url=database_url),
         # Hidden, so it never maps to a checkpoint's work folder (partition keys never start with a dot).

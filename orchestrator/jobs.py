@@ -1,16 +1,17 @@
 """The release job: the whole chain for one checkpoint partition.
 
 Its steps run one after another in the run's own process: they share one import of torch and the
-model stacks instead of one per step, and the heavy pool lets only one of them compute at a time
-anyway. A cluster install swaps the executor (Kubernetes: a pod per step), not the assets."""
+model stacks instead of one per step, and the gpu pool lets only one of them compute at a time
+anyway. A cluster install swaps the executor (orchestrator.placement: a pod per step), not the assets."""
 
 import dagster as dg
 
 from orchestrator.assets import GROUP
+from orchestrator.placement import executor
 
 release_job = dg.define_asset_job(
     "release_job",
     selection=dg.AssetSelection.groups(GROUP),
     description="Ingest, quantize, validate and promote one checkpoint.",
-    executor_def=dg.in_process_executor,
+    executor_def=executor(),
 )

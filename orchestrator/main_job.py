@@ -17,10 +17,11 @@ import yaml
 
 from awq_release.errors import ReleaseError
 from orchestrator.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
-from orchestrator.definitions import defs, platform_home
+from orchestrator.definitions import defs
 from orchestrator.demo import DEMO_SERVING, DemoAssets, demo_validation_settings
 from orchestrator.hashing import stat_signature
 from orchestrator.lineage import attempt_statuses, end_attempt
+from orchestrator.placement import platform_home
 from orchestrator.policy import max_attempts_in
 
 DAGSTER_YAML = Path(__file__).with_name("dagster.yaml")

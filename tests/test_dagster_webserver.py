@@ -150,7 +150,7 @@ def runs_of(instance: dg.DagsterInstance, partition: str) -> list[dg.DagsterRun]
 
 
 def test_the_daemon_releases_a_dropped_checkpoint_exactly_once(tmp_path, demo, calib_file):
-    """A real daemon and code server (`dagster dev`), the queued run coordinator and the heavy pool:
+    """A real daemon and code server (`dagster dev`), the queued run coordinator and the gpu pool:
     the sensor launches one run for a dropped checkpoint, which promotes it; the same content dropped
     again, and a copy still being written, launch nothing."""
     home = tmp_path / "platform"

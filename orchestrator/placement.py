@@ -1,0 +1,85 @@
+"""Where the release job's steps run: in the run's own process here, a pod per step on Kubernetes.
+
+The executor is an install choice (AWQ_RELEASE_EXECUTOR=k8s, with the `k8s` extra), never a code
+change. The GPU steps (quantization, model evaluation) carry `dagster-k8s/config` op tags built from
+the release policy's `target_gpu`; the `k8s_job_executor` reads them, the in-process executor
+ignores them. The policy is read when the code location loads: after editing `target_gpu`, reload it.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from awq_release.errors import ValidationError
+from deploy.staging import GPUNodes, resources
+from orchestrator.policy import ReleasePolicy, TargetGPU, parse_policy
+
+GPU_POOL = "gpu"  # the accelerator's steps: one at a time locally, one per GPU node on Kubernetes (its limit)
+K8S_CONFIG_TAG = "dagster-k8s/config"
+# The cluster autoscaler moves pods off nodes it scales down; a GPU step evicted mid-run loses its work.
+NO_EVICTION = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+EXECUTORS = ("in_process", "k8s")
+
+
+def platform_home() -> Path:
+    return Path(os.environ.get("AWQ_RELEASE_HOME", ".platform")).resolve()
+
+
+def policy_path() -> Path:
+    return Path(os.environ.get("AWQ_RELEASE_POLICY", str(platform_home() / "policy.yaml")))
+
+
+def placement_policy(path: Path) -> ReleasePolicy:
+    """The policy the op tags come from; the defaults while no policy file exists yet."""
+    return parse_policy(path.read_text(), str(path)) if path.is_file() else ReleasePolicy()
+
+
+def gpu_nodes(gpu: TargetGPU) -> GPUNodes:
+    """The policy's GPU nodes as the staging server's manifests take them."""
+    tolerations = tuple(
+        {"key": t.key, "operator": t.operator, **({"value": t.value} if t.value else {}), "effect": t.effect}
+        for t in gpu.tolerations
+    )
+    return GPUNodes(gpu.resource, dict(gpu.node_selector), tolerations, gpu.cpu, gpu.memory)
+
+
+def gpu_step_config(gpu: TargetGPU, gpus: int = 1) -> dict:
+    """A step pod's `dagster-k8s/config` (dagster-k8s's snake_case Kubernetes fields): `gpus` of the
+    target GPU, the host CPU and memory the policy asks for, on the GPU nodes, never evicted."""
+    nodes = gpu_nodes(gpu)
+    return {
+        "container_config": {"resources": resources(nodes, gpus)},
+        "pod_spec_config": {"node_selector": nodes.node_selector, "tolerations": list(nodes.tolerations)},
+        "pod_template_spec_metadata": {"annotations": NO_EVICTION},
+    }
+
+
+def gpu_op_tags(gpu: TargetGPU, gpus: int = 1) -> dict[str, str]:
+    return {K8S_CONFIG_TAG: json.dumps(gpu_step_config(gpu, gpus))}
+
+
+def load_op_tags(policy: ReleasePolicy) -> dict[str, str]:
+    """The load stage starts vLLM in its own pod, on the policy's serving.tensor_parallel_size GPUs,
+    unless load.endpoint names a staging deployment of the candidate (`awq-release staging`), which
+    holds the GPUs instead: then its pod needs none."""
+    if policy.validation.load.endpoint:
+        return {}
+    return gpu_op_tags(policy.target_gpu, policy.serving.tensor_parallel_size)
+
+
+def executor() -> dg.ExecutorDefinition:
+    """In process by default: the steps share one import of torch and the model stacks."""
+    choice = os.environ.get("AWQ_RELEASE_EXECUTOR", "in_process")
+    if choice not in EXECUTORS:
+        raise ValidationError(f"AWQ_RELEASE_EXECUTOR={choice!r}: choose one of {', '.join(EXECUTORS)}.")
+    if choice == "in_process":
+        return dg.in_process_executor
+    try:
+        from dagster_k8s import k8s_job_executor
+    except ImportError as e:
+        raise ValidationError(
+            "AWQ_RELEASE_EXECUTOR=k8s needs dagster-k8s: install the project with its `k8s` extra."
+        ) from e
+    return k8s_job_executor
