@@ -6,20 +6,21 @@ stage then drives it through `load.endpoint` (http://NAME.NAMESPACE.svc:8000). T
 read from the platform's shared volume, mounted where the platform's pods mount it.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PORT = 8000
 
 
 @dataclass(frozen=True)
 class GPUNodes:
-    """Where the server's pod may run and what it asks for: as the GPU steps' op tags do."""
+    """Where the server's pod may run and what it asks for, as the GPU steps' op tags do (the
+    release policy's target_gpu, through orchestrator.placement.gpu_nodes)."""
 
-    resource: str = "nvidia.com/gpu"
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: tuple[dict, ...] = ()  # Kubernetes tolerations, camelCase as in a manifest
-    cpu: str = "8"
-    memory: str = "64Gi"
+    resource: str  # the GPUs' extended resource, e.g. nvidia.com/gpu
+    node_selector: dict[str, str]
+    tolerations: tuple[dict, ...]  # Kubernetes tolerations, as in a manifest
+    cpu: str  # host CPU and memory beside the GPUs, in Kubernetes quantities
+    memory: str
 
 
 @dataclass(frozen=True)

@@ -63,10 +63,11 @@ def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> t
 
 
 def tensor_parallel_size(need_bytes: float, usable_per_gpu: float, heads: int, least: int, per_node: int) -> int | None:
-    """The smallest tensor parallelism from `least` up to the GPUs of one node that splits `need_bytes`
-    into what one GPU can hold; vLLM needs it to divide the attention heads. None: nothing fits."""
+    """The smallest tensor parallelism from `least` (the policy's) up to the GPUs of one node that
+    splits `need_bytes` into what one GPU can hold; vLLM needs it to divide the attention heads.
+    None: nothing fits."""
     tp = least
-    while tp <= per_node:
+    while tp <= max(least, per_node):
         if heads % tp == 0 and need_bytes / tp <= usable_per_gpu:
             return tp
         tp *= 2

@@ -24,10 +24,12 @@ EXECUTORS = ("in_process", "k8s")
 
 
 def platform_home() -> Path:
+    """Where the platform's folders, policy and local database live ($AWQ_RELEASE_HOME)."""
     return Path(os.environ.get("AWQ_RELEASE_HOME", ".platform")).resolve()
 
 
 def policy_path() -> Path:
+    """The release policy file ($AWQ_RELEASE_POLICY)."""
     return Path(os.environ.get("AWQ_RELEASE_POLICY", str(platform_home() / "policy.yaml")))
 
 
@@ -39,7 +41,8 @@ def placement_policy(path: Path) -> ReleasePolicy:
 def gpu_nodes(gpu: TargetGPU) -> GPUNodes:
     """The policy's GPU nodes as the staging server's manifests take them."""
     tolerations = tuple(
-        {"key": t.key, "operator": t.operator, **({"value": t.value} if t.value else {}), "effect": t.effect}
+        {"key": t.key, "operator": t.operator, **({"value": t.value} if t.value else {})}
+        | ({"effect": t.effect} if t.effect else {})
         for t in gpu.tolerations
     )
     return GPUNodes(gpu.resource, dict(gpu.node_selector), tolerations, gpu.cpu, gpu.memory)

@@ -29,7 +29,14 @@ class Toleration:
     key: str
     operator: Literal["Exists", "Equal"] = "Exists"
     value: str | None = None  # only with operator Equal
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"  # None: every effect
+
+    def __post_init__(self):
+        if (self.operator == "Equal") != (self.value is not None):
+            raise ValidationError(
+                f"target_gpu.tolerations key {self.key!r}: operator Equal takes a value, Exists none; "
+                f"got operator {self.operator} with value {self.value!r}."
+            )
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ def test_tensor_parallelism_is_the_least_that_fits_and_divides_the_heads():
     assert tensor_parallel_size(need_bytes=10, usable_per_gpu=3, heads=32, least=1, per_node=2) is None
     assert tensor_parallel_size(need_bytes=10, usable_per_gpu=3, heads=9, least=1, per_node=8) is None  # SmolLM2
     assert tensor_parallel_size(need_bytes=1, usable_per_gpu=3, heads=32, least=2, per_node=8) == 2  # the policy's
+    assert tensor_parallel_size(need_bytes=5, usable_per_gpu=3, heads=32, least=2, per_node=1) == 2  # it has 2 GPUs
 
 
 def test_ingest_serves_on_two_gpus_what_one_cannot_hold(tmp_path, demo):

@@ -26,7 +26,7 @@ from awq_release.errors import ValidationError
 from deploy.engine import Serving, engine_args
 from orchestrator.cli import main
 from orchestrator.placement import executor, load_op_tags
-from orchestrator.policy import ReleasePolicy, TargetGPU, Toleration
+from orchestrator.policy import ReleasePolicy, TargetGPU, Toleration, parse_policy
 from tests.conftest import make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +130,13 @@ def test_a_load_stage_that_starts_its_own_server_asks_for_its_tensor_parallel_gp
     )
     limits = step_pod(load_op_tags(policy)).spec.containers[0].resources.limits
     assert limits == {"memory": "64Gi", "nvidia.com/gpu": "2"}
+
+
+def test_a_toleration_that_kubernetes_would_refuse_is_refused_in_the_policy(tmp_path):
+    policy = write_policy(tmp_path / "policy.yaml")
+    text = policy.read_text().replace("operator: Equal\n", "operator: Exists\n")
+    with pytest.raises(ValidationError, match=r"key 'pool': operator Equal takes a value, Exists none"):
+        parse_policy(text, str(policy))
 
 
 def test_an_unknown_executor_is_refused_by_name(monkeypatch):
