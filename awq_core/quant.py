@@ -49,10 +49,19 @@ def as_stored(qg: Tensor, scales: Tensor, zeros: Tensor) -> tuple[Tensor, Tensor
     return qg.flatten(1).to(torch.uint8), scales.half(), zeros.to(torch.uint8)
 
 
+def dequantize_grouped(qg: Tensor, scales: Tensor, zeros: Tensor) -> Tensor:
+    """Integers [out, in/g, g] under their groups' scales and zeros [out, in/g] -> fp32 weights."""
+    return (qg.float() - zeros.float()[..., None]) * scales.float()[..., None]
+
+
+def round_trip(wg: Tensor, scales: Tensor, zeros: Tensor, bits: int = 4) -> Tensor:
+    """wg [out, in/g, g] rounded under given group parameters and dequantized: what a search scores."""
+    return dequantize_grouped(round_to(wg, scales, zeros, bits), scales, zeros)
+
+
 def dequantize_groups(q: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
     """Inverse of quantize_groups: q [out, in], scales and zeros [out, in/g] -> fp32 [out, in]."""
-    w = (grouped(q, group_size) - zeros.float()[..., None]) * scales.float()[..., None]
-    return w.flatten(1)
+    return dequantize_grouped(grouped(q, group_size), scales, zeros).flatten(1)
 
 
 def fake_quantize(w: Tensor, group_size: int, zero_point: bool = True, bits: int = 4) -> Tensor:

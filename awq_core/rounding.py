@@ -10,16 +10,13 @@ inputs' second moments: `gram_blocks` for one group at a time, `hessian` across 
   groups, so no g_idx and the checkpoint loads as before).
 """
 
-import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from awq_core.quant import grouped, round_to
+from awq_core.quant import grouped, round_to, round_trip
 from awq_core.search import group_error
-
-log = logging.getLogger(__name__)
 
 
 def hessian(x: Tensor) -> Tensor:
@@ -72,10 +69,6 @@ class InputMoments:
         return blocks_of(self.mean, self.group_size) if self.full else self.mean
 
 
-def _dequantized(qg: Tensor, scales: Tensor, zeros: Tensor) -> Tensor:
-    return (qg - zeros[..., None]) * scales[..., None]
-
-
 def _least_squares(wg: Tensor, qg: Tensor, gram: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """For fixed integers qg: the scale a and integer zero z minimising the error of a (q - z).
 
@@ -104,12 +97,12 @@ def refine_range(
     """Scales and zeros [out, in/g] refitted to w [out, in] for output error; a group keeps its
     parameters wherever a refit does not lower its error, so the result is never worse."""
     wg = grouped(w, group_size)
-    best_err = group_error(wg, _dequantized(round_to(wg, scales, zeros, bits), scales, zeros), gram)
+    best_err = group_error(wg, round_trip(wg, scales, zeros, bits), gram)
     for _ in range(rounds):
         fit_scales, fit_zeros = _least_squares(wg, round_to(wg, scales, zeros, bits), gram, bits)
         usable = torch.isfinite(fit_scales) & (fit_scales > 0)
         fit_scales = torch.where(usable, fit_scales, scales)
-        err = group_error(wg, _dequantized(round_to(wg, fit_scales, fit_zeros, bits), fit_scales, fit_zeros), gram)
+        err = group_error(wg, round_trip(wg, fit_scales, fit_zeros, bits), gram)
         better = usable & (err < best_err)
         if not better.any():
             break

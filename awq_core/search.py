@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from awq_core.config import QuantConfig
-from awq_core.quant import fake_quantize, grouped, range_params, round_to
+from awq_core.quant import fake_quantize, grouped, range_params, round_trip
 
 
 def call_module(module: nn.Module, x: Tensor, kwargs: dict, params: dict[str, Tensor] | None = None) -> Tensor:
@@ -149,8 +149,7 @@ def search_clip(w: Tensor, gram: Tensor, cfg: QuantConfig, max_elements: int = 2
         for coarse in (True, False):
             for high_step, low_step in list(_step_pairs(cfg, None if coarse else best)):
                 scales, zeros = range_params(*range_at(high_step, low_step), cfg.zero_point, cfg.bits)
-                deq = (round_to(wg, scales, zeros, cfg.bits) - zeros[..., None]) * scales[..., None]
-                err = group_error(wg, deq, gram)
+                err = group_error(wg, round_trip(wg, scales, zeros, cfg.bits), gram)
                 better = err < best_err
                 best_err = torch.where(better, err, best_err)
                 best = (torch.where(better, high_step, best[0]), torch.where(better, low_step, best[1]))
