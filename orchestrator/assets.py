@@ -48,8 +48,8 @@ from orchestrator.metadata import (
     stage_plot,
 )
 from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
-from orchestrator.placement import GPU_POOL, gpu_op_tags, load_op_tags, placement_policy, policy_path
-from orchestrator.policy import PolicySnapshot, ReleasePolicy, run_policy
+from orchestrator.placement import GPU_POOL, gpu_op_tags, load_op_tags, policy_path
+from orchestrator.policy import PolicySnapshot, ReleasePolicy, policy_or_defaults, run_policy
 from orchestrator.promotion import blocking_stages, promote, reconcile
 from orchestrator.records import (
     CalibrationRecord,
@@ -63,8 +63,9 @@ from validation import STAGES, StageResult, run_stage
 from validation.power import power_check as run_power_check
 
 GROUP = "release"
-PLACEMENT = placement_policy(policy_path())  # the GPU steps' Kubernetes op tags come from its target_gpu
-GPU_STEP = {"pool": GPU_POOL, "op_tags": gpu_op_tags(PLACEMENT.target_gpu)}
+PLACEMENT = policy_or_defaults(policy_path())  # the GPU steps' Kubernetes op tags come from its target_gpu
+GPU_TAGS = gpu_op_tags(PLACEMENT.target_gpu)
+GPU_STEP = {"pool": GPU_POOL, "op_tags": GPU_TAGS}
 
 
 def source_folder(platform: Platform, key: str) -> Path:
@@ -184,7 +185,7 @@ def validation_asset(stage: str, after: list[dg.AssetsDefinition] | None = None)
         partitions_def=CHECKPOINTS,
         group_name=GROUP,
         pool=GPU_POOL,
-        op_tags=load_op_tags(PLACEMENT) if stage == "load" else GPU_STEP["op_tags"],
+        op_tags=load_op_tags(PLACEMENT) if stage == "load" else GPU_TAGS,
         deps=after,
         check_specs=[gate_spec(stage, name)],
         dagster_type=StageRecord,  # with a check beside it, the return annotation cannot carry the type

@@ -350,9 +350,10 @@ def cmd_staging(args: argparse.Namespace) -> int:
     from deploy.engine import engine_args
     from deploy.registry import safe_name
     from deploy.staging import SharedVolume, endpoint, staging_manifests
-    from orchestrator.placement import gpu_nodes, placement_policy, policy_path
+    from orchestrator.placement import gpu_nodes, policy_path
+    from orchestrator.policy import policy_or_defaults
 
-    folder, policy = args.model_dir.resolve(), placement_policy(policy_path())
+    folder, policy = args.model_dir.resolve(), policy_or_defaults(policy_path())
     name = safe_name(args.name or folder.name)
     launch = folder / "vllm-config.yaml"
     if launch.is_file():

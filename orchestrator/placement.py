@@ -14,7 +14,7 @@ import dagster as dg
 
 from awq_release.errors import ValidationError
 from deploy.staging import GPUNodes, resources
-from orchestrator.policy import ReleasePolicy, TargetGPU, parse_policy
+from orchestrator.policy import ReleasePolicy, TargetGPU
 
 GPU_POOL = "gpu"  # the accelerator's steps: one at a time locally, one per GPU node on Kubernetes (its limit)
 K8S_CONFIG_TAG = "dagster-k8s/config"
@@ -31,11 +31,6 @@ def platform_home() -> Path:
 def policy_path() -> Path:
     """The release policy file ($AWQ_RELEASE_POLICY)."""
     return Path(os.environ.get("AWQ_RELEASE_POLICY", str(platform_home() / "policy.yaml")))
-
-
-def placement_policy(path: Path) -> ReleasePolicy:
-    """The policy the op tags come from; the defaults while no policy file exists yet."""
-    return parse_policy(path.read_text(), str(path)) if path.is_file() else ReleasePolicy()
 
 
 def gpu_nodes(gpu: TargetGPU) -> GPUNodes:

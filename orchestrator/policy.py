@@ -78,12 +78,16 @@ def parse_policy(text: str, source: str) -> ReleasePolicy:
     return from_dict(ReleasePolicy, parse_mapping(text, source, "Release policy"), source)
 
 
-def max_attempts_in(path: str | Path) -> int:
-    """The retry limit the sensor applies (the default while no policy file exists yet)."""
+def policy_or_defaults(path: str | Path) -> ReleasePolicy:
+    """The policy file as it is now, or the defaults while none exists yet: for what is decided
+    outside a run (the sensor's retry limit, the GPU steps' placement), not by a run's snapshot."""
     path = Path(path)
-    if not path.is_file():
-        return ReleasePolicy.max_attempts
-    return parse_policy(path.read_text(), str(path)).max_attempts
+    return parse_policy(path.read_text(), str(path)) if path.is_file() else ReleasePolicy()
+
+
+def max_attempts_in(path: str | Path) -> int:
+    """The retry limit the sensor applies."""
+    return policy_or_defaults(path).max_attempts
 
 
 @dataclass(frozen=True)
