@@ -116,7 +116,7 @@ def main() -> None:
     print(
         f"{source.name}: group {args.group_size}; calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; "
         f"{args.eval_tokens} held-out tokens each of SOTU >= 2000 (domain) and Shakespeare (general), windows of "
-        f"{args.seqlen} every 256; {len(items)} four-way quiz items\n"
+        f"512 every 256; {len(items)} four-way quiz items\n"
     )
 
     start = time.perf_counter()
