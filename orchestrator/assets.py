@@ -48,7 +48,7 @@ from orchestrator.metadata import (
     stage_plot,
 )
 from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
-from orchestrator.placement import GPU_POOL, gpu_op_tags, load_op_tags, policy_path
+from orchestrator.placement import GPU_POOL, gpu_op_tags, load_op_tags, policy_path, staging_of
 from orchestrator.policy import PolicySnapshot, ReleasePolicy, policy_or_defaults, run_policy
 from orchestrator.promotion import blocking_stages, promote, reconcile
 from orchestrator.records import (
@@ -194,9 +194,14 @@ def validation_asset(stage: str, after: list[dg.AssetsDefinition] | None = None)
         context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, awq_model: CandidateRecord
     ) -> dg.MaterializeResult:
         key, policy = context.partition_key, policy_of(context, platform, lineage).policy
-        # The load stage starts the engine arguments the release will ship; its server logs go beside the reports.
-        serving = serving_of(policy, awq_model.checkpoint)
-        load = dataclasses.replace(policy.validation.load, log_dir=platform.work(key) / "logs", serving=serving)
+        # The load stage starts the engine arguments the release will ship, on the target GPU nodes where
+        # it stages them on the cluster; its server logs go beside the reports.
+        load = dataclasses.replace(
+            policy.validation.load,
+            log_dir=platform.work(key) / "logs",
+            serving=serving_of(policy, awq_model.checkpoint),
+            staging=staging_of(policy),
+        )
         settings = dataclasses.replace(policy.validation, load=load)
         result = run_stage(stage, awq_model.checkpoint.model_dir, awq_model.model_dir, settings, policy.compute)
         report = write_report(result, platform.work(key) / "validation" / f"{stage}-{awq_model.id}.json")

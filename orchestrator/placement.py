@@ -6,6 +6,7 @@ the release policy's `target_gpu`; the `k8s_job_executor` reads them, the in-pro
 ignores them. The policy is read when the code location loads: after editing `target_gpu`, reload it.
 """
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from awq_release.errors import ValidationError
+from deploy.cluster import Staging
 from deploy.staging import GPUNodes, resources
 from orchestrator.policy import ReleasePolicy, TargetGPU
 
@@ -58,11 +60,18 @@ def gpu_op_tags(gpu: TargetGPU, gpus: int = 1) -> dict[str, str]:
     return {K8S_CONFIG_TAG: json.dumps(gpu_step_config(gpu, gpus))}
 
 
+def staging_of(policy: ReleasePolicy) -> Staging | None:
+    """The policy's load.staging, on its target GPU nodes."""
+    staging = policy.validation.load.staging
+    return staging and dataclasses.replace(staging, nodes=gpu_nodes(policy.target_gpu))
+
+
 def load_op_tags(policy: ReleasePolicy) -> dict[str, str]:
     """The load stage starts vLLM in its own pod, on the policy's serving.tensor_parallel_size GPUs,
-    unless load.endpoint names a staging deployment of the candidate (`awq-release staging`), which
-    holds the GPUs instead: then its pod needs none."""
-    if policy.validation.load.endpoint:
+    unless the servers run elsewhere: as staging Deployments (load.staging) or already started
+    (load.endpoint). Those hold the GPUs instead, and the stage's pod needs none."""
+    load = policy.validation.load
+    if load.staging or load.endpoint:
         return {}
     return gpu_op_tags(policy.target_gpu, policy.serving.tensor_parallel_size)
 

@@ -3,6 +3,8 @@ op tags become, through dagster-k8s's own job builder, pods on the policy's GPU 
 configure Dagster as its own config schemas accept; the staging server's manifests are valid
 Kubernetes objects serving the release's launch config; the image builds where docker runs."""
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -22,16 +24,24 @@ from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_
 from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
 
 from awq_core import QuantConfig, quantize
-from awq_release.errors import ValidationError
+from awq_release.errors import ServerError, ValidationError
+from deploy import cluster as cluster_module
+from deploy.cluster import PERMISSIONS, Staging, pod_failure, pod_progress, serve_on_cluster, server_name
 from deploy.engine import Serving, engine_args
+from deploy.staging import SharedVolume
 from orchestrator.cli import main
-from orchestrator.placement import executor, load_op_tags
+from orchestrator.placement import executor, gpu_nodes, load_op_tags, staging_of
 from orchestrator.policy import ReleasePolicy, TargetGPU, Toleration, parse_policy
 from tests.conftest import make_tiny_model
+from tests.fake_kubernetes import FakeKubernetes
+from validation import load_test
+from validation.settings import LoadSettings, ValidationSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "deploy" / "kubernetes" / "values.yaml"
 DATA_VOLUME = ROOT / "deploy" / "kubernetes" / "data-volume.yaml"
+STAGING_RBAC = ROOT / "deploy" / "kubernetes" / "staging-rbac.yaml"
+STAGING = {"image": "vllm/vllm-openai:v0.11.0", "namespace": "awq-release", "volume": {"claim": "models"}}
 GPU_STEPS = ("awq_model", "perplexity_validation", "tasks_validation", "long_context_validation", "power_check")
 TARGET_GPU = {
     "name": "H100 80GB",
@@ -84,10 +94,10 @@ def step_pod(tags: dict) -> kubernetes.client.V1PodSpec:
 
 @pytest.fixture(scope="module")
 def placement(tmp_path_factory):
-    """The definitions as the user deployment loads them: k8s executor, a policy with GPU nodes and a
-    staging endpoint for the load stage; `dagster definitions validate` first, as the image's test."""
+    """The definitions as the user deployment loads them: k8s executor, a policy with GPU nodes and
+    staging servers for the load stage; `dagster definitions validate` first, as the image's test."""
     tmp = tmp_path_factory.mktemp("k8s")
-    policy = write_policy(tmp / "policy.yaml", validation={"load": {"endpoint": "http://vllm-staging:8000"}})
+    policy = write_policy(tmp / "policy.yaml", validation={"load": {"staging": STAGING}})
     env = k8s_env(tmp, policy)
     validate = [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "orchestrator.definitions"]
     checked = subprocess.run(validate, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -117,7 +127,7 @@ def test_gpu_steps_get_the_policys_gpu_nodes_and_are_never_evicted(placement):
 
 
 def test_steps_that_need_no_gpu_ask_for_none(placement):
-    # The load stage drives the staging server named in load.endpoint: the GPUs are that server's.
+    # The load stage starts its servers as staging Deployments: the GPUs are theirs.
     for name in ("checkpoint", "calibration_set", "load_validation", "release"):
         step = placement["steps"][name]
         assert "dagster-k8s/config" not in step["tags"], name
@@ -130,6 +140,185 @@ def test_a_load_stage_that_starts_its_own_server_asks_for_its_tensor_parallel_gp
     )
     limits = step_pod(load_op_tags(policy)).spec.containers[0].resources.limits
     assert limits == {"memory": "64Gi", "nvidia.com/gpu": "2"}
+
+
+def test_staging_servers_run_on_the_policys_gpu_nodes_and_the_load_stage_pod_needs_none(tmp_path):
+    policy = parse_policy(yaml.safe_dump({"target_gpu": TARGET_GPU, "validation": {"load": {"staging": STAGING}}}), "p")
+    staging = staging_of(policy)
+    assert staging.nodes == gpu_nodes(policy.target_gpu) and staging.volume == SharedVolume(claim="models")
+    assert load_op_tags(policy) == {}
+    endpoint_policy = ReleasePolicy(validation=ValidationSettings(load=LoadSettings(endpoint="http://staging:8000")))
+    assert load_op_tags(endpoint_policy) == {} and staging_of(endpoint_policy) is None
+    with pytest.raises(ValidationError, match=r"load\.staging\.volume: unknown keys \['size'\]"):
+        parse_policy(yaml.safe_dump({"validation": {"load": {"staging": {"volume": {"size": "1Gi"}}}}}), "p")
+    both = LoadSettings(endpoint="http://staging:8000", staging=staging, prompt_texts=(tmp_path / "p.txt",))
+    with pytest.raises(ValidationError, match="set only one"):
+        load_test.run(tmp_path, tmp_path, both)
+
+
+def container_status(state: dict, restarts: int = 0, last_state: dict | None = None) -> dict:
+    return {
+        "name": "vllm",
+        "image": "vllm/vllm-openai:v0.11.0",
+        "imageID": "",
+        "ready": False,
+        "restartCount": restarts,
+        "state": state,
+        "lastState": last_state or {},
+    }
+
+
+def staging_pod(phase: str = "Pending", containers: tuple = (), conditions: tuple = (), **status) -> object:
+    manifest = {
+        "metadata": {"name": "vllm-candidate-0123456789-abcde"},
+        "status": {"phase": phase, "containerStatuses": list(containers), "conditions": list(conditions), **status},
+    }
+    return as_k8s(kubernetes.client.V1Pod, manifest)
+
+
+def test_a_staging_server_that_cannot_start_fails_with_its_cause():
+    waiting = {"waiting": {"reason": "ImagePullBackOff", "message": 'pull "vllm/vllm-openai:v9": not found'}}
+    assert pod_failure(staging_pod(containers=[container_status(waiting)])) == (
+        'container vllm: ImagePullBackOff: pull "vllm/vllm-openai:v9": not found'
+    )
+    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    crashed = container_status({"waiting": {"reason": "ContainerCreating"}}, restarts=1, last_state=oom)
+    assert pod_failure(staging_pod("Running", [crashed])) == "vLLM exited with code 137 (OOMKilled) before it was ready"
+    evicted = staging_pod("Failed", reason="Evicted", message="The node was low on resource: memory.")
+    assert pod_failure(evicted) == f"pod {evicted.metadata.name} failed: Evicted: The node was low on resource: memory."
+
+
+def test_a_staging_server_waiting_for_a_gpu_node_or_its_image_waits_and_says_for_what():
+    unscheduled = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+    }
+    pending = staging_pod(conditions=[unscheduled])
+    assert pod_failure(pending) is None  # the cluster autoscaler may still add a GPU node
+    assert pod_progress([pending]) == f"pod {pending.metadata.name} not scheduled: {unscheduled['message']}"
+    pulling = staging_pod(containers=[container_status({"waiting": {"reason": "ContainerCreating"}})])
+    assert pod_failure(pulling) is None and pod_progress([pulling]) == "container vllm waiting: ContainerCreating"
+    assert pod_progress([]) == "no pod yet"
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """A FakeKubernetes the real client reaches through a kubeconfig; poll it quickly."""
+
+    def start(scenario: str = "ready") -> FakeKubernetes:
+        fake = stack.enter_context(FakeKubernetes(scenario))
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        return fake
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(cluster_module, "POLL_S", 0.05)
+    with contextlib.ExitStack() as stack:
+        yield start
+
+
+def cluster_staging(**overrides) -> Staging:
+    nodes = gpu_nodes(TargetGPU(**{k: v for k, v in TARGET_GPU.items() if k != "tolerations"}))
+    return Staging(image="vllm/vllm-openai:v0.11.0", namespace="staging", nodes=nodes, **overrides)
+
+
+def candidate_engine(tmp_path: Path) -> dict:
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq"}}))
+    return engine_args(tmp_path, "candidate", Serving(tensor_parallel_size=2)) | {"model": "/data/work/m/awq-1"}
+
+
+def test_a_staging_server_is_served_until_the_test_ends_then_deleted_with_its_log_kept(cluster, tmp_path):
+    fake = cluster("ready")
+    log = tmp_path / "logs" / "vllm-candidate.log"
+    name = server_name("/data/work/m/awq-1", "candidate")
+    with serve_on_cluster(candidate_engine(tmp_path), "candidate", cluster_staging(), log) as server:
+        assert server.base_url == f"http://{name}.staging.svc:8000" and server.model == "candidate"
+        deployment = as_k8s(kubernetes.client.V1Deployment, fake.deployments[name])
+        (container,) = deployment.spec.template.spec.containers
+        assert "--tensor-parallel-size" in container.args and container.resources.limits["nvidia.com/gpu"] == "2"
+        assert name in fake.services
+    assert fake.deployments == {} and fake.services == {}  # the GPUs are free for the next server
+    assert log.read_text().startswith(f"=== pod {name}-pod\nINFO vLLM API server")
+    # a killed attempt's server is looked for (and would be replaced) before this one is created
+    first_post = next(i for i, (method, _) in enumerate(fake.requests) if method == "POST")
+    assert ("DELETE", f"/apis/apps/v1/namespaces/staging/deployments/{name}") in fake.requests[:first_post]
+
+
+def test_a_staging_server_in_the_steps_namespace_is_owned_by_the_step_pod_and_elsewhere_by_nothing(
+    cluster, tmp_path, monkeypatch
+):
+    """Kubernetes deletes what a step pod owns with that pod (a killed step leaves no server), but
+    deletes at once a dependent whose owner is in another namespace: there it must own nothing."""
+    fake = cluster("ready")
+    (tmp_path / "namespace").write_text("staging")
+    monkeypatch.setattr(cluster_module, "IN_CLUSTER_NAMESPACE", tmp_path / "namespace")
+    monkeypatch.setenv("HOSTNAME", "release-job-step-abcde")
+    owners = {}
+    for namespace in ("staging", "elsewhere"):
+        staging = dataclasses.replace(cluster_staging(), namespace=namespace)
+        with serve_on_cluster(candidate_engine(tmp_path), "candidate", staging, tmp_path / "log"):
+            (deployment,) = fake.deployments.values()
+            owners[namespace] = deployment["metadata"]["ownerReferences"]
+    owner = {"apiVersion": "v1", "kind": "Pod", "name": "release-job-step-abcde", "uid": "step-uid"}
+    assert owners == {"staging": [owner], "elsewhere": []}
+
+
+def test_a_staging_server_that_crashes_fails_at_once_with_its_log_and_is_deleted(cluster, tmp_path):
+    fake = cluster("crash")
+    log = tmp_path / "vllm-candidate.log"
+    with pytest.raises(ServerError, match=r"did not start: container vllm: CrashLoopBackOff") as failed:
+        with serve_on_cluster(candidate_engine(tmp_path), "candidate", cluster_staging(), log):
+            pytest.fail("a server that never became ready was yielded")
+    assert "RuntimeError: CUDA out of memory" in str(failed.value)  # the crashed run's log, in the error
+    assert "(before its restart)" in log.read_text()
+    assert fake.deployments == {} and fake.services == {}
+
+
+def test_a_staging_server_that_finds_no_gpu_node_times_out_saying_why(cluster, tmp_path):
+    fake = cluster("unschedulable")
+    staging = cluster_staging(startup_timeout_s=0.3)
+    with pytest.raises(ServerError, match=r"not ready after 0 s: pod .* not scheduled: 0/3 nodes are available"):
+        with serve_on_cluster(candidate_engine(tmp_path), "candidate", staging, tmp_path / "log"):
+            pass
+    assert fake.deployments == {} and fake.services == {}
+
+
+def test_a_staging_server_that_restarts_under_load_fails_the_test_and_one_that_ends_early_is_deleted(cluster, tmp_path):
+    fake = cluster("ready")
+    with pytest.raises(ServerError, match="restarted while it was being load-tested"):
+        with serve_on_cluster(candidate_engine(tmp_path), "candidate", cluster_staging(), tmp_path / "log"):
+            fake.restarts = 1  # the kubelet restarted vLLM while requests ran
+    fake.restarts = 0
+    with pytest.raises(KeyboardInterrupt):
+        with serve_on_cluster(candidate_engine(tmp_path), "candidate", cluster_staging(), tmp_path / "log"):
+            raise KeyboardInterrupt  # the step is being stopped
+    assert fake.deployments == {} and fake.services == {}
+
+
+API_VERBS = {"create": "create", "read": "get", "delete": "delete", "list": "list"}
+
+
+def api_calls(source: str) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) of each Kubernetes client call in `source`, from the client's
+    method names: apps.create_namespaced_deployment is (apps, deployments, create)."""
+    calls = set()
+    for api, verb, kind, sub in re.findall(r"self\.(apps|core)\.(\w+?)_namespaced_([a-z]+?)(_log|_status)?\b", source):
+        resource = f"{kind}s" + (f"/{sub[1:]}" if sub else "")
+        calls.add(("apps" if api == "apps" else "", resource, API_VERBS[verb]))
+    return calls
+
+
+def test_the_staging_role_grants_every_call_the_staging_server_makes_and_nothing_else():
+    role, binding = (yaml.safe_load(doc) for doc in STAGING_RBAC.read_text().split("\n---\n"))
+    role, binding = as_k8s(kubernetes.client.V1Role, role), as_k8s(kubernetes.client.V1RoleBinding, binding)
+    granted = {(g, r, v) for rule in role.rules for g in rule.api_groups for r in rule.resources for v in rule.verbs}
+    made = api_calls((ROOT / "deploy" / "cluster.py").read_text())
+    assert made == granted == {(g, r, v) for (g, r), verbs in PERMISSIONS.items() for v in verbs}
+    values = yaml.safe_load(VALUES.read_text())
+    (subject,) = binding.subjects
+    assert binding.role_ref.name == role.metadata.name
+    assert (subject.kind, subject.name) == ("ServiceAccount", values["serviceAccount"]["name"])
 
 
 def test_a_toleration_that_kubernetes_would_refuse_is_refused_in_the_policy(tmp_path):

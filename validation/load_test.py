@@ -20,6 +20,7 @@ from awq_core.compute import Resolved
 from awq_release.errors import ServerError, ValidationError
 from awq_release.texts import token_stream
 from deploy.capability import vllm_awq_capability
+from deploy.cluster import serve_on_cluster
 from deploy.engine import engine_args
 from deploy.server import Server, check_port, connect, serve
 from validation.models import load_tokenizer
@@ -136,11 +137,17 @@ def server_log(settings: LoadSettings, role: str) -> Path:
     return Path(settings.log_dir) / f"vllm-{role}.log"
 
 
+def _server(engine: dict, role: str, settings: LoadSettings):
+    """A server of `engine`: a staging Deployment on the cluster, or a process on this host."""
+    log = server_log(settings, role)
+    if settings.staging:
+        return serve_on_cluster(engine, role, settings.staging, log)
+    return serve(engine, log, port=settings.port, startup_timeout_s=settings.startup_timeout_s)
+
+
 def _serve_and_drive(model_dir: str | Path, role: str, prompts: list[str], settings: LoadSettings) -> dict[int, dict]:
     """Start vLLM on `model_dir` with the release's engine arguments and drive it."""
-    engine = engine_args(model_dir, role, settings.serving)
-    log = server_log(settings, role)
-    with serve(engine, log, port=settings.port, startup_timeout_s=settings.startup_timeout_s) as server:
+    with _server(engine_args(model_dir, role, settings.serving), role, settings) as server:
         levels = drive(server, prompts, settings)
         failed_requests = any(level["errors"] for level in levels.values())
         # A server that died midway failed the stage, whatever its figures say.
@@ -194,10 +201,11 @@ def run(
     settings: LoadSettings = LoadSettings(),
     compute: Resolved | None = None,
 ) -> StageResult:
-    """Serve the candidate (and, if asked, the baseline), or drive `settings.endpoint`, and gate on the
-    SLA. Where this host's vLLM cannot run AWQ the stage fails in seconds with the cause and the
-    fixes, or is skipped if the policy says it is not required. A server that cannot start fails the
-    stage with its log; a port already in use is an error. `compute` is vLLM's own business."""
+    """Serve the candidate (and, if asked, the baseline) here or as staging Deployments on the cluster
+    (`settings.staging`), or drive `settings.endpoint`, and gate on the SLA. Where this host's vLLM
+    cannot run AWQ the stage fails in seconds with the cause and the fixes, or is skipped if the
+    policy says it is not required. A server that cannot start fails the stage with its log; a port
+    already in use is an error. `compute` is vLLM's own business."""
     start = time.perf_counter()
     if settings.prompt_tokens + settings.output_tokens > settings.serving.max_model_len:
         raise ValidationError(
@@ -209,16 +217,23 @@ def run(
             "load.compare_baseline serves the baseline on this host, "
             "load.endpoint drives a remote server: set only one."
         )
-    if settings.port and not settings.endpoint:
+    if settings.endpoint and settings.staging:
+        raise ValidationError(
+            "load.endpoint drives a server that is already running, load.staging starts one on the cluster: "
+            "set only one."
+        )
+    here = not (settings.endpoint or settings.staging)  # the servers run on this host
+    if settings.port and here:
         check_port("127.0.0.1", settings.port)  # a setting to fix, whatever vLLM can do here
     prompts = make_prompts(candidate, settings)
     details: dict = {"client": "asyncio + aiohttp, streaming /v1/completions"}
-    engine = {"engine": "vLLM", "server": settings.endpoint or "started on this host"}
+    server = settings.endpoint or ("a staging Deployment" if settings.staging else "started on this host")
+    engine = {"engine": "vLLM", "server": server}
 
     def result(**outcome) -> StageResult:
         return StageResult("load", seconds=time.perf_counter() - start, details=details, compute=engine, **outcome)
 
-    if not settings.endpoint:
+    if here:
         capability = vllm_awq_capability()
         engine["capability"] = capability.reason
         if not capability.runs_awq:

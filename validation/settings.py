@@ -17,6 +17,7 @@ from typing import Literal
 import yaml
 
 from awq_release.errors import ValidationError
+from deploy.cluster import Staging
 from deploy.engine import Serving
 from validation.result import Inconclusive
 
@@ -99,8 +100,11 @@ class LoadSettings:
     compare_baseline: bool = False  # also serve the baseline, to report the speed-up
     port: int | None = None
     # An OpenAI-compatible server already serving the candidate (e.g. http://staging:8000): drive it
-    # instead of starting one here. That is how a staging deployment on the target GPU is load-tested.
+    # instead of starting one here, e.g. a server users started with `awq-release staging`.
     endpoint: str | None = None
+    # On Kubernetes: start each server as a staging Deployment on the target GPU nodes (deploy.cluster)
+    # instead of in the stage's own pod, and delete it after the test.
+    staging: Staging | None = None
     # False: on a host whose vLLM cannot run 4-bit AWQ, record the stage as skipped (never as passed).
     required: bool = True
     # The engine arguments the release ships (a release policy's top-level `serving:`): the server
