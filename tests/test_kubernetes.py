@@ -318,7 +318,8 @@ def test_the_staging_role_grants_every_call_the_staging_server_makes_and_nothing
     values = yaml.safe_load(VALUES.read_text())
     (subject,) = binding.subjects
     assert binding.role_ref.name == role.metadata.name
-    assert (subject.kind, subject.name) == ("ServiceAccount", values["serviceAccount"]["name"])
+    # The step pods' account: launched runs take the code location's, which the chart names from global.
+    assert (subject.kind, subject.name) == ("ServiceAccount", values["global"]["serviceAccountName"])
 
 
 def test_a_toleration_that_kubernetes_would_refuse_is_refused_in_the_policy(tmp_path):
