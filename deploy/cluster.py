@@ -196,7 +196,10 @@ def serve_on_cluster(engine: dict, role: str, staging: Staging, log_path: str | 
     Deployment; yield it once ready; delete it whatever happened, its log written to `log_path`. A
     pod that cannot start fails at once with the cause; one that restarted under load fails too."""
     if staging.nodes is None:
-        raise ServerError("validation.load.staging has no GPU nodes: the release policy's target_gpu gives them.")
+        raise ServerError(
+            "validation.load.staging has no GPU nodes: the release job places it on the policy's target_gpu. "
+            "Outside the job (awq-release validate), start the server with `awq-release staging` and set load.endpoint."
+        )
     cluster, name = _Cluster(staging.namespace), server_name(engine["model"], role)
     where = f"staging server {cluster.namespace}/{name}"
     log_path = Path(log_path)
