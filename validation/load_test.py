@@ -9,6 +9,7 @@ Prompts are real text cut to `prompt_tokens`; `ignore_eos` fixes every output at
 import asyncio
 import json
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def server_log(settings: LoadSettings, role: str) -> Path:
     return Path(settings.log_dir) / f"vllm-{role}.log"
 
 
-def _server(engine: dict, role: str, settings: LoadSettings):
+def _server(engine: dict, role: str, settings: LoadSettings) -> AbstractContextManager[Server]:
     """A server of `engine`: a staging Deployment on the cluster, or a process on this host."""
     log = server_log(settings, role)
     if settings.staging:
