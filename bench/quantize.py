@@ -32,12 +32,15 @@ from validation.models import load_model
 from validation.perplexity import perplexity
 from validation.tasks import MultipleChoice, load_task, paired_drop, score_multiple_choice
 
-# Variant -> (label, `awq-release quantize` flags). Each AWQ variant adds one step to AutoAWQ's.
+# Variant -> (label, `awq-release quantize` flags): AWQ's scales alone, then each range search and
+# rounding step after them.
 VARIANTS = {
     "rtn": ("RTN (round to nearest)", ["--method", "rtn"]),
+    "scales": ("AWQ scales, no range search", ["--clip", "none"]),
     "asym": ("AWQ + asymmetric clip", ["--clip", "asymmetric", "--no-refine", "--no-gptq"]),
     "refine": ("AWQ + asymmetric clip + refine", ["--clip", "asymmetric", "--refine", "--no-gptq"]),
     "default": ("AWQ scales + symmetric clip (the default)", []),
+    "sym+gptq": ("AWQ + symmetric clip + GPTQ", ["--gptq"]),
     "gptq": ("AWQ + asymmetric clip + GPTQ", ["--clip", "asymmetric", "--gptq"]),
     "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--clip", "asymmetric", "--refine", "--gptq"]),
 }
