@@ -17,7 +17,7 @@ from pathlib import Path
 
 from awq_release.errors import ServerError
 from deploy.server import Server
-from deploy.staging import GPUNodes, SharedVolume, endpoint, staging_manifests
+from deploy.staging import STAGING_IMAGE, GPUNodes, SharedVolume, endpoint, staging_manifests
 
 POLL_S = 5.0  # between two looks at a starting or deleted server
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -44,7 +44,7 @@ class Staging:
     """The load stage's servers as Deployments on the target GPU nodes instead of processes in the
     stage's own pod (the release policy's `validation.load.staging`)."""
 
-    image: str = "vllm/vllm-openai:latest"  # a vLLM OpenAI server image: its entrypoint takes vLLM's flags
+    image: str = STAGING_IMAGE  # a vLLM OpenAI server image: its entrypoint takes vLLM's flags
     namespace: str | None = None  # None: the namespace of the pod the stage runs in
     volume: SharedVolume = SharedVolume()  # where the servers read the model, at the path the stage sees it
     startup_timeout_s: float = 1800.0  # a GPU node to scale up, the image to pull, the model to load

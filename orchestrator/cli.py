@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from awq_core.compute import Compute
 from awq_release.errors import ReleaseError, ValidationError
+from deploy.staging import STAGING_IMAGE
 from validation import STAGES, ValidationSettings, load_settings, run_stage
 from validation.power import PowerReport, power_check
 from validation.result import format_interval, format_number
@@ -464,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", type=Path, help="a release (with vllm-config.yaml) or a candidate on the shared volume")
     p.add_argument("--name", help="the Deployment's and Service's name (default: the folder's)")
     p.add_argument("--namespace", default="awq-release")
-    p.add_argument("--image", default="vllm/vllm-openai:latest", help="a vLLM server image")
+    p.add_argument("--image", default=STAGING_IMAGE, help="a vLLM server image (default: %(default)s)")
     p.add_argument("--claim", default="awq-release-data", help="the platform's shared PersistentVolumeClaim")
     p.add_argument("--mount-path", default="/data", help="where the platform's pods mount it (AWQ_RELEASE_HOME)")
     p.add_argument("--tensor-parallel-size", type=int, help="a candidate's GPUs (default: the policy's)")

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "deploy" / "kubernetes" / "values.yaml"
 DATA_VOLUME = ROOT / "deploy" / "kubernetes" / "data-volume.yaml"
 STAGING_RBAC = ROOT / "deploy" / "kubernetes" / "staging-rbac.yaml"
-STAGING = {"image": "vllm/vllm-openai:v0.11.0", "namespace": "awq-release", "volume": {"claim": "models"}}
+STAGING = {"image": "vllm/vllm-openai:v0.32.0", "namespace": "awq-release", "volume": {"claim": "models"}}
 GPU_STEPS = ("awq_model", "perplexity_validation", "tasks_validation", "long_context_validation", "power_check")
 TARGET_GPU = {
     "name": "H100 80GB",
@@ -159,7 +159,7 @@ def test_staging_servers_run_on_the_policys_gpu_nodes_and_the_load_stage_pod_nee
 def container_status(state: dict, restarts: int = 0, last_state: dict | None = None) -> dict:
     return {
         "name": "vllm",
-        "image": "vllm/vllm-openai:v0.11.0",
+        "image": "vllm/vllm-openai:v0.32.0",
         "imageID": "",
         "ready": False,
         "restartCount": restarts,
@@ -220,7 +220,7 @@ def cluster(tmp_path, monkeypatch):
 
 def cluster_staging(**overrides) -> Staging:
     nodes = gpu_nodes(TargetGPU(**{k: v for k, v in TARGET_GPU.items() if k != "tolerations"}))
-    return Staging(image="vllm/vllm-openai:v0.11.0", namespace="staging", nodes=nodes, **overrides)
+    return Staging(image="vllm/vllm-openai:v0.32.0", namespace="staging", nodes=nodes, **overrides)
 
 
 def candidate_engine(tmp_path: Path) -> dict:
@@ -422,7 +422,7 @@ def test_staging_server_serves_the_release_config_on_its_gpus(tmp_path, demo, mo
     engine = engine_args(release, "tiny", Serving(tensor_parallel_size=2, max_model_len=2048))
     (release / "vllm-config.yaml").write_text(yaml.safe_dump(engine, sort_keys=False))
     monkeypatch.setenv("AWQ_RELEASE_POLICY", str(write_policy(tmp_path / "policy.yaml")))
-    assert main(["staging", str(release), "--namespace", "staging", "--image", "vllm/vllm-openai:v0.11.0"]) == 0
+    assert main(["staging", str(release), "--namespace", "staging", "--image", "vllm/vllm-openai:v0.32.0"]) == 0
     printed = capsys.readouterr()
     deployment, service = yaml.safe_load_all(printed.out)
     as_k8s(kubernetes.client.V1Deployment, deployment)
