@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from awq_release.errors import ServerError
-from deploy.server import Server
+from deploy.server import Server, log_tail
 from deploy.staging import STAGING_IMAGE, GPUNodes, SharedVolume, endpoint, staging_manifests
 
 POLL_S = 5.0  # between two looks at a starting or deleted server
@@ -180,10 +180,6 @@ class _Cluster:
         path.write_text("\n".join(parts) or "(no pod was created)\n")
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def _refused(error, where: str) -> ServerError:
     """A Kubernetes API refusal as the cause and its fix."""
     fix = " (grant the step's service account deploy/kubernetes/staging-rbac.yaml)" if error.status == 403 else ""
@@ -223,7 +219,7 @@ def serve_on_cluster(engine: dict, role: str, staging: Staging, log_path: str | 
             if failure or time.monotonic() > deadline:
                 cluster.save_logs(name, log_path)
                 why = failure or f"not ready after {staging.startup_timeout_s:.0f} s: {pod_progress(pods)}"
-                raise ServerError(f"The {where} did not start: {why}; log {log_path}:\n{_log_tail(log_path)}")
+                raise ServerError(f"The {where} did not start: {why}; log {log_path}:\n{log_tail(log_path)}")
             time.sleep(POLL_S)
         started = restarts(cluster.pods(name))
         yield Server(

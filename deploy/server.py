@@ -46,7 +46,7 @@ class Server:
         if self.process.returncode is not None:
             raise ServerError(
                 f"vLLM exited with status {self.process.returncode} while it was being load-tested; "
-                f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+                f"log {self.log_path}:\n{log_tail(self.log_path)}"
             )
 
 
@@ -66,7 +66,8 @@ def check_port(host: str, port: int) -> None:
             ) from e
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
+    """A server log's last lines for an error message; "(no log)" where none was written."""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
@@ -134,11 +135,11 @@ def serve(
             if process.poll() is not None:
                 raise ServerError(
                     f"vLLM exited with status {process.returncode} before it was ready; log "
-                    f"{log_path}:\n{_log_tail(log_path)}"
+                    f"{log_path}:\n{log_tail(log_path)}"
                 )
             if time.monotonic() > deadline:
                 raise ServerError(
-                    f"vLLM was not ready after {startup_timeout_s:.0f} s; log {log_path}:\n{_log_tail(log_path)}"
+                    f"vLLM was not ready after {startup_timeout_s:.0f} s; log {log_path}:\n{log_tail(log_path)}"
                 )
             time.sleep(1.0)
         yield Server(base_url, engine.get("served-model-name", engine["model"]), log_path, process.pid, process)
