@@ -4,32 +4,28 @@ the real Kubernetes client talks to it through a kubeconfig. A Deployment gets o
 `scenario`: "ready" (ready after `ready_after` reads of the Deployment), "crash" (vLLM exits, the
 kubelet restarts it) or "unschedulable" (no GPU node free). Every request is kept in `requests`."""
 
-import asyncio
-import threading
 from pathlib import Path
 
 import yaml
 from aiohttp import web
 
-from deploy.server import free_port
+from tests.threaded_app import ThreadedApp
 
 CORE, APPS = "/api/v1/namespaces/{namespace}", "/apis/apps/v1/namespaces/{namespace}"
 
 
-class FakeKubernetes:
+class FakeKubernetes(ThreadedApp):
     def __init__(self, scenario: str = "ready", ready_after: int = 2):
+        super().__init__()
         self.scenario, self.ready_after = scenario, ready_after
         self.deployments: dict[str, dict] = {}
         self.services: dict[str, dict] = {}
         self.restarts = 0  # of the pod's vLLM container; a test may raise it mid-load
         self.requests: list[tuple[str, str]] = []
-        self.port = free_port()
         self._reads = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def kubeconfig(self, path: Path) -> Path:
-        cluster = {"name": "fake", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}
+        cluster = {"name": "fake", "cluster": {"server": self.base_url}}
         context = {"name": "fake", "context": {"cluster": "fake", "user": "fake"}}
         config = {"clusters": [cluster], "contexts": [context], "users": [{"name": "fake", "user": {}}]}
         path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "fake", **config}))
@@ -93,7 +89,7 @@ class FakeKubernetes:
         previous = request.query.get("previous", "").lower() == "true"
         return web.Response(text="RuntimeError: CUDA out of memory\n" if previous else "INFO vLLM API server\n")
 
-    async def _start(self) -> None:
+    def application(self) -> web.Application:
         @web.middleware
         async def record(request: web.Request, handler):
             self.requests.append((request.method, request.path))
@@ -108,16 +104,4 @@ class FakeKubernetes:
         app.router.add_get(f"{CORE}/pods", self._pods)
         app.router.add_get(f"{CORE}/pods/{{name}}", self._own_pod)
         app.router.add_get(f"{CORE}/pods/{{name}}/log", self._log)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def __enter__(self) -> "FakeKubernetes":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        return app
