@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from awq_core.compute import Compute
 from awq_release.errors import ReleaseError, ValidationError
-from deploy.staging import STAGING_IMAGE
+from deploy.staging import STAGING_IMAGE, SharedVolume
 from validation import STAGES, ValidationSettings, load_settings, run_stage
 from validation.power import PowerReport, power_check
 from validation.result import format_interval, format_number
@@ -350,7 +350,7 @@ def cmd_staging(args: argparse.Namespace) -> int:
 
     from deploy.engine import engine_args
     from deploy.registry import safe_name
-    from deploy.staging import SharedVolume, endpoint, staging_manifests
+    from deploy.staging import endpoint, staging_manifests
     from orchestrator.placement import gpu_nodes, policy_path
     from orchestrator.policy import policy_or_defaults
 
@@ -466,8 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the Deployment's and Service's name (default: the folder's)")
     p.add_argument("--namespace", default="awq-release")
     p.add_argument("--image", default=STAGING_IMAGE, help="a vLLM server image (default: %(default)s)")
-    p.add_argument("--claim", default="awq-release-data", help="the platform's shared PersistentVolumeClaim")
-    p.add_argument("--mount-path", default="/data", help="where the platform's pods mount it (AWQ_RELEASE_HOME)")
+    p.add_argument("--claim", default=SharedVolume.claim, help="the platform's shared PersistentVolumeClaim")
+    p.add_argument(
+        "--mount-path", default=SharedVolume.mount_path, help="where the platform's pods mount it (AWQ_RELEASE_HOME)"
+    )
     p.add_argument("--tensor-parallel-size", type=int, help="a candidate's GPUs (default: the policy's)")
     p.set_defaults(func=cmd_staging)
 
