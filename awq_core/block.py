@@ -13,6 +13,7 @@ from awq_core.packing import LAYOUTS
 from awq_core.quant import as_stored, dequantize_groups, grouped, quantize_groups, range_params, round_to
 from awq_core.rounding import InputMoments, gptq_round, refine_range
 from awq_core.search import ScaleResult, mse, search_clip, search_scales
+from awq_release.errors import QuantizationError
 
 
 @dataclass
@@ -137,7 +138,10 @@ def quantize_block(
 ) -> BlockResult:
     """hidden: the block's calibration input (N, L, C), on the block's device or the host. The block's
     weights are replaced by their fake-quantized values; its tensors come back on the host, packed
-    linears in cfg.format's layout and everything else in `store_dtype`."""
+    linears in cfg.format's layout and everything else in `store_dtype`. `cfg` is decided: its
+    "auto" settings are settled for the calibration set (QuantConfig.decided_for)."""
+    if cfg.gptq == "auto":
+        raise QuantizationError("quantize_block needs decided settings: pass cfg.decided_for(calibration tokens)[0].")
     N, L, _ = hidden.shape
     search_windows = min(N, max(1, math.ceil(cfg.search_tokens / L)))
     reference, inputs = _collect(block, arch, hidden, kwargs, search_windows, cfg)

@@ -307,8 +307,9 @@ def quantize(
     if out_dir.exists():
         raise QuantizationError(f"{out_dir} already exists: remove it or choose another output folder.")
     ckpt, arch = _checked_source(model_dir, calib, config, finite_checked)
+    config, gptq_why = config.decided_for(calib.numel())
     resolved = resolve(compute)
-    log.info("Quantizing on %s", resolved)
+    log.info("Quantizing on %s, GPTQ rounding %s (%s)", resolved, "on" if config.gptq else "off", gptq_why)
     if resolved.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(resolved.device)
 
@@ -331,7 +332,7 @@ def quantize(
         resumed_blocks=blocks.resumed,
         block_mse=blocks.block_mse,
         layers=blocks.layers,
-        config=dataclasses.asdict(config) | {"source": str(ckpt.dir), "calibration": calibration},
+        config=dataclasses.asdict(config) | {"gptq_why": gptq_why, "source": str(ckpt.dir), "calibration": calibration},
     )
     with _disk_full_is_clear(work, out_dir):
         _write_json(work / REPORT_NAME, dataclasses.asdict(report))

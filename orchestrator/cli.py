@@ -40,7 +40,10 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
         help="refit each group's scale and zero point for output error (off: it did not help held-out text)",
     )
     p.add_argument(
-        "--gptq", action=argparse.BooleanOptionalAction, default=False, help="GPTQ error compensation in rounding"
+        "--gptq",
+        action=argparse.BooleanOptionalAction,
+        default="auto",
+        help="GPTQ error compensation in rounding (default: auto, on from awq_core.config.GPTQ_MIN_TOKENS)",
     )
     p.add_argument(
         "--format",

@@ -101,7 +101,9 @@ def rounding_steps(settings: dict) -> str:
     clip = settings.get("clip", "symmetric")
     steps = ["AWQ scales", f"{clip} range search" if clip != "none" else None]
     steps += ["ranges refitted for output error" if settings.get("refine") else None]
-    steps += ["GPTQ rounding" if settings.get("gptq") else "rounded to nearest"]
+    rounding = "GPTQ rounding" if settings.get("gptq") else "rounded to nearest"
+    why = settings.get("gptq_why", "")  # where "auto" decided, what it went by
+    steps += [f"{rounding} ({why})" if why.startswith("auto") else rounding]
     return " + ".join(step for step in steps if step)
 
 

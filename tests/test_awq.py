@@ -13,6 +13,7 @@ from awq_core.architectures import ARCHITECTURES
 from awq_core.block import _apply_scales, _shares_shape
 from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
+from awq_core.config import GPTQ_MIN_TOKENS
 from awq_core.loader import load_quantized
 from awq_core.model import (
     block_kwargs,
@@ -181,6 +182,30 @@ def test_partial_run_from_other_inputs_is_discarded(tmp_path, tiny_llama, calib,
         tiny_llama, tmp_path / "out", calib if change == "settings" else calib[:, :64], config, progress=False
     )
     assert report.resumed_blocks == 0
+
+
+def test_gptq_auto_is_on_from_enough_calibration_tokens(tmp_path, tiny_llama, calib_file):
+    """The default runs GPTQ exactly as gptq: true does once the calibration set is large enough, and
+    the report says which way it went and why."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    enough = build_calibration(tokenizer, [calib_file], n_samples=GPTQ_MIN_TOKENS // 256, seqlen=256)  # (32, 256)
+    runs = {
+        "auto, enough": (enough, QuantConfig(**FAST)),
+        "auto, too few": (enough[:-1], QuantConfig(**FAST)),
+        "explicit": (enough, QuantConfig(**FAST, gptq=True)),
+    }
+    reports = {
+        name: quantize(tiny_llama, tmp_path / name, ids, config, progress=False) for name, (ids, config) in runs.items()
+    }
+    decided = {name: (r.config["gptq"], r.config["gptq_why"]) for name, r in reports.items()}
+    assert decided == {
+        "auto, enough": (True, f"auto: {GPTQ_MIN_TOKENS} calibration tokens, at least {GPTQ_MIN_TOKENS}"),
+        "auto, too few": (False, f"auto: {GPTQ_MIN_TOKENS - 256} calibration tokens, fewer than {GPTQ_MIN_TOKENS}"),
+        "explicit": (True, "set explicitly"),
+    }
+    shard = "model-00001-of-00003.safetensors"
+    auto, explicit = (load_file(tmp_path / name / shard) for name in ("auto, enough", "explicit"))
+    assert all(torch.equal(auto[k], explicit[k]) for k in explicit)
 
 
 def test_our_loader_computes_what_the_quantizer_wrote_for_gemma(tmp_path, tiny_gemma, calib, held_out):

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from awq_core.config import QuantConfig
+from awq_core.config import GPTQ_MIN_TOKENS, QuantConfig
 from awq_core.quant import grouped, range_params, round_to
 from awq_core.rounding import InputMoments, blocks_of, gptq_round, gram_blocks, hessian, refine_range
 from awq_core.search import group_error, search_clip
-from awq_release.errors import QuantizationError
+from awq_release.errors import QuantizationError, ValidationError
+from orchestrator.policy import parse_policy
 
 OUT, IN, G = 48, 256, 64
 
@@ -123,6 +124,28 @@ def test_settings_refuse_refinement_without_zero_points():
     with pytest.raises(QuantizationError, match="refine: false"):
         QuantConfig(zero_point=False, refine=True)
     assert not QuantConfig(zero_point=False).refine
+
+
+def test_gptq_auto_is_decided_by_the_calibration_size():
+    below, why_below = QuantConfig().decided_for(GPTQ_MIN_TOKENS - 1)
+    at, why_at = QuantConfig().decided_for(GPTQ_MIN_TOKENS)
+    assert (below.gptq, at.gptq) == (False, True)
+    assert why_below == f"auto: {GPTQ_MIN_TOKENS - 1} calibration tokens, fewer than {GPTQ_MIN_TOKENS}"
+    assert why_at == f"auto: {GPTQ_MIN_TOKENS} calibration tokens, at least {GPTQ_MIN_TOKENS}"
+    assert QuantConfig(gptq=False).decided_for(10**6) == (QuantConfig(gptq=False), "set explicitly")
+    assert QuantConfig(method="rtn").decided_for(10**6)[0].gptq is False
+    with pytest.raises(QuantizationError, match="choose true, false or 'auto'"):
+        QuantConfig(gptq="yes")
+
+
+@pytest.mark.parametrize(("written", "gptq"), [("auto", "auto"), ("true", True), ("false", False)])
+def test_a_policy_sets_gptq_as_yaml_spells_it(written, gptq):
+    assert parse_policy(f"quantization:\n  gptq: {written}\n", "policy.yaml").quantization.gptq == gptq
+
+
+def test_a_policy_with_another_gptq_value_names_the_choices():
+    with pytest.raises(ValidationError, match=r"quantization\.gptq: expected bool or 'auto', got 'always'"):
+        parse_policy("quantization:\n  gptq: always\n", "policy.yaml")
 
 
 @pytest.mark.parametrize("full", [True, False])

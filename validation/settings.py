@@ -166,7 +166,15 @@ def _convert(kind, value, where: str):
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
-        return _convert(next(a for a in typing.get_args(kind) if a is not type(None)), value, where)
+        members = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(members) == 1:
+            return _convert(members[0], value, where)
+        for member in members:
+            try:
+                return _convert(member, value, where)
+            except ValidationError:
+                continue
+        raise ValidationError(f"{where}: expected {' or '.join(map(_describe, members))}, got {value!r}.")
     if kind is Path:
         return Path(value).expanduser()
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -174,6 +182,13 @@ def _convert(kind, value, where: str):
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValidationError(f"{where}: expected {kind.__name__}, got {value!r}.")
     return value
+
+
+def _describe(kind) -> str:
+    """A type as an error message names it: bool, or 'auto' for Literal["auto"]."""
+    if typing.get_origin(kind) is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(kind)))
+    return getattr(kind, "__name__", str(kind))
 
 
 def _expand(pattern, where: str) -> list[Path]:
