@@ -160,7 +160,11 @@ def awq_model(
         compute=policy.compute,
         finite_checked=ckpt.weights_fingerprint,
     )
-    context.log.info(f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}")
+    rounding = "GPTQ" if report.config["gptq"] else "to nearest"
+    context.log.info(
+        f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, "
+        f"rounded {rounding} ({report.config['gptq_why']})"
+    )
     run_id = record_quantization(
         lineage.engine(), ckpt.id, calibration_set.id, snapshot.id, report, content_hash(out_dir)
     )

@@ -188,7 +188,7 @@ def test_gptq_auto_is_on_from_enough_calibration_tokens(tmp_path, tiny_llama, ca
     """The default runs GPTQ exactly as gptq: true does once the calibration set is large enough, and
     the report says which way it went and why."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    enough = build_calibration(tokenizer, [calib_file], n_samples=GPTQ_MIN_TOKENS // 256, seqlen=256)  # (32, 256)
+    enough = build_calibration(tokenizer, [calib_file], n_samples=GPTQ_MIN_TOKENS // 512, seqlen=512)
     runs = {
         "auto, enough": (enough, QuantConfig(**FAST)),
         "auto, too few": (enough[:-1], QuantConfig(**FAST)),
@@ -200,7 +200,7 @@ def test_gptq_auto_is_on_from_enough_calibration_tokens(tmp_path, tiny_llama, ca
     decided = {name: (r.config["gptq"], r.config["gptq_why"]) for name, r in reports.items()}
     assert decided == {
         "auto, enough": (True, f"auto: {GPTQ_MIN_TOKENS} calibration tokens, at least {GPTQ_MIN_TOKENS}"),
-        "auto, too few": (False, f"auto: {GPTQ_MIN_TOKENS - 256} calibration tokens, fewer than {GPTQ_MIN_TOKENS}"),
+        "auto, too few": (False, f"auto: {GPTQ_MIN_TOKENS - 512} calibration tokens, fewer than {GPTQ_MIN_TOKENS}"),
         "explicit": (True, "set explicitly"),
     }
     shard = "model-00001-of-00003.safetensors"

@@ -164,7 +164,7 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         assert all((release_dir / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in figures)
         assert "--config vllm-config.yaml" in card and "gptqmodel" in card and "load_quantized" in card
         steps = "AWQ scales + symmetric range search + rounded to nearest"
-        auto = "(auto: 1024 calibration tokens, fewer than 8192)"  # the card says why GPTQ was off
+        auto = "(auto: 1024 calibration tokens, fewer than 32768)"  # the card says why GPTQ was off
         assert f"group size 64, asymmetric, {steps} {auto}, calibrated" in card
         assert load_runs or "| load | not run: skipped: " in card
         assert manifest["power_check"]["blind"] is True and "WARNING: the gates caught none of the 1 planted" in card
