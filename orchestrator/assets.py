@@ -160,7 +160,7 @@ def awq_model(
         compute=policy.compute,
         finite_checked=ckpt.weights_fingerprint,
     )
-    rounding = "GPTQ" if report.config["gptq"] else "to nearest"
+    rounding = "with GPTQ" if report.config["gptq"] else "to nearest"
     context.log.info(
         f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, "
         f"rounded {rounding} ({report.config['gptq_why']})"
