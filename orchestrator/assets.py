@@ -58,6 +58,7 @@ from orchestrator.records import (
     PowerCheckRecord,
     StageRecord,
 )
+from orchestrator.reports import rounding_steps
 from orchestrator.resources import LineageDatabase, Platform
 from validation import STAGES, StageResult, run_stage
 from validation.power import power_check as run_power_check
@@ -160,10 +161,9 @@ def awq_model(
         compute=policy.compute,
         finite_checked=ckpt.weights_fingerprint,
     )
-    rounding = "with GPTQ" if report.config["gptq"] else "to nearest"
     context.log.info(
-        f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, "
-        f"rounded {rounding} ({report.config['gptq_why']})"
+        f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}: "
+        f"{rounding_steps(report.config)}"
     )
     run_id = record_quantization(
         lineage.engine(), ckpt.id, calibration_set.id, snapshot.id, report, content_hash(out_dir)
