@@ -51,7 +51,8 @@ def _collect(
     for group in arch.groups:
         first = block.get_submodule(group.linears[0])
         abs_sum = torch.zeros(first.in_features, device=first.weight.device)
-        record = inputs[group.prev] = GroupInputs(abs_sum, 0, [], {}, _moments_needed(cfg))
+        later = cfg.sequential and group != arch.groups[0]  # measured when its turn comes (_moments_now)
+        record = inputs[group.prev] = GroupInputs(abs_sum, 0, [], {}, None if later else _moments_needed(cfg))
 
         def on_input(module, args, record=record):
             x = args[0]
@@ -73,6 +74,18 @@ def _collect(
         for handle in handles:
             handle.remove()
     return output, inputs
+
+
+def _moments_now(block: nn.Module, group: ScaleGroup, hidden: Tensor, kwargs: dict, cfg: QuantConfig) -> InputMoments:
+    """The group's input moments from a forward of the block as it is now: scaled, and with the
+    groups before it quantized (sequential rounding)."""
+    moments = _moments_needed(cfg)
+    handle = block.get_submodule(group.linears[0]).register_forward_pre_hook(lambda _, args: moments.add(args[0]))
+    try:
+        run_block(block, hidden, kwargs)
+    finally:
+        handle.remove()
+    return moments
 
 
 def _apply_scales(block: nn.Module, arch: Architecture, group: ScaleGroup, scales: Tensor) -> None:
@@ -166,6 +179,8 @@ def quantize_block(
     layers: list[dict] = []
     for group in arch.groups:
         moments = inputs[group.prev].moments
+        if moments is None and _moments_needed(cfg) is not None:  # sequential: the inputs as they are now
+            moments = _moments_now(block, group, hidden, kwargs, cfg)
         result = scale_results[group.prev]
         for name in group.linears:
             linear = block.get_submodule(name)

@@ -44,6 +44,11 @@ class QuantConfig:
     # domain and lost on general text; 0.3 kept the domain gain and won on both (bench/quantize.py).
     gptq_damp: float = 0.3
     gptq_act_order: bool = True  # columns with the largest inputs first (their groups stay in place)
+    # The range search's and GPTQ's input moments for o_proj, the MLP and down_proj: from the original
+    # block, or measured again before each group with the groups before it already quantized, so
+    # each compensates what the earlier ones lost (GPTQ's true-sequential). Costs a block forward
+    # per group.
+    sequential: bool = False
     search_tokens: int = 4096  # tokens the searches measure output error on (whole windows)
     # What the next block sees: outputs of the quantized block (errors compound as at inference,
     # llm-compressor) or of the original one (AutoAWQ). bench/quantize.py measures both.

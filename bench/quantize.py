@@ -1,7 +1,7 @@
 """Quantization ablation: what each rounding step after AWQ's scales buys, on held-out text and tasks.
 
     .venv/bin/python -m bench.quantize [--model demo|gemma3] [--n-samples 64 --seqlen 512] [--group-size G]
-        [--variants rtn,sym,sym+gptq,...] [--propagate quantized|original] [--device D --dtype T]
+        [--variants rtn,sym,sym+gptq,...] [--no-quiz] [--propagate quantized|original] [--device D --dtype T]
 
 Models: the demo model (SmolLM2-135M, Llama; group 64 by default) or Gemma 3 270M (group 128; its
 wheels are installed by scripts/setup.sh, for testing only). Calibration is SOTU before 2000; the
@@ -44,6 +44,8 @@ VARIANTS = {
     "sym+gptq": ("AWQ + symmetric clip + GPTQ", ["--gptq"]),
     "gptq": ("AWQ + asymmetric clip + GPTQ", ["--clip", "asymmetric", "--gptq"]),
     "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--clip", "asymmetric", "--refine", "--gptq"]),
+    "sym+gptq+seq": ("AWQ + symmetric clip + GPTQ, sequential", ["--gptq", "--sequential"]),
+    "gptq+seq": ("AWQ + asymmetric clip + GPTQ, sequential", ["--clip", "asymmetric", "--gptq", "--sequential"]),
 }
 MODELS = {"demo": 64, "gemma3": 128}  # model -> default group size (128 does not divide SmolLM2's 576)
 
@@ -80,9 +82,8 @@ def multiple_choice_items(assets: DemoAssets) -> list[MultipleChoice]:
 def scores(model: nn.Module, tokenizer, texts: dict, items: list[MultipleChoice]) -> dict:
     """Perplexity on each text and per-item acc and acc_norm (0 or 1) on the quiz items."""
     prefix = window_prefix(tokenizer)
-    return {name: perplexity(model, ids, prefix=prefix) for name, ids in texts.items()} | score_multiple_choice(
-        model, tokenizer, items, batch_size=16
-    )
+    ppl = {name: perplexity(model, ids, prefix=prefix) for name, ids in texts.items()}
+    return ppl | score_multiple_choice(model, tokenizer, items, batch_size=16) if items else ppl
 
 
 def drop_cell(baseline: list[int], candidate: list[int]) -> str:
@@ -98,6 +99,12 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--group-size", type=int, help="default: 64 for the demo model, 128 for Gemma 3")
     parser.add_argument("--eval-tokens", type=int, default=16384)
+    parser.add_argument(
+        "--quiz",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the quiz items too (most of the scoring time)",
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--propagate", choices=("quantized", "original"), default="quantized")
     parser.add_argument("--device", default="auto")
@@ -114,7 +121,7 @@ def main() -> None:
     source = model_dir(args.model, assets)
     tokenizer = AutoTokenizer.from_pretrained(source)
     texts = assets.eval_streams(tokenizer, args.eval_tokens)
-    items = multiple_choice_items(assets)
+    items = multiple_choice_items(assets) if args.quiz else []
     blocks = json.loads((source / "config.json").read_text())["num_hidden_layers"]
     default, why = QuantConfig().decided_for(args.n_samples * args.seqlen)
     print(f"compute: {compute}; the default at this calibration size: {'sym+gptq' if default.gptq else 'sym'} ({why})")
@@ -149,6 +156,8 @@ def main() -> None:
             f"{VARIANTS[variant][0]:44} {got['domain']:10.3f} {got['general']:11.3f} {gaps[0]:11.2f} {gaps[1]:11.2f} "
             f"{summary['seconds']:7.0f} {summary['seconds'] / blocks:7.1f} {summary['peak_rss_mb']:8.0f} {gpu:>8}"
         )
+    if not items:
+        return
     print(
         f"\nquiz accuracy, {len(items)} items: the original's acc {sum(baseline['acc']) / len(items):.1%}, "
         f"acc_norm {sum(baseline['acc_norm']) / len(items):.1%}; drops in points with 95% intervals"

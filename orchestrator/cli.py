@@ -46,6 +46,12 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
         help="GPTQ error compensation in rounding (default: auto, on from awq_core.config.GPTQ_MIN_TOKENS)",
     )
     p.add_argument(
+        "--sequential",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="measure each group's inputs with the groups before it quantized (GPTQ's true-sequential)",
+    )
+    p.add_argument(
         "--format",
         choices=("awq", "compressed-tensors"),
         default="awq",
@@ -81,6 +87,7 @@ def _config(args: argparse.Namespace):
         clip=args.clip,
         refine=args.refine,
         gptq=args.gptq,
+        sequential=args.sequential,
         propagate=args.propagate,
         format=args.format,
     )

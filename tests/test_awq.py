@@ -208,6 +208,21 @@ def test_gptq_auto_is_on_from_enough_calibration_tokens(tmp_path, tiny_llama, ca
     assert all(torch.equal(auto[k], explicit[k]) for k in explicit)
 
 
+def test_sequential_rounding_refits_only_the_groups_after_the_first(tmp_path, tiny_llama, calib):
+    """q/k/v read the block's input either way, so they come out the same; o_proj and the MLP are
+    fitted to the inputs the quantized groups before them give, so they differ."""
+    for seq in (False, True):
+        config = QuantConfig(**FAST, gptq=True, sequential=seq)
+        assert quantize(tiny_llama, tmp_path / str(seq), calib, config, progress=False).config["sequential"] is seq
+    shard = "model-00001-of-00003.safetensors"
+    plain, sequential = (load_file(tmp_path / str(seq) / shard) for seq in (False, True))
+    prefix = "model.layers.0."
+    for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+        assert torch.equal(plain[f"{prefix}{name}.qweight"], sequential[f"{prefix}{name}.qweight"]), name
+    for name in ("self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"):
+        assert not torch.equal(plain[f"{prefix}{name}.qweight"], sequential[f"{prefix}{name}.qweight"]), name
+
+
 def test_our_loader_computes_what_the_quantizer_wrote_for_gemma(tmp_path, tiny_gemma, calib, held_out):
     """The (1 + w) norms with 1/s folded in, the embedding scale and the unpacked integers: the loaded model is
     the dense Gemma with exactly the quantizer's weights."""

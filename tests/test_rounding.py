@@ -9,6 +9,7 @@ from awq_core.rounding import InputMoments, blocks_of, gptq_round, gram_blocks, 
 from awq_core.search import group_error, search_clip
 from awq_release.errors import QuantizationError, ValidationError
 from orchestrator.policy import parse_policy
+from orchestrator.reports import rounding_steps
 
 OUT, IN, G = 48, 256, 64
 
@@ -124,6 +125,15 @@ def test_settings_refuse_refinement_without_zero_points():
     with pytest.raises(QuantizationError, match="refine: false"):
         QuantConfig(zero_point=False, refine=True)
     assert not QuantConfig(zero_point=False).refine
+
+
+def test_the_card_names_every_rounding_step_the_settings_took():
+    settings = {"clip": "asymmetric", "refine": True, "sequential": True, "gptq": True, "gptq_why": "set explicitly"}
+    assert rounding_steps(settings) == (
+        "AWQ scales + asymmetric range search + ranges refitted for output error"
+        " + fitted group after group to the quantized inputs + GPTQ rounding"
+    )
+    assert rounding_steps({"method": "rtn"}) == "round to nearest"
 
 
 def test_gptq_auto_is_decided_by_the_calibration_size():
