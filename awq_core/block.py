@@ -153,7 +153,7 @@ def quantize_block(
     weights are replaced by their fake-quantized values; its tensors come back on the host, packed
     linears in cfg.format's layout and everything else in `store_dtype`. `cfg` is decided: its
     "auto" settings are settled for the calibration set (QuantConfig.decided_for)."""
-    if cfg.gptq == "auto":
+    if "auto" in (cfg.gptq, cfg.clip):
         raise QuantizationError("quantize_block needs decided settings: pass cfg.decided_for(calibration tokens)[0].")
     N, L, _ = hidden.shape
     search_windows = min(N, max(1, math.ceil(cfg.search_tokens / L)))

@@ -38,13 +38,13 @@ from validation.tasks import MultipleChoice, load_task, paired_drop, score_multi
 VARIANTS = {
     "rtn": ("RTN (round to nearest)", ["--method", "rtn"]),
     "scales": ("AWQ scales, no range search", ["--clip", "none", "--no-gptq"]),
-    "sym": ("AWQ + symmetric clip", ["--no-gptq"]),
+    "sym": ("AWQ + symmetric clip", ["--clip", "symmetric", "--no-gptq"]),
     "asym": ("AWQ + asymmetric clip", ["--clip", "asymmetric", "--no-gptq"]),
     "refine": ("AWQ + asymmetric clip + refine", ["--clip", "asymmetric", "--refine", "--no-gptq"]),
-    "sym+gptq": ("AWQ + symmetric clip + GPTQ", ["--gptq"]),
+    "sym+gptq": ("AWQ + symmetric clip + GPTQ", ["--clip", "symmetric", "--gptq"]),
     "gptq": ("AWQ + asymmetric clip + GPTQ", ["--clip", "asymmetric", "--gptq"]),
     "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--clip", "asymmetric", "--refine", "--gptq"]),
-    "sym+gptq+seq": ("AWQ + symmetric clip + GPTQ, sequential", ["--gptq", "--sequential"]),
+    "sym+gptq+seq": ("AWQ + symmetric clip + GPTQ, sequential", ["--clip", "symmetric", "--gptq", "--sequential"]),
     "gptq+seq": ("AWQ + asymmetric clip + GPTQ, sequential", ["--clip", "asymmetric", "--gptq", "--sequential"]),
 }
 MODELS = {"demo": 64, "gemma3": 128}  # model -> default group size (128 does not divide SmolLM2's 576)
@@ -124,7 +124,7 @@ def main() -> None:
     items = multiple_choice_items(assets) if args.quiz else []
     blocks = json.loads((source / "config.json").read_text())["num_hidden_layers"]
     default, why = QuantConfig().decided_for(args.n_samples * args.seqlen)
-    print(f"compute: {compute}; the default at this calibration size: {'sym+gptq' if default.gptq else 'sym'} ({why})")
+    print(f"compute: {compute}; the default at this calibration size: {'gptq' if default.gptq else 'sym'} ({why})")
     print(
         f"{source.name}: group {args.group_size}; calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; "
         f"{args.eval_tokens} held-out tokens each of SOTU >= 2000 (domain) and Shakespeare (general), windows of "

@@ -31,7 +31,10 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--symmetric", action="store_true", help="no zero points (a constant zero of 8)")
     p.add_argument(
-        "--clip", choices=("asymmetric", "symmetric", "none"), default="symmetric", help="the range search per group"
+        "--clip",
+        choices=("auto", "asymmetric", "symmetric", "none"),
+        default="auto",
+        help="the range search per group (auto: asymmetric where GPTQ rounds, else symmetric)",
     )
     p.add_argument(
         "--refine",

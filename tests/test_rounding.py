@@ -142,10 +142,20 @@ def test_gptq_auto_is_decided_by_the_calibration_size():
     assert (below.gptq, at.gptq) == (False, True)
     assert why_below == f"auto: {GPTQ_MIN_TOKENS - 1} calibration tokens, fewer than {GPTQ_MIN_TOKENS}"
     assert why_at == f"auto: {GPTQ_MIN_TOKENS} calibration tokens, at least {GPTQ_MIN_TOKENS}"
-    assert QuantConfig(gptq=False).decided_for(10**6) == (QuantConfig(gptq=False), "set explicitly")
+    assert QuantConfig(gptq=False).decided_for(10**6) == (QuantConfig(gptq=False, clip="symmetric"), "set explicitly")
     assert QuantConfig(method="rtn").decided_for(10**6)[0].gptq is False
     with pytest.raises(QuantizationError, match="choose true, false or 'auto'"):
         QuantConfig(gptq="yes")
+
+
+def test_auto_clip_is_asymmetric_where_gptq_rounds_with_zero_points():
+    def clip(tokens: int, **settings) -> str:
+        return QuantConfig(**settings).decided_for(tokens)[0].clip
+
+    assert (clip(GPTQ_MIN_TOKENS - 1), clip(GPTQ_MIN_TOKENS)) == ("symmetric", "asymmetric")
+    assert (clip(512, gptq=True), clip(10**6, gptq=False)) == ("asymmetric", "symmetric")
+    assert clip(10**6, zero_point=False) == "symmetric"  # the symmetric quantizer has one bound to search
+    assert clip(10**6, clip="none") == "none"
 
 
 @pytest.mark.parametrize(("written", "gptq"), [("auto", "auto"), ("true", True), ("false", False)])
