@@ -33,7 +33,8 @@ class QuantConfig:
     # quantizer), or not at all. The search reaches max_shrink of |w|'s bound in n_clip_grid steps.
     # "auto": asymmetric where GPTQ rounds and the quantizer has zero points, else symmetric. Before
     # GPTQ, asymmetric narrowed the general-text gap on both models (demo 0.46 -> 0.37 of RTN's,
-    # Gemma 3 0.59 -> 0.52); rounding to nearest, symmetric kept more answers (bench/quantize.py).
+    # Gemma 3 0.59 -> 0.52, bench/quantize.py); rounding to nearest keeps the search the main job's
+    # gates were measured with.
     clip: Clip | Literal["auto"] = "auto"
     max_shrink: float = 0.5
     n_clip_grid: int = 20
@@ -50,7 +51,7 @@ class QuantConfig:
     # The range search's and GPTQ's input moments for o_proj, the MLP and down_proj: from the original
     # block, or measured again before each group with the groups before it already quantized, so
     # each compensates what the earlier ones lost (GPTQ's true-sequential). Costs a block forward
-    # per group.
+    # per group; off, as it did not win on both texts and the quiz (bench/quantize.py).
     sequential: bool = False
     search_tokens: int = 4096  # tokens the searches measure output error on (whole windows)
     # What the next block sees: outputs of the quantized block (errors compound as at inference,
