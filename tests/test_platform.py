@@ -5,11 +5,7 @@ this host's vLLM cannot run 4-bit AWQ it is recorded as skipped everywhere, neve
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -19,6 +15,7 @@ from sqlalchemy import func, select
 from deploy.capability import vllm_awq_capability
 from deploy.registry import current_version
 from orchestrator.assets import RELEASE_ASSETS
+from orchestrator.cli import main
 from orchestrator.db import models as db
 from orchestrator.db import session_scope
 from orchestrator.partitions import CHECKPOINTS
@@ -99,7 +96,7 @@ def count(session, model) -> int:
     return session.scalar(select(func.count()).select_from(model))
 
 
-def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, demo):
+def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, demo, monkeypatch, capsys):
     root = platform_root
     shutil.copytree(demo.model_dir, root / "checkpoints" / "demo bot")
     damaged = shutil.copytree(demo.model_dir, root / "checkpoints" / "demo bot 2")
@@ -200,18 +197,17 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
     assert current_version(root / "registry", "demo-bot") == "v0001"
     assert sorted(p.name for p in (root / "registry" / "demo-bot" / "releases").iterdir()) == ["v0001"]
 
-    # The history commands read the same database.
-    env = os.environ | {
-        "AWQ_RELEASE_DATABASE_URL": f"sqlite:///{root / 'lineage.db'}",
-        "AWQ_RELEASE_REGISTRY": str(root / "registry"),
-    }
+    # The history commands read the same database (in this process: the console script's imports
+    # would cost each call ten seconds; test_bad_input runs the console script itself).
+    monkeypatch.setenv("AWQ_RELEASE_DATABASE_URL", f"sqlite:///{root / 'lineage.db'}")
+    monkeypatch.setenv("AWQ_RELEASE_REGISTRY", str(root / "registry"))
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(Path(sys.executable).parent / "awq-release"), *args], capture_output=True, text=True, env=env
-        )
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        printed = capsys.readouterr()
+        return code, printed.out, printed.err
 
-    history = json.loads(cli("history", "--model", "demo-bot", "--json").stdout)
+    history = json.loads(cli("history", "--model", "demo-bot", "--json")[1])
     assert [(r["model"], r["version"], r["status"]) for r in history] == [
         ("demo-bot", "v0001", "promoted"),
         ("demo-bot", "v0002", "rejected"),
@@ -220,11 +216,11 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         all(r["created_at"] for r in history) and history[0]["gates"]["perplexity.domain perplexity increase"]["passed"]
     )
     assert history[0]["stages"]["load"]["status"] == ("passed" if load_runs else "skipped")
-    printed = cli("history", "--model", "demo-bot").stdout
+    printed = cli("history", "--model", "demo-bot")[1]
     assert load_runs or "skipped: load" in printed
     assert "power check: BLIND, 0/1 planted damages caught" in printed and history[0]["power_check"]["blind"]
-    assert json.loads(cli("show", "v0001", "--model", "demo-bot").stdout)["manifest"]["version"] == "v0001"
-    diff = cli("diff", "v0001", "v0002", "--model", "demo-bot").stdout
+    assert json.loads(cli("show", "v0001", "--model", "demo-bot")[1])["manifest"]["version"] == "v0001"
+    diff = cli("diff", "v0001", "v0002", "--model", "demo-bot")[1]
     assert "settings.method" in diff and "rtn" in diff and "status" in diff
-    refused = cli("rollback", "demo-bot")
-    assert refused.returncode == 2 and "nothing earlier to roll back to" in refused.stderr
+    code, _, stderr = cli("rollback", "demo-bot")
+    assert code == 2 and "nothing earlier to roll back to" in stderr

@@ -1,11 +1,12 @@
 """The four stages on the demo model: honest AWQ passes, a damaged candidate fails, the CLI reports it."""
 
+import contextlib
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,7 @@ from awq_core.compute import resolve
 from awq_release.errors import ServerError
 from deploy.engine import Serving, engine_args
 from deploy.server import serve
+from orchestrator.cli import main
 from validation import load_test
 from validation.settings import SLA, LoadSettings
 
@@ -24,7 +26,6 @@ from validation.settings import SLA, LoadSettings
 SERVING = {"max_model_len": 2048, "dtype": "bfloat16", "enforce_eager": True}
 
 pytestmark = pytest.mark.slow
-CLI = str(Path(sys.executable).parent / "awq-release")
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +71,11 @@ def policy(tmp_path_factory, demo) -> dict:
 def validate(
     baseline: Path, candidate: Path, stages: list[str], policy: dict, tmp_path: Path, *extra: str, serving=SERVING
 ) -> tuple[int, dict, str]:
+    """`awq-release validate ... --json` in this process, where torch and the stages are imported once
+    (the console script's own start is test_bad_input's): its exit code, report and stderr."""
     config = tmp_path / "policy.yaml"
     config.write_text(yaml.safe_dump({"validation": policy, "serving": serving}))
     args = [
-        CLI,
         "validate",
         str(baseline),
         str(candidate),
@@ -83,8 +85,10 @@ def validate(
         "--json",
         *extra,
     ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=900)
-    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else {}, result.stderr
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, json.loads(out.getvalue()) if out.getvalue().strip() else {}, err.getvalue()
 
 
 def test_honest_awq_passes_the_quality_gates_on_evidence(demo, demo_quantized, policy, tmp_path):
