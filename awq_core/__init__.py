@@ -1,7 +1,21 @@
-"""AWQ quantization: calibration, scale and clipping search, INT4 packing, checkpoint writer and loader."""
+"""AWQ quantization: calibration, scale and clipping search, INT4 packing, checkpoint writer and loader.
 
-from awq_core.calibration import build_calibration
-from awq_core.config import QuantConfig
-from awq_core.quantizer import QuantReport, quantize
+The public names load on first use, so that `awq_core.compute` and `awq_core.config` (which the
+CLI's history commands and the policy reader need) do not import torch's model stacks.
+"""
 
-__all__ = ["QuantConfig", "QuantReport", "build_calibration", "quantize"]
+from importlib import import_module
+
+_HOMES = {
+    "QuantConfig": "awq_core.config",
+    "QuantReport": "awq_core.quantizer",
+    "build_calibration": "awq_core.calibration",
+    "quantize": "awq_core.quantizer",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'awq_core' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

@@ -8,14 +8,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from awq_core.compute import Compute
 from awq_release.errors import ReleaseError, ValidationError
 from deploy.staging import STAGING_IMAGE, SharedVolume
-from validation import STAGES, ValidationSettings, load_settings, run_stage
-from validation.power import PowerReport, power_check
-from validation.result import format_interval, format_number
+from validation.result import PowerReport, format_interval, format_number
+from validation.settings import StageName, ValidationSettings, load_settings
 
 if TYPE_CHECKING:
     from orchestrator.main_job import JobOutcome
@@ -176,6 +175,8 @@ def _print_stage(result) -> None:
 
 
 def _power_check(args: argparse.Namespace, settings: ValidationSettings, compute: Compute) -> PowerReport:
+    from validation.power import power_check
+
     if args.damage_layer:
         power = dataclasses.replace(settings.power_check, layers=tuple(args.damage_layer))
         settings = dataclasses.replace(settings, power_check=power)
@@ -194,6 +195,8 @@ def _print_power(report: PowerReport) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from validation.stages import STAGES, run_stage
+
     if not args.stage and not args.power_check:
         raise ValidationError("Name the stages to run (--stage NAME, or --stage all), --power-check, or both.")
     settings = load_settings(args.config)
@@ -221,7 +224,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _platform():
     """The lineage engine and registry folder the Dagster definitions use."""
-    from orchestrator.definitions import default_resources
+    from orchestrator.resources import default_resources
 
     resources = default_resources()
     return resources["lineage"].engine(), Path(resources["platform"].registry_dir)
@@ -425,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("baseline", type=Path)
     p.add_argument("candidate", type=Path)
-    p.add_argument("--stage", action="append", choices=(*STAGES, "all"), help="repeatable")
+    p.add_argument("--stage", action="append", choices=(*get_args(StageName), "all"), help="repeatable")
     p.add_argument("--config", type=Path, help="YAML or JSON settings and thresholds (see validation/settings.py)")
     p.add_argument(
         "--power-check",

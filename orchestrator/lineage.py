@@ -33,7 +33,7 @@ from validation.result import Metric, StageResult
 if TYPE_CHECKING:  # the history commands read the database without importing torch
     from awq_core.quantizer import QuantReport
     from orchestrator.ingest import Ingested
-    from validation.power import PowerReport
+    from validation.result import PowerReport
 
 
 @dataclass(frozen=True)

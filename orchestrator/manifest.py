@@ -6,7 +6,7 @@ from orchestrator.db.models import PowerCheckOutcome, ValidationMetric, Validati
 from orchestrator.hashing import file_hash
 from orchestrator.lineage import Lineage
 from orchestrator.policy import PolicySnapshot
-from validation.power import DamageOutcome, PowerReport
+from validation.result import DamageOutcome, PowerReport
 
 
 def metric_record(m: ValidationMetric) -> dict:

@@ -11,7 +11,7 @@ from orchestrator.promotion import Promotion
 from orchestrator.records import CandidateRecord, CheckpointRecord
 from orchestrator.reports import metrics_table, power_summary, power_table
 from validation import StageResult
-from validation.power import PowerReport
+from validation.result import PowerReport
 
 
 def _mib(size_bytes: int) -> float:

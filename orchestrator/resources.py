@@ -1,5 +1,6 @@
 """Dagster resources: the lineage database and the platform's folders and policy."""
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import dagster as dg
 from sqlalchemy import Engine
 
 from orchestrator.db import upgrade
+from orchestrator.placement import platform_home, policy_path
 
 
 class LineageDatabase(dg.ConfigurableResource):
@@ -33,3 +35,20 @@ class Platform(dg.ConfigurableResource):
         path = Path(self.work_dir) / partition_key
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def default_resources() -> dict:
+    home = platform_home()
+    work_dir = os.environ.get("AWQ_RELEASE_WORK", str(home / "work"))
+    database_url = os.environ.get("AWQ_RELEASE_DATABASE_URL", f"sqlite:///{home / 'lineage.db'}")
+    return {
+        "platform": Platform(
+            checkpoints_dir=os.environ.get("AWQ_RELEASE_CHECKPOINTS", str(home / "checkpoints")),
+            registry_dir=os.environ.get("AWQ_RELEASE_REGISTRY", str(home / "registry")),
+            work_dir=work_dir,
+            policy_path=str(policy_path()),
+        ),
+        "lineage": LineageDatabase(url=database_url),
+        # Hidden, so it never maps to a checkpoint's work folder (partition keys never start with a dot).
+        "io_manager": dg.FilesystemIOManager(base_dir=str(Path(work_dir) / ".records")),
+    }

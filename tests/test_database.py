@@ -1,5 +1,9 @@
 """The lineage database on SQLite and on a real PostgreSQL server; releases, history and rollback."""
 
+import json
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -215,3 +219,19 @@ def test_migrations_build_what_the_models_declare(database_url):
     with engine.connect() as connection:
         drift = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert drift == []
+
+
+# The history commands answer from the database: they must not wait for the model stacks to import.
+HISTORY_ONLY = """
+import json, sys
+from orchestrator.cli import main
+main(["history", "--json"])
+print(json.dumps([m for m in ("transformers", "vllm", "matplotlib", "safetensors") if m in sys.modules]))
+"""
+
+
+def test_history_imports_no_model_stack(tmp_path):
+    env = {"AWQ_RELEASE_DATABASE_URL": f"sqlite:///{tmp_path / 'lineage.db'}", "AWQ_RELEASE_HOME": str(tmp_path)}
+    ran = subprocess.run([sys.executable, "-c", HISTORY_ONLY], capture_output=True, text=True, env=os.environ | env)
+    history, imported = ran.stdout.strip().rsplit("\n", 1)
+    assert ran.returncode == 0 and json.loads(history) == [] and json.loads(imported) == [], ran.stderr

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import typing
 
 import pytest
 import torch
@@ -17,15 +18,21 @@ from validation.settings import (
     LoadSettings,
     LongContextSettings,
     PerplexitySettings,
+    StageName,
     TaskSettings,
     TaskSpec,
     load_settings,
 )
+from validation.stages import STAGES
 
 
 def write_jsonl(path, rows) -> str:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return str(path)
+
+
+def test_every_stage_name_has_a_stage_in_release_order():
+    assert tuple(STAGES) == typing.get_args(StageName) == ("perplexity", "tasks", "long_context", "load")
 
 
 def test_settings_file_types_globs_and_unknown_keys(tmp_path):

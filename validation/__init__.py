@@ -4,30 +4,25 @@ Each stage module has one entry point, `run(baseline_dir, candidate_dir, setting
 the models run where awq_core.compute decides (the load stage leaves that to vLLM). The quality stages
 also take `known`, figures of models they measured before (validation.models.measure_both), which is
 how the power check (validation.power) measures its baseline once for every damaged copy.
+
+The public names load on first use: the results and settings (pure data, which the lineage database
+and the history commands read) import no model stack.
 """
 
-from collections.abc import Callable
-from pathlib import Path
+from importlib import import_module
 
-from awq_core.compute import Compute, resolve
-from validation import load_test, long_context, perplexity, tasks
-from validation.result import Metric, StageResult
-from validation.settings import ValidationSettings, load_settings
-
-# A stage's one name: the CLI's --stage, its ValidationSettings field, StageResult.stage, the lineage
-# row, and the Dagster asset (NAME_validation) and gate (NAME_gate).
-STAGES: dict[str, Callable[..., StageResult]] = {
-    "perplexity": perplexity.run,
-    "tasks": tasks.run,
-    "long_context": long_context.run,
-    "load": load_test.run,
+_HOMES = {
+    "STAGES": "validation.stages",
+    "run_stage": "validation.stages",
+    "Metric": "validation.result",
+    "StageResult": "validation.result",
+    "ValidationSettings": "validation.settings",
+    "load_settings": "validation.settings",
 }
+__all__ = list(_HOMES)
 
 
-def run_stage(
-    name: str, baseline: str | Path, candidate: str | Path, settings: ValidationSettings, compute: Compute = Compute()
-) -> StageResult:
-    return STAGES[name](baseline, candidate, getattr(settings, name), resolve(compute))
-
-
-__all__ = ["STAGES", "Metric", "StageResult", "ValidationSettings", "load_settings", "run_stage"]
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'validation' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,8 +35,9 @@ from awq_core.compute import Compute, Resolved, resolve
 from awq_core.packing import pack_int4
 from awq_release.errors import ReleaseError, ValidationError
 from kernels.reference import unpack_int4
-from validation import STAGES
+from validation.result import DamageOutcome, PowerReport
 from validation.settings import DamageName, PowerCheckSettings, QualityStage, ValidationSettings
+from validation.stages import STAGES
 
 Transform = Callable[[Tensor], Tensor]
 KEPT_LEVELS = 4
@@ -219,48 +220,6 @@ def plant(c: Candidate, transforms: dict[str, Transform], out: Path) -> None:
         for name in tensors.keys() & transforms.keys():
             tensors[name] = transforms[name](tensors[name])
         save_file(tensors, out / path.name, metadata=metadata)
-
-
-@dataclass
-class DamageOutcome:
-    damage: str
-    description: str
-    meant_for: str | None
-    verdicts: dict[str, str]  # stage -> caught | inconclusive | missed (see _judge)
-    reasons: dict[str, list[str]]  # stage -> why it rejected the damaged copy
-    seconds: float
-
-    @property
-    def caught_by(self) -> list[str]:
-        """The stages that rejected the damaged copy, on clear or on inconclusive evidence."""
-        return [stage for stage, verdict in self.verdicts.items() if verdict != "missed"]
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"caught_by": self.caught_by}
-
-
-@dataclass
-class PowerReport:
-    stages: list[str]
-    outcomes: list[DamageOutcome]
-
-    @property
-    def caught(self) -> int:
-        return sum(bool(o.caught_by) for o in self.outcomes)
-
-    @property
-    def blind(self) -> bool:
-        """The gates caught none of the planted damage: they cannot be trusted to reject anything."""
-        return self.caught == 0
-
-    def to_dict(self) -> dict:
-        return {
-            "stages": self.stages,
-            "caught": self.caught,
-            "planted": len(self.outcomes),
-            "blind": self.blind,
-            "damages": [o.to_dict() for o in self.outcomes],
-        }
 
 
 def _judge(

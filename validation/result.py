@@ -1,4 +1,5 @@
-"""What every stage returns: metrics for both models, thresholds, verdicts, pass or fail, and why."""
+"""What every stage returns: metrics for both models, thresholds, verdicts, pass or fail, and why;
+and what the power check returns: which stage caught which planted damage."""
 
 import dataclasses
 from dataclasses import dataclass, field
@@ -123,3 +124,45 @@ class StageResult:
             "passed": self.passed,
             "reasons": self.reasons,
         } | dataclasses.asdict(self)
+
+
+@dataclass
+class DamageOutcome:
+    damage: str
+    description: str
+    meant_for: str | None
+    verdicts: dict[str, str]  # stage -> caught | inconclusive | missed (see _judge)
+    reasons: dict[str, list[str]]  # stage -> why it rejected the damaged copy
+    seconds: float
+
+    @property
+    def caught_by(self) -> list[str]:
+        """The stages that rejected the damaged copy, on clear or on inconclusive evidence."""
+        return [stage for stage, verdict in self.verdicts.items() if verdict != "missed"]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"caught_by": self.caught_by}
+
+
+@dataclass
+class PowerReport:
+    stages: list[str]
+    outcomes: list[DamageOutcome]
+
+    @property
+    def caught(self) -> int:
+        return sum(bool(o.caught_by) for o in self.outcomes)
+
+    @property
+    def blind(self) -> bool:
+        """The gates caught none of the planted damage: they cannot be trusted to reject anything."""
+        return self.caught == 0
+
+    def to_dict(self) -> dict:
+        return {
+            "stages": self.stages,
+            "caught": self.caught,
+            "planted": len(self.outcomes),
+            "blind": self.blind,
+            "damages": [o.to_dict() for o in self.outcomes],
+        }

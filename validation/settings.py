@@ -116,6 +116,7 @@ class LoadSettings:
 
 
 QualityStage = Literal["perplexity", "tasks", "long_context"]
+StageName = Literal[QualityStage, "load"]  # every stage, in the order a release runs them (validation.stages)
 DamageName = Literal["fewer_levels", "permuted_mlp_scales", "zeroed_mlp", "permuted_layer_scales", "long_range_rotary"]
 
 
