@@ -28,12 +28,11 @@ from orchestrator.db.models import (
     ValidationStage,
     utcnow,
 )
-from validation.result import Metric, StageResult
+from validation.result import Metric, PowerReport, StageResult
 
 if TYPE_CHECKING:  # the history commands read the database without importing torch
     from awq_core.quantizer import QuantReport
     from orchestrator.ingest import Ingested
-    from validation.result import PowerReport
 
 
 @dataclass(frozen=True)
