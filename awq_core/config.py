@@ -45,7 +45,8 @@ class QuantConfig:
     # or "auto", on from GPTQ_MIN_TOKENS calibration tokens (decided_for).
     gptq: bool | Literal["auto"] = "auto"
     # Added to the hessian's diagonal, as a share of its mean. GPTQ's usual 0.01 fits the calibration
-    # domain and lost on general text; 0.3 kept the domain gain and won on both (bench/quantize.py).
+    # domain and lost on general text; 0.3 kept the domain gain and won on both, and 0.2 and 0.5 both
+    # lost on both to it (demo model, 64 x 512, asymmetric clip; bench/quantize.py, README).
     gptq_damp: float = 0.3
     gptq_act_order: bool = True  # columns with the largest inputs first (their groups stay in place)
     # The range search's and GPTQ's input moments for o_proj, the MLP and down_proj: from the original
