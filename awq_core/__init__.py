@@ -4,7 +4,7 @@ The public names load on first use, so that `awq_core.compute` and `awq_core.con
 CLI's history commands and the policy reader need) do not import torch's model stacks.
 """
 
-from importlib import import_module
+from awq_release.lazy import lazy_names
 
 _HOMES = {
     "QuantConfig": "awq_core.config",
@@ -14,8 +14,4 @@ _HOMES = {
 }
 __all__ = list(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'awq_core' has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__ = lazy_names(__name__, _HOMES)

@@ -9,7 +9,7 @@ The public names load on first use: the results and settings (pure data, which t
 and the history commands read) import no model stack.
 """
 
-from importlib import import_module
+from awq_release.lazy import lazy_names
 
 _HOMES = {
     "STAGES": "validation.stages",
@@ -21,8 +21,4 @@ _HOMES = {
 }
 __all__ = list(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'validation' has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__ = lazy_names(__name__, _HOMES)
