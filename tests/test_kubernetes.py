@@ -479,7 +479,9 @@ def test_the_image_carries_the_engine_it_was_built_for(image):
     """Both images serve the vLLM release the CPU build pins, the GPU one on CUDA torch: an unpinned
     `vllm` would install whichever release is newest, not the engine the releases were tested on."""
     probe = "import json, torch, vllm; print(json.dumps([torch.version.cuda, vllm.__version__]))"
-    cuda, vllm = json.loads(offline(image, "python", "-c", probe).stdout.splitlines()[-1])
+    result = offline(image, "python", "-c", probe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cuda, vllm = json.loads(result.stdout.splitlines()[-1])
     assert vllm == "0.32.0"
     assert (cuda is not None) == image.endswith("-gpu"), cuda
 
