@@ -11,7 +11,7 @@ from awq_core.config import QuantConfig
 from awq_core.model import run_block
 from awq_core.packing import LAYOUTS
 from awq_core.quant import as_stored, dequantize_groups, grouped, quantize_groups, range_params, round_to
-from awq_core.rounding import InputMoments, gptq_round, refine_range
+from awq_core.rounding import InputMoments, gptq_round, refine_range, toward_original
 from awq_core.search import ScaleResult, mse, search_clip, search_scales
 from awq_release.errors import QuantizationError
 
@@ -33,19 +33,46 @@ class BlockResult:
     tensors: dict[str, Tensor]  # the block's checkpoint tensors, packed linears included
     layers: list[dict]  # one report row per linear
     output_mse: float  # quantized vs original block output
+    original_output: Tensor | None  # (N, L, C) the original model's block output, where its input was given
 
 
 def _moments_needed(cfg: QuantConfig) -> InputMoments | None:
-    """GPTQ needs the whole hessian, the range searches only its blocks, RTN neither."""
-    if cfg.method == "rtn" or not (cfg.gptq or cfg.refine or cfg.clip != "none"):
+    """GPTQ and fit_original need the whole hessian, the range searches only its blocks, RTN neither."""
+    if cfg.method == "rtn" or not (cfg.gptq or cfg.refine or cfg.fit_original or cfg.clip != "none"):
         return None
-    return InputMoments(cfg.group_size, full=cfg.gptq)
+    return InputMoments(cfg.group_size, full=cfg.gptq or cfg.fit_original)
+
+
+def _original_run(
+    block: nn.Module, arch: Architecture, original: Tensor, kwargs: dict
+) -> tuple[Tensor, dict[str, list[Tensor]]]:
+    """The untouched block on the original model's input: its output, and what each group's
+    linears read there, chunk by chunk as run_block hands them over (fit_original)."""
+    read: dict[str, list[Tensor]] = {group.prev: [] for group in arch.groups}
+    handles = [
+        block.get_submodule(group.linears[0]).register_forward_pre_hook(
+            lambda _, args, chunks=read[group.prev]: chunks.append(args[0])
+        )
+        for group in arch.groups
+    ]
+    try:
+        return run_block(block, original, kwargs), read
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _collect(
-    block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, search_windows: int, cfg: QuantConfig
+    block: nn.Module,
+    arch: Architecture,
+    hidden: Tensor,
+    kwargs: dict,
+    search_windows: int,
+    cfg: QuantConfig,
+    original_read: dict[str, list[Tensor]] | None,
 ) -> tuple[Tensor, dict[str, GroupInputs]]:
-    """One forward of the original block; hooks record each group's input statistics."""
+    """One forward of the original block; hooks record each group's input statistics, paired with
+    what the group read in the original model where that is given."""
     inputs: dict[str, GroupInputs] = {}
     handles = []
     for group in arch.groups:
@@ -54,12 +81,14 @@ def _collect(
         later = cfg.sequential and group != arch.groups[0]  # measured when its turn comes (_moments_now)
         record = inputs[group.prev] = GroupInputs(abs_sum, 0, [], {}, None if later else _moments_needed(cfg))
 
-        def on_input(module, args, record=record):
+        paired = iter(original_read[group.prev]) if original_read else None
+
+        def on_input(module, args, record=record, paired=paired):
             x = args[0]
             record.abs_sum += x.abs().float().sum(dim=(0, 1))
             record.tokens += x.shape[0] * x.shape[1]
             if record.moments is not None:
-                record.moments.add(x)
+                record.moments.add(x, next(paired) if paired else None)
             if sum(t.shape[0] for t in record.search) < search_windows:
                 record.search.append(x)
 
@@ -76,11 +105,26 @@ def _collect(
     return output, inputs
 
 
-def _moments_now(block: nn.Module, group: ScaleGroup, hidden: Tensor, kwargs: dict, cfg: QuantConfig) -> InputMoments:
+def _moments_now(
+    block: nn.Module,
+    group: ScaleGroup,
+    hidden: Tensor,
+    kwargs: dict,
+    cfg: QuantConfig,
+    original_read: list[Tensor] | None,
+    scales: Tensor | None,
+) -> InputMoments:
     """The group's input moments from a forward of the block as it is now: scaled, and with the
-    groups before it quantized (sequential rounding)."""
+    groups before it quantized (sequential rounding); paired with what it read in the original
+    model, over the group's scales as these linears read it, where that is given."""
     moments = _moments_needed(cfg)
-    handle = block.get_submodule(group.linears[0]).register_forward_pre_hook(lambda _, args: moments.add(args[0]))
+    paired = iter(original_read) if original_read else None
+
+    def on_input(module, args):
+        original = None if paired is None else next(paired) / (1 if scales is None else scales.to(args[0].dtype))
+        moments.add(args[0], original)
+
+    handle = block.get_submodule(group.linears[0]).register_forward_pre_hook(on_input)
     try:
         run_block(block, hidden, kwargs)
     finally:
@@ -131,6 +175,8 @@ def _round_linear(
     groups' ranges the clipping kept. RTN: each group's own range, rounded to nearest."""
     if cfg.method == "rtn":
         return *quantize_groups(w, cfg.group_size, cfg.zero_point, cfg.bits), 1.0
+    if moments is not None and moments.cross is not None:
+        w = toward_original(w, moments, cfg.gptq_damp)
     wg = grouped(w, cfg.group_size)
     w_min, w_max = wg.amin(-1), wg.amax(-1)
     lo, hi = search_clip(w, moments.blocks, cfg) if clip and cfg.clip != "none" else (w_min, w_max)
@@ -147,17 +193,28 @@ def _round_linear(
 
 @torch.no_grad()
 def quantize_block(
-    block: nn.Module, arch: Architecture, hidden: Tensor, kwargs: dict, cfg: QuantConfig, store_dtype: torch.dtype
+    block: nn.Module,
+    arch: Architecture,
+    hidden: Tensor,
+    kwargs: dict,
+    cfg: QuantConfig,
+    store_dtype: torch.dtype,
+    original: Tensor | None = None,
 ) -> BlockResult:
     """hidden: the block's calibration input (N, L, C), on the block's device or the host. The block's
     weights are replaced by their fake-quantized values; its tensors come back on the host, packed
     linears in cfg.format's layout and everything else in `store_dtype`. `cfg` is decided: its
-    "auto" settings are settled for the calibration set (QuantConfig.decided_for)."""
-    if "auto" in (cfg.gptq, cfg.clip):
+    "auto" settings are settled for the calibration set (QuantConfig.decided_for). `original`: the
+    block's input in the original model, which `fit_original` fits the linears' outputs to (None:
+    hidden, as for the first block)."""
+    if "auto" in (cfg.gptq, cfg.clip, cfg.fit_original) or (cfg.fit_original and not cfg.sequential):
         raise QuantizationError("quantize_block needs decided settings: pass cfg.decided_for(calibration tokens)[0].")
     N, L, _ = hidden.shape
     search_windows = min(N, max(1, math.ceil(cfg.search_tokens / L)))
-    reference, inputs = _collect(block, arch, hidden, kwargs, search_windows, cfg)
+    original_output, original_read = None, None
+    if cfg.fit_original:
+        original_output, original_read = _original_run(block, arch, hidden if original is None else original, kwargs)
+    reference, inputs = _collect(block, arch, hidden, kwargs, search_windows, cfg, original_read)
 
     scale_results: dict[str, ScaleResult | None] = {}
     for group in arch.groups:
@@ -178,10 +235,10 @@ def quantize_block(
     tensors: dict[str, Tensor] = {}
     layers: list[dict] = []
     for group in arch.groups:
-        moments = inputs[group.prev].moments
+        moments, result = inputs[group.prev].moments, scale_results[group.prev]
         if moments is None and _moments_needed(cfg) is not None:  # sequential: the inputs as they are now
-            moments = _moments_now(block, group, hidden, kwargs, cfg)
-        result = scale_results[group.prev]
+            read = original_read[group.prev] if original_read else None
+            moments = _moments_now(block, group, hidden, kwargs, cfg, read, None if result is None else result.scales)
         for name in group.linears:
             linear = block.get_submodule(name)
             q, scales, zeros, kept_range = _round_linear(linear.weight, moments, cfg, clip=name not in arch.no_clip)
@@ -201,4 +258,4 @@ def quantize_block(
     tensors |= _store_(block, arch, store_dtype)
     output = run_block(block, hidden, kwargs)
     result_output = output if cfg.propagate == "quantized" else reference
-    return BlockResult(result_output, tensors, layers, mse(output, reference))
+    return BlockResult(result_output, tensors, layers, mse(output, reference), original_output)

@@ -248,6 +248,7 @@ def _quantize_blocks(
     kwargs_of = {t: block_kwargs(rotary, arch, hf_config, t, calib.shape[1], compute) for t in set(types)}
     hidden = embed(calib, ckpt.get(embed_name), arch, hf_config, compute.dtype)  # (N, L, C)
     hidden = hidden.to(activation_device(hidden, compute))
+    original = hidden if config.fit_original else None
     blocks = _Blocks()
     desc = f"AWQ blocks ({compute.device} {compute.dtype_name})"
     bar = tqdm(range(n_layers), desc=desc, unit="block", disable=not progress)
@@ -260,12 +261,16 @@ def _quantize_blocks(
             quantized = config.propagate == "quantized"
             state = _dense_block_state(tensors, arch, config) if quantized else ckpt.load_prefix(prefix)
             hidden = run_block(materialize_block(model, arch, i, state, compute), hidden, kwargs)
+            if original is not None:
+                original = run_block(
+                    materialize_block(model, arch, i, ckpt.load_prefix(prefix), compute), original, kwargs
+                )
             report = json.loads(block_report.read_text())
             blocks.resumed += 1
         else:
             block = materialize_block(model, arch, i, ckpt.load_prefix(prefix), compute)
-            result = quantize_block(block, arch, hidden, kwargs, config, store_dtype)
-            hidden, tensors = result.output, result.tensors
+            result = quantize_block(block, arch, hidden, kwargs, config, store_dtype, original)
+            hidden, tensors, original = result.output, result.tensors, result.original_output
             save_file({prefix + k: v.contiguous() for k, v in tensors.items()}, shard, metadata={"format": "pt"})
             report = {"block_mse": result.output_mse, "layers": [{"block": i, **row} for row in result.layers]}
             _write_json(block_report, report)

@@ -46,13 +46,19 @@ class InputMoments:
     full: bool
     mean: Tensor | None = None
     tokens: int = 0
+    cross: Tensor | None = None  # (in, in) mean x_original x^T, where the original model's input is known
 
-    def add(self, x: Tensor) -> None:
-        """Fold in a chunk of inputs x (..., in)."""
+    def add(self, x: Tensor, original: Tensor | None = None) -> None:
+        """Fold in a chunk of inputs x (..., in), and what the original model's linear read at the
+        same tokens."""
         x = x.reshape(-1, x.shape[-1])
         moments = hessian(x) if self.full else gram_blocks(x, self.group_size)
         self.tokens += x.shape[0]
-        self.mean = moments if self.mean is None else self.mean + (moments - self.mean) * (x.shape[0] / self.tokens)
+        share = x.shape[0] / self.tokens
+        self.mean = moments if self.mean is None else self.mean + (moments - self.mean) * share
+        if original is not None:
+            cross = (original.reshape(-1, x.shape[-1]).t() @ x).float() / x.shape[0]
+            self.cross = cross if self.cross is None else self.cross + (cross - self.cross) * share
 
     def scaled(self, scales: Tensor) -> "InputMoments":
         """The moments of x / scales: the input once AWQ's scales are folded in. scales (in,)."""
@@ -62,7 +68,8 @@ class InputMoments:
             if self.full
             else (inv.reshape(-1, self.group_size, 1) * inv.reshape(-1, 1, self.group_size))
         )
-        return InputMoments(self.group_size, self.full, self.mean * outer, self.tokens)
+        cross = None if self.cross is None else self.cross * outer
+        return InputMoments(self.group_size, self.full, self.mean * outer, self.tokens, cross)
 
     @property
     def blocks(self) -> Tensor:
@@ -109,6 +116,17 @@ def refine_range(
         best_err = torch.where(better, err, best_err)
         scales, zeros = torch.where(better, fit_scales, scales), torch.where(better, fit_zeros, zeros)
     return scales, zeros
+
+
+def toward_original(w: Tensor, moments: InputMoments, damp: float) -> Tensor:
+    """The weights w (out, in) that, reading the quantized model's inputs x, best give what w gave
+    reading the original model's: min |w x_original - w' x|^2 + damp mean(diag H) |w' - w|^2, so
+    each layer also makes up for what the blocks before it lost (GPTAQ's asymmetric calibration),
+    held to w as strongly as GPTQ's damping holds its updates."""
+    h = moments.mean
+    ridge = torch.eye(h.shape[0], device=h.device) * damp * h.diagonal().mean()
+    rhs = (moments.cross + ridge).t() @ w.float().t()  # (in, out)
+    return torch.linalg.solve(h + ridge, rhs).t()
 
 
 def _inverse_cholesky(h: Tensor, damp: float) -> Tensor:

@@ -33,19 +33,23 @@ from validation.models import load_model
 from validation.perplexity import perplexity
 from validation.tasks import MultipleChoice, load_task, paired_drop, score_multiple_choice
 
+GPTQ_ALONE = ["--gptq", "--no-fit-original"]  # GPTQ fitting each linear to its own quantized inputs
+
 # Variant -> (label, `awq-release quantize` flags): AWQ's scales alone, then each range search and
-# rounding step after them. GPTQ is set either way, so a row means the same at every calibration size.
+# rounding step after them. GPTQ and fit_original are set either way, so a row means the same at
+# every calibration size.
 VARIANTS = {
     "rtn": ("RTN (round to nearest)", ["--method", "rtn"]),
     "scales": ("AWQ scales, no range search", ["--clip", "none", "--no-gptq"]),
     "sym": ("AWQ + symmetric clip", ["--clip", "symmetric", "--no-gptq"]),
     "asym": ("AWQ + asymmetric clip", ["--clip", "asymmetric", "--no-gptq"]),
     "refine": ("AWQ + asymmetric clip + refine", ["--clip", "asymmetric", "--refine", "--no-gptq"]),
-    "sym+gptq": ("AWQ + symmetric clip + GPTQ", ["--clip", "symmetric", "--gptq"]),
-    "gptq": ("AWQ + asymmetric clip + GPTQ", ["--clip", "asymmetric", "--gptq"]),
-    "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--clip", "asymmetric", "--refine", "--gptq"]),
-    "sym+gptq+seq": ("AWQ + symmetric clip + GPTQ, sequential", ["--clip", "symmetric", "--gptq", "--sequential"]),
-    "gptq+seq": ("AWQ + asymmetric clip + GPTQ, sequential", ["--clip", "asymmetric", "--gptq", "--sequential"]),
+    "sym+gptq": ("AWQ + symmetric clip + GPTQ", ["--clip", "symmetric", *GPTQ_ALONE]),
+    "gptq": ("AWQ + asymmetric clip + GPTQ", ["--clip", "asymmetric", *GPTQ_ALONE]),
+    "refine+gptq": ("AWQ + asymmetric clip + refine + GPTQ", ["--clip", "asymmetric", "--refine", *GPTQ_ALONE]),
+    "sym+gptq+seq": ("AWQ + symmetric clip + GPTQ, sequential", ["--clip", "symmetric", *GPTQ_ALONE, "--sequential"]),
+    "gptq+seq": ("AWQ + asymmetric clip + GPTQ, sequential", ["--clip", "asymmetric", *GPTQ_ALONE, "--sequential"]),
+    "fit": ("AWQ + asymmetric clip + GPTQ, fit original", ["--clip", "asymmetric", "--gptq", "--fit-original"]),
 }
 MODELS = {"demo": 64, "gemma3": 128}  # model -> default group size (128 does not divide SmolLM2's 576)
 
@@ -124,7 +128,8 @@ def main() -> None:
     items = multiple_choice_items(assets) if args.quiz else []
     blocks = json.loads((source / "config.json").read_text())["num_hidden_layers"]
     default, why = QuantConfig().decided_for(args.n_samples * args.seqlen)
-    print(f"compute: {compute}; the default at this calibration size: {'gptq' if default.gptq else 'sym'} ({why})")
+    chosen = "fit" if default.fit_original else "gptq" if default.gptq else "sym"
+    print(f"compute: {compute}; the default at this calibration size: {chosen} ({why})")
     print(
         f"{source.name}: group {args.group_size}; calibration {args.n_samples} x {args.seqlen} tokens of SOTU < 2000; "
         f"{args.eval_tokens} held-out tokens each of SOTU >= 2000 (domain) and Shakespeare (general), windows of "

@@ -54,6 +54,13 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
         help="measure each group's inputs with the groups before it quantized (GPTQ's true-sequential)",
     )
     p.add_argument(
+        "--fit-original",
+        action=argparse.BooleanOptionalAction,
+        default="auto",
+        help="fit each linear to the original model's outputs, making up for the blocks before it (default: auto, "
+        "where GPTQ rounds; measures sequentially)",
+    )
+    p.add_argument(
         "--format",
         choices=("awq", "compressed-tensors"),
         default="awq",
@@ -90,6 +97,7 @@ def _config(args: argparse.Namespace):
         refine=args.refine,
         gptq=args.gptq,
         sequential=args.sequential,
+        fit_original=args.fit_original,
         propagate=args.propagate,
         format=args.format,
     )

@@ -101,7 +101,8 @@ def rounding_steps(settings: dict) -> str:
     clip = settings.get("clip", "symmetric")
     steps = ["AWQ scales", f"{clip} range search" if clip != "none" else None]
     steps += ["ranges refitted for output error" if settings.get("refine") else None]
-    steps += ["fitted group after group to the quantized inputs" if settings.get("sequential") else None]
+    fitted = "the original model's outputs" if settings.get("fit_original") else "the quantized inputs"
+    steps += [f"fitted group after group to {fitted}" if settings.get("sequential") else None]
     rounding = "GPTQ rounding" if settings.get("gptq") else "rounded to nearest"
     why = settings.get("gptq_why", "")  # where "auto" decided, what it went by
     steps += [f"{rounding} ({why})" if why.startswith("auto") else rounding]

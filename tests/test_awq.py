@@ -161,9 +161,11 @@ def interrupt_after_first_block(monkeypatch, model_dir, out_dir, calib, config) 
     assert not out_dir.exists() and (out_dir.parent / f".{out_dir.name}.partial").is_dir()
 
 
-@pytest.mark.parametrize("fmt", ["awq", "compressed-tensors"])
-def test_interrupted_run_resumes_at_first_unfinished_block(tmp_path, tiny_llama, calib, monkeypatch, fmt):
-    config = QuantConfig(**FAST, format=fmt)
+@pytest.mark.parametrize(("fmt", "fit_original"), [("awq", False), ("compressed-tensors", False), ("awq", True)])
+def test_interrupted_run_resumes_at_first_unfinished_block(tmp_path, tiny_llama, calib, monkeypatch, fmt, fit_original):
+    """Bit for bit as an uninterrupted run; fitting to the original model, the resumed run computes
+    the original model's stream again for the blocks it reuses."""
+    config = QuantConfig(**FAST, format=fmt, gptq=fit_original, fit_original=fit_original)
     interrupt_after_first_block(monkeypatch, tiny_llama, tmp_path / "out", calib, config)
     resumed = quantize(tiny_llama, tmp_path / "out", calib, config, progress=False)
     assert resumed.resumed_blocks == 1 and not (tmp_path / ".out.partial").exists()
@@ -212,7 +214,7 @@ def test_sequential_rounding_refits_only_the_groups_after_the_first(tmp_path, ti
     """q/k/v read the block's input either way, so they come out the same; o_proj and the MLP are
     fitted to the inputs the quantized groups before them give, so they differ."""
     for seq in (False, True):
-        config = QuantConfig(**FAST, gptq=True, sequential=seq)
+        config = QuantConfig(**FAST, gptq=True, fit_original=False, sequential=seq)
         assert quantize(tiny_llama, tmp_path / str(seq), calib, config, progress=False).config["sequential"] is seq
     shard = "model-00001-of-00003.safetensors"
     plain, sequential = (load_file(tmp_path / str(seq) / shard) for seq in (False, True))
@@ -221,6 +223,18 @@ def test_sequential_rounding_refits_only_the_groups_after_the_first(tmp_path, ti
         assert torch.equal(plain[f"{prefix}{name}.qweight"], sequential[f"{prefix}{name}.qweight"]), name
     for name in ("self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"):
         assert not torch.equal(plain[f"{prefix}{name}.qweight"], sequential[f"{prefix}{name}.qweight"]), name
+
+
+def test_fitting_to_the_original_brings_the_logits_closer_to_the_original_models(tmp_path, tiny_llama, calib):
+    """On the calibration tokens it fits to, the model whose linears make up for the blocks before
+    them ends closer to the original than GPTQ fitting each linear to its own inputs."""
+    misses = {}
+    for fit in (False, True):
+        config = QuantConfig(**FAST, gptq=True, fit_original=fit)
+        report = quantize(tiny_llama, tmp_path / str(fit), calib, config, progress=False)
+        assert (report.config["fit_original"], report.config["sequential"]) == (fit, fit)
+        misses[fit] = logits_mse(tiny_llama, tmp_path / str(fit), calib)
+    assert misses[True] < 0.9 * misses[False]
 
 
 def test_our_loader_computes_what_the_quantizer_wrote_for_gemma(tmp_path, tiny_gemma, calib, held_out):

@@ -5,7 +5,15 @@ import torch
 
 from awq_core.config import GPTQ_MIN_TOKENS, QuantConfig
 from awq_core.quant import grouped, range_params, round_to
-from awq_core.rounding import InputMoments, blocks_of, gptq_round, gram_blocks, hessian, refine_range
+from awq_core.rounding import (
+    InputMoments,
+    blocks_of,
+    gptq_round,
+    gram_blocks,
+    hessian,
+    refine_range,
+    toward_original,
+)
 from awq_core.search import group_error, search_clip
 from awq_release.errors import QuantizationError, ValidationError
 from orchestrator.policy import parse_policy
@@ -133,6 +141,10 @@ def test_the_card_names_every_rounding_step_the_settings_took():
         "AWQ scales + asymmetric range search + ranges refitted for output error"
         " + fitted group after group to the quantized inputs + GPTQ rounding"
     )
+    assert rounding_steps(settings | {"fit_original": True, "refine": False}) == (
+        "AWQ scales + asymmetric range search + fitted group after group to the original model's outputs"
+        " + GPTQ rounding"
+    )
     assert rounding_steps({"method": "rtn"}) == "round to nearest"
 
 
@@ -142,10 +154,25 @@ def test_gptq_auto_is_decided_by_the_calibration_size():
     assert (below.gptq, at.gptq) == (False, True)
     assert why_below == f"auto: {GPTQ_MIN_TOKENS - 1} calibration tokens, fewer than {GPTQ_MIN_TOKENS}"
     assert why_at == f"auto: {GPTQ_MIN_TOKENS} calibration tokens, at least {GPTQ_MIN_TOKENS}"
-    assert QuantConfig(gptq=False).decided_for(10**6) == (QuantConfig(gptq=False, clip="symmetric"), "set explicitly")
+    decided = QuantConfig(gptq=False, clip="symmetric", fit_original=False)
+    assert QuantConfig(gptq=False).decided_for(10**6) == (decided, "set explicitly")
     assert QuantConfig(method="rtn").decided_for(10**6)[0].gptq is False
     with pytest.raises(QuantizationError, match="choose true, false or 'auto'"):
         QuantConfig(gptq="yes")
+
+
+def test_fitting_to_the_original_follows_gptq_and_measures_sequentially():
+    def decided(tokens: int, **settings) -> tuple:
+        config = QuantConfig(**settings).decided_for(tokens)[0]
+        return config.fit_original, config.sequential
+
+    assert decided(GPTQ_MIN_TOKENS) == (True, True)
+    assert decided(GPTQ_MIN_TOKENS - 1) == (False, False)
+    assert decided(GPTQ_MIN_TOKENS, fit_original=False) == (False, False)
+    assert decided(GPTQ_MIN_TOKENS, method="rtn", fit_original=True) == (False, False)
+    assert decided(1, gptq=False, fit_original=True) == (True, True)
+    with pytest.raises(QuantizationError, match="fit_original='yes': choose true, false or 'auto'"):
+        QuantConfig(fit_original="yes")
 
 
 def test_auto_clip_is_asymmetric_where_gptq_rounds_with_zero_points():
@@ -178,3 +205,39 @@ def test_moments_gathered_in_chunks_and_scaled_are_those_of_the_scaled_inputs(la
     expected = hessian(x / scales) if full else gram_blocks(x / scales, G)
     torch.testing.assert_close(moments.scaled(scales).mean, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(moments.scaled(scales).blocks, gram_blocks(x / scales, G), rtol=1e-4, atol=1e-5)
+
+
+def drifted(x: torch.Tensor) -> torch.Tensor:
+    """What a quantized model's layer reads where the original read x: x plus an error correlated
+    with it (the blocks before lost part of some channels) and noise."""
+    torch.manual_seed(1)
+    return 0.9 * x + 0.1 * x.roll(1, dims=1) + 0.05 * torch.randn_like(x) * x.std(0)
+
+
+def test_cross_moments_gathered_in_chunks_and_scaled_are_those_of_the_scaled_inputs(layer):
+    _, x_original = layer
+    x = drifted(x_original)
+    moments = InputMoments(G, full=True)
+    for chunk, original in zip(x.split(700), x_original.split(700), strict=True):
+        moments.add(chunk, original)
+    scales = torch.rand(IN) + 0.5
+    expected = (x_original / scales).t() @ (x / scales) / x.shape[0]
+    torch.testing.assert_close(moments.scaled(scales).cross, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_toward_original_makes_up_for_the_drift_in_its_input(layer):
+    """Reading the drifted input, the fitted weights give what w gave reading the original one more
+    closely than w does, the more so the less they are held to w; with no drift they are w."""
+    w, x_original = layer
+    x = drifted(x_original)
+    moments = InputMoments(G, full=True)
+    moments.add(x, x_original)
+
+    def miss(fitted: torch.Tensor) -> float:
+        return (x_original @ w.t() - x @ fitted.t()).pow(2).mean().item()
+
+    misses = [miss(toward_original(w, moments, damp)) for damp in (0.01, 0.3)]
+    assert misses[0] < misses[1] < 0.5 * miss(w)
+    undrifted = InputMoments(G, full=True)
+    undrifted.add(x_original, x_original)
+    torch.testing.assert_close(toward_original(w, undrifted, 0.3), w, rtol=1e-4, atol=1e-4)
