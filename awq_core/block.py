@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from awq_core.architectures import Architecture, ScaleGroup
 from awq_core.config import QuantConfig
-from awq_core.model import run_block
+from awq_core.model import run_block, run_until
 from awq_core.packing import LAYOUTS
 from awq_core.quant import as_stored, dequantize_groups, grouped, quantize_groups, range_params, round_to
 from awq_core.rounding import InputMoments, gptq_round, refine_range, toward_original
@@ -47,11 +47,12 @@ def _original_run(
     block: nn.Module, arch: Architecture, original: Tensor, kwargs: dict
 ) -> tuple[Tensor, dict[str, list[Tensor]]]:
     """The untouched block on the original model's input: its output, and what each group's
-    linears read there, chunk by chunk as run_block hands them over (fit_original)."""
+    linears read there, chunk by chunk as run_block hands them over (fit_original), kept where the
+    activations are kept."""
     read: dict[str, list[Tensor]] = {group.prev: [] for group in arch.groups}
     handles = [
         block.get_submodule(group.linears[0]).register_forward_pre_hook(
-            lambda _, args, chunks=read[group.prev]: chunks.append(args[0])
+            lambda _, args, chunks=read[group.prev]: chunks.append(args[0].to(original.device))
         )
         for group in arch.groups
     ]
@@ -88,7 +89,7 @@ def _collect(
             record.abs_sum += x.abs().float().sum(dim=(0, 1))
             record.tokens += x.shape[0] * x.shape[1]
             if record.moments is not None:
-                record.moments.add(x, next(paired) if paired else None)
+                record.moments.add(x, next(paired).to(x.device) if paired else None)
             if sum(t.shape[0] for t in record.search) < search_windows:
                 record.search.append(x)
 
@@ -114,21 +115,17 @@ def _moments_now(
     original_read: list[Tensor] | None,
     scales: Tensor | None,
 ) -> InputMoments:
-    """The group's input moments from a forward of the block as it is now: scaled, and with the
-    groups before it quantized (sequential rounding); paired with what it read in the original
-    model, over the group's scales as these linears read it, where that is given."""
+    """The group's input moments from the block as it is now (scaled, and with the groups before it
+    quantized: sequential rounding), run only as far as the group; paired with what it read in the
+    original model, over the group's scales as these linears read it, where that is given."""
     moments = _moments_needed(cfg)
     paired = iter(original_read) if original_read else None
 
-    def on_input(module, args):
-        original = None if paired is None else next(paired) / (1 if scales is None else scales.to(args[0].dtype))
-        moments.add(args[0], original)
+    def take(x: Tensor) -> None:
+        original = None if paired is None else next(paired).to(x.device) / (1 if scales is None else scales.to(x.dtype))
+        moments.add(x, original)
 
-    handle = block.get_submodule(group.linears[0]).register_forward_pre_hook(on_input)
-    try:
-        run_block(block, hidden, kwargs)
-    finally:
-        handle.remove()
+    run_until(block, hidden, kwargs, block.get_submodule(group.linears[0]), take)
     return moments
 
 

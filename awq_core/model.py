@@ -1,6 +1,7 @@
 """A model skeleton on the meta device, and decoder blocks materialized one at a time."""
 
 import copy
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -83,14 +84,49 @@ def materialize_block(
     return block
 
 
+def _chunks(block: nn.Module, hidden: Tensor, chunk_tokens: int) -> Iterator[Tensor]:
+    """hidden (N, L, C) a few whole windows at a time, on the block's device."""
+    N, L, _ = hidden.shape
+    device = next(block.parameters()).device
+    per_chunk = max(1, chunk_tokens // L)
+    return (hidden[i : i + per_chunk].to(device) for i in range(0, N, per_chunk))
+
+
 @torch.no_grad()
 def run_block(block: nn.Module, hidden: Tensor, kwargs: dict, chunk_tokens: int = 4096) -> Tensor:
     """hidden (N, L, C) -> block output (N, L, C), a few windows at a time to bound activation memory.
 
     hidden may live on the host while the block runs on a GPU: each chunk travels there and back.
     """
-    N, L, _ = hidden.shape
-    device = next(block.parameters()).device
-    per_chunk = max(1, chunk_tokens // L)
-    chunks = (block(hidden[i : i + per_chunk].to(device), **kwargs).to(hidden.device) for i in range(0, N, per_chunk))
-    return torch.cat(list(chunks))
+    return torch.cat([block(chunk, **kwargs).to(hidden.device) for chunk in _chunks(block, hidden, chunk_tokens)])
+
+
+class _Reached(Exception):
+    """Raised by run_until's hook: the rest of the block's forward is not needed."""
+
+
+@torch.no_grad()
+def run_until(
+    block: nn.Module,
+    hidden: Tensor,
+    kwargs: dict,
+    module: nn.Module,
+    take: Callable[[Tensor], None],
+    chunk_tokens: int = 4096,
+) -> None:
+    """Run block on hidden in run_block's chunks, but only as far as `module`: take() gets each
+    chunk's input to it, and what comes after it in the block is skipped."""
+
+    def reached(_, args):
+        take(args[0])
+        raise _Reached
+
+    handle = module.register_forward_pre_hook(reached)
+    try:
+        for chunk in _chunks(block, hidden, chunk_tokens):
+            try:
+                block(chunk, **kwargs)
+            except _Reached:
+                pass
+    finally:
+        handle.remove()
