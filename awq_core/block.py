@@ -1,6 +1,7 @@
 """AWQ on one decoder block: collect input statistics, search scales and clipping, quantize, pack."""
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,20 @@ def _original_run(
             handle.remove()
 
 
+def _pairing(read: list[Tensor] | None, scales: Tensor | None = None) -> Callable[[Tensor], Tensor | None]:
+    """For each chunk of a group's inputs x in turn, what the group read at the same tokens in the
+    original model (over `scales` where these linears already read x / scales); None without it."""
+    chunks = iter(read or ())
+
+    def original_of(x: Tensor) -> Tensor | None:
+        if read is None:
+            return None
+        original = next(chunks).to(x.device)
+        return original if scales is None else original / scales.to(x.dtype)
+
+    return original_of
+
+
 def _collect(
     block: nn.Module,
     arch: Architecture,
@@ -82,14 +97,14 @@ def _collect(
         later = cfg.sequential and group != arch.groups[0]  # measured when its turn comes (_moments_now)
         record = inputs[group.prev] = GroupInputs(abs_sum, 0, [], {}, None if later else _moments_needed(cfg))
 
-        paired = iter(original_read[group.prev]) if original_read else None
+        original_of = _pairing(original_read[group.prev] if original_read else None)
 
-        def on_input(module, args, record=record, paired=paired):
+        def on_input(module, args, record=record, original_of=original_of):
             x = args[0]
             record.abs_sum += x.abs().float().sum(dim=(0, 1))
             record.tokens += x.shape[0] * x.shape[1]
             if record.moments is not None:
-                record.moments.add(x, next(paired).to(x.device) if paired else None)
+                record.moments.add(x, original_of(x))
             if sum(t.shape[0] for t in record.search) < search_windows:
                 record.search.append(x)
 
@@ -118,14 +133,8 @@ def _moments_now(
     """The group's input moments from the block as it is now (scaled, and with the groups before it
     quantized: sequential rounding), run only as far as the group; paired with what it read in the
     original model, over the group's scales as these linears read it, where that is given."""
-    moments = _moments_needed(cfg)
-    paired = iter(original_read) if original_read else None
-
-    def take(x: Tensor) -> None:
-        original = None if paired is None else next(paired).to(x.device) / (1 if scales is None else scales.to(x.dtype))
-        moments.add(x, original)
-
-    run_until(block, hidden, kwargs, block.get_submodule(group.linears[0]), take)
+    moments, original_of = _moments_needed(cfg), _pairing(original_read, scales)
+    run_until(block, hidden, kwargs, block.get_submodule(group.linears[0]), lambda x: moments.add(x, original_of(x)))
     return moments
 
 
