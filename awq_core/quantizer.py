@@ -62,6 +62,7 @@ class QuantReport:
     compute: dict  # device, dtype and why (awq_core.compute)
     resumed_blocks: int
     block_mse: list[float]
+    block_seconds: list[float]  # wall time of each block in this run (a resumed block: its replay)
     layers: list[dict]
     config: dict
 
@@ -206,6 +207,7 @@ class _Blocks:
 
     weight_map: dict[str, str] = field(default_factory=dict)  # tensor name -> shard file
     block_mse: list[float] = field(default_factory=list)
+    block_seconds: list[float] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
     resumed: int = 0
 
@@ -253,6 +255,7 @@ def _quantize_blocks(
     desc = f"AWQ blocks ({compute.device} {compute.dtype_name})"
     bar = tqdm(range(n_layers), desc=desc, unit="block", disable=not progress)
     for i in bar:
+        block_start = time.perf_counter()
         prefix, shard = f"{arch.layers}.{i}.", work / _shard_name(i, n_layers)
         kwargs = kwargs_of[types[i]]
         block_report = work / ".blocks" / f"{i:05d}.json"
@@ -276,6 +279,7 @@ def _quantize_blocks(
             _write_json(block_report, report)
         blocks.weight_map |= {prefix + name: shard.name for name in tensors}
         blocks.block_mse.append(report["block_mse"])
+        blocks.block_seconds.append(round(time.perf_counter() - block_start, 3))
         blocks.layers += report["layers"]
         bar.set_postfix(out_mse=f"{report['block_mse']:.2e}")
     return blocks
@@ -336,6 +340,7 @@ def quantize(
         compute=resolved.describe(),
         resumed_blocks=blocks.resumed,
         block_mse=blocks.block_mse,
+        block_seconds=blocks.block_seconds,
         layers=blocks.layers,
         config=dataclasses.asdict(config) | {"gptq_why": gptq_why, "source": str(ckpt.dir), "calibration": calibration},
     )

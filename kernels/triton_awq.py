@@ -27,7 +27,9 @@ SMALL_M = 16
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@triton.jit
+# M and its bucket change with every batch: specializing on them (M == 1, M % 16) would compile each
+# config again per batch size, for no faster code, since M only bounds the row mask.
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _awq_gemm_kernel(
     x_ptr,
     qweight_ptr,
@@ -118,12 +120,21 @@ else:
     ]
 
 _KEY = ["M_BUCKET", "N", "K", "group_size"]
-_small_m_kernel = triton.autotune(SMALL_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(
-    _awq_gemm_kernel
-)
-_large_m_kernel = triton.autotune(LARGE_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(
-    _awq_gemm_kernel
-)
+
+
+def _tuning_bench(kernel_call, quantiles):
+    """Short timings for choosing a config: dozens are tried per new shape, and a config's rank
+    settles long before Triton's default 125 ms of warm-up and repeats per config."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+def _autotuned(configs: list[triton.Config]):
+    prune = {"early_config_prune": _prune}
+    return triton.autotune(configs, key=_KEY, prune_configs_by=prune, do_bench=_tuning_bench)(_awq_gemm_kernel)
+
+
+_small_m_kernel = _autotuned(SMALL_CONFIGS)
+_large_m_kernel = _autotuned(LARGE_CONFIGS)
 
 
 @cache
