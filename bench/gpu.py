@@ -210,9 +210,7 @@ def kernel_case(
                 "error_vs_reference": (y.float() - awq_gemm_reference(x, *args).float()).abs().max().item() / scale,
                 "error_vs_fp32": (y.float() - exact).abs().max().item() / scale,
                 "first_call_s": round(first_call, 3),
-                "config": str(
-                    (triton_awq._small_m_kernel if M <= triton_awq.SMALL_M else triton_awq._large_m_kernel).best_config
-                ),
+                "config": str(triton_awq.schedule(M)[0].best_config),
             }
             if timed:
                 w4, fp16 = partial(awq_gemm, x, *args), partial(torch.matmul, x, dense)
@@ -273,7 +271,7 @@ def cuda_vs_cpu(work: Path, assets: Path) -> dict:
 def _tuned_shapes() -> int:
     """How many shapes the Triton kernel has been tuned for in this process (0 before its import)."""
     kernels = sys.modules.get("kernels.triton_awq")
-    return len(kernels._small_m_kernel.cache) + len(kernels._large_m_kernel.cache) if kernels else 0
+    return sum(len(kernels.schedule(M)[0].cache) for M in (1, kernels.MEDIUM_M, kernels.MEDIUM_M + 1)) if kernels else 0
 
 
 def perplexity_stage(work: Path, assets: Path, device: str = "cuda") -> dict:

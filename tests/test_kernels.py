@@ -38,7 +38,7 @@ def assert_matches_reference(y: torch.Tensor, x: torch.Tensor, layer: dict, grou
     assert (y.float() - expected.float()).abs().max().item() <= TOLERANCE[x.dtype] * scale
 
 
-@pytest.mark.parametrize("M", [1, 3, 16, 33, 128])
+@pytest.mark.parametrize("M", [1, 3, 16, 33, 128, 257])
 @pytest.mark.parametrize("K, N", [(128, 64), (256, 192)])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_triton_matches_reference(M, K, N, group_size):
