@@ -8,8 +8,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -36,6 +38,15 @@ SIDE_FILES = (
     "README.md",
 )
 LICENCE_PREFIXES = ("LICENSE", "LICENCE", "NOTICE", "USE_POLICY")
+# The files transformers reads from a model folder: each may name custom code to run (auto_map).
+CODE_NAMING_FILES = (
+    "config.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "generation_config.json",
+    "adapter_config.json",
+)
 DTYPE_BYTES = {
     **{"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1},
     **{"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1},
@@ -75,9 +86,21 @@ def _read_header(path: Path) -> tuple[int, dict]:
             raise CheckpointError(
                 f"{path.name}: unreadable safetensors header ({e}); the file is damaged: copy it again."
             ) from e
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{path.name}: its safetensors header is not a JSON object; the file is damaged: copy it again."
+        )
     header.pop("__metadata__", None)
     for name, meta in header.items():
+        _check_entry(path, name, meta)
         _check_extent(path, name, meta)
+    extents = sorted(tuple(meta["data_offsets"]) + (name,) for name, meta in header.items())
+    for (_, end, before), (start, _, after) in pairwise(extents):
+        if start < end:
+            raise CheckpointError(
+                f"{path.name}: tensors {before} and {after} overlap in the file; it was not written by safetensors: "
+                "save the weights again with safetensors."
+            )
     data_end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + header_len + data_end > size:
         raise CheckpointError(
@@ -85,6 +108,29 @@ def _read_header(path: Path) -> tuple[int, dict]:
             "the file is truncated (an interrupted copy?); copy it again."
         )
     return header_len, header
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entry(path: Path, name: str, meta: object) -> None:
+    """A header entry must be {"dtype": str, "shape": [n, ...], "data_offsets": [start, end]}, 0 <= start <= end."""
+    well_formed = (
+        isinstance(meta, dict)
+        and isinstance(meta.get("dtype"), str)
+        and isinstance(meta.get("shape"), list)
+        and all(_is_count(n) for n in meta["shape"])
+        and isinstance(meta.get("data_offsets"), list)
+        and len(meta["data_offsets"]) == 2
+        and all(_is_count(n) for n in meta["data_offsets"])
+        and meta["data_offsets"][0] <= meta["data_offsets"][1]
+    )
+    if not well_formed:
+        raise CheckpointError(
+            f"{path.name}: the header entry of tensor {name!r} is not a safetensors entry (dtype, shape, "
+            "data_offsets): the file is damaged or was not written by safetensors; save the weights again with it."
+        )
 
 
 def _check_extent(path: Path, name: str, meta: dict) -> None:
@@ -101,6 +147,46 @@ def _check_extent(path: Path, name: str, meta: dict) -> None:
             f"{path.name}: tensor {name} is {meta['dtype']} {meta['shape']} ({needed} bytes) but the header gives "
             f"it {end - start} bytes: the file is damaged or was written wrongly; save it again with safetensors."
         )
+
+
+def read_json(path: Path) -> object:
+    """A JSON file of the checkpoint, or one clear error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path.name} in {path.parent} is not valid JSON ({e}): fix or re-save it.") from e
+
+
+def refuse_code(folder: Path) -> None:
+    """Nothing in a checkpoint runs: no Python file in it, and no file that transformers reads names
+    custom code (auto_map), since loading one would offer to run it."""
+    code = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py"))
+    if code:
+        raise CheckpointError(
+            f"{folder} holds Python code ({', '.join(code[:3])}), which the platform never runs or ships: remove "
+            "it. Registered architectures and tokenizers are loaded with transformers' and vLLM's own code."
+        )
+    for name in CODE_NAMING_FILES:
+        path = folder / name
+        data = read_json(path) if path.is_file() else None
+        if isinstance(data, dict) and "auto_map" in data:
+            raise CheckpointError(
+                f"{path} names custom code (auto_map: {sorted(data['auto_map'])[:3]}), which the platform never runs "
+                "or ships: remove auto_map. Registered architectures and tokenizers are loaded with transformers' "
+                "and vLLM's own code."
+            )
+
+
+def check_folder(folder: Path) -> None:
+    """What a checkpoint folder must be before any file in it is read: a folder of its own (not a
+    link to one elsewhere), with no links out of it and no code in it."""
+    if folder.is_symlink():
+        raise CheckpointError(
+            f"{folder} is a link to {os.readlink(folder)}: a checkpoint is read only from a folder of its own, so "
+            "that nothing it names lies elsewhere. Copy the folder itself there (`cp -rL`)."
+        )
+    refuse_outside_links(folder)
+    refuse_code(folder)
 
 
 def refuse_outside_links(folder: Path) -> None:
@@ -129,22 +215,16 @@ class CheckpointFolder:
         self.dir = Path(model_dir)
         if not self.dir.is_dir():
             raise CheckpointError(f"{self.dir} is not a folder: give the path of a Hugging Face checkpoint folder.")
-        refuse_outside_links(self.dir)
+        check_folder(self.dir)
         config_path = self.dir / "config.json"
         if not config_path.is_file():
             raise CheckpointError(
                 f"{self.dir} has no config.json: save the model with `save_pretrained` so its config is written."
             )
-        try:
-            self.config: dict = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{config_path} is not valid JSON ({e}): fix or re-save the config.") from e
-        if "auto_map" in self.config:
-            raise CheckpointError(
-                f"{config_path} names custom model code (auto_map: {sorted(self.config['auto_map'])}), which the "
-                "platform never runs or ships: remove auto_map. Registered architectures are quantized and served "
-                "with transformers' and vLLM's own code."
-            )
+        config = read_json(config_path)
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{config_path} is not a JSON object: re-save the config with `save_pretrained`.")
+        self.config: dict = config
         if not any((self.dir / name).is_file() for name in TOKENIZER_FILES):
             raise CheckpointError(
                 f"{self.dir} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): save it beside the model with "
@@ -171,7 +251,23 @@ class CheckpointFolder:
         index = self.dir / "model.safetensors.index.json"
         if not index.is_file():
             return found
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        data = read_json(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(
+                f"{index.name} in {self.dir} has no weight_map of tensor names to shard files: re-save the model "
+                "with `save_pretrained`, or remove the index if the folder holds one model.safetensors."
+            )
+        names = sorted(set(weight_map.values()))
+        if not names:
+            raise CheckpointError(f"{index.name} in {self.dir} maps no tensor to a shard: re-save the model.")
+        root = self.dir.resolve()
+        outside = [n for n in names if not n or Path(n).is_absolute() or not (root / n).resolve().is_relative_to(root)]
+        if outside:  # checked before any file it names is touched, and never described
+            raise CheckpointError(
+                f"{index.name} maps tensors to {outside[0]!r}, outside {self.dir}: an index may name only shard files "
+                "inside its own folder. Copy the shards into the folder and name them there."
+            )
         missing = [n for n in names if not (self.dir / n).is_file()]
         if missing:
             raise CheckpointError(
@@ -205,6 +301,55 @@ class CheckpointFolder:
     def finite_check(self) -> "FiniteCheck":
         """The same check, fed the files' bytes by whoever reads them anyway (the content hash)."""
         return FiniteCheck(self.tensors)
+
+
+# Sizes a decoder config must give as positive integers (those present among the optional ones).
+REQUIRED_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+OPTIONAL_SIZES = ("intermediate_size", "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def check_declared_shape(ckpt: CheckpointFolder, layers: str, embed: str) -> int:
+    """The config's sizes are positive, its embedding is in the weights with the vocabulary and width it
+    declares, and the weights hold no decoder layer beyond the ones it declares. Returns the layer count."""
+    config, where = ckpt.config, ckpt.dir / "config.json"
+    for key in REQUIRED_SIZES + tuple(k for k in OPTIONAL_SIZES if config.get(k) is not None):
+        value = config.get(key)
+        if not _is_count(value) or value < 1:
+            raise CheckpointError(
+                f"{where} gives {key}={value!r}: it must be a positive integer matching the weights; fix the config."
+            )
+    info = ckpt.tensors.get(f"{embed}.weight")
+    expected = [config["vocab_size"], config["hidden_size"]]
+    if info is None or list(info.shape) != expected or info.dtype not in FLOAT_DTYPES:
+        found = "absent" if info is None else f"{info.dtype} {list(info.shape)}"
+        raise CheckpointError(
+            f"{ckpt.dir}: {embed}.weight is {found}, but config.json declares a floating-point {expected} "
+            "(vocab_size, hidden_size): the config does not belong to these weights; fix one of them."
+        )
+    n_layers = config["num_hidden_layers"]
+    prefix = re.compile(rf"{re.escape(layers)}\.(\d+)\.")
+    beyond = sorted({int(m[1]) for name in ckpt.tensors if (m := prefix.match(name)) and int(m[1]) >= n_layers})
+    if beyond:
+        raise CheckpointError(
+            f"{ckpt.dir}: the weights hold decoder layer {beyond[0]}, but config.json declares {n_layers} layers "
+            "(num_hidden_layers): set it to the number of layers the weights hold."
+        )
+    return n_layers
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The folder's tokenizer, checked first; transformers is told never to run the folder's code, so
+    it raises where it would otherwise ask on standard input."""
+    from transformers import AutoTokenizer
+
+    check_folder(Path(model_dir))
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    except (ValueError, KeyError, TypeError, OSError, ArithmeticError) as e:
+        raise CheckpointError(
+            f"The tokenizer in {model_dir} cannot be loaded ({(str(e).splitlines() or [type(e).__name__])[0][:200]}): "
+            "save it again with `tokenizer.save_pretrained`."
+        ) from e
 
 
 def _refuse_non_finite(name: str, info: TensorInfo, values: Tensor) -> None:

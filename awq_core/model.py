@@ -11,14 +11,21 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from awq_core.architectures import Architecture
 from awq_core.compute import Resolved
+from awq_release.errors import CheckpointError
 
 
 def meta_model(model_dir: str | Path, dtype: torch.dtype) -> tuple[nn.Module, PretrainedConfig]:
     """The model's modules with no storage: shapes and forward code, weights assigned later."""
-    config = AutoConfig.from_pretrained(model_dir)
-    config._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:  # the folder's code never runs: transformers raises where it would otherwise offer to
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+        config._attn_implementation = "sdpa"
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise CheckpointError(
+            f"{model_dir}/config.json is not a config transformers can build a model from "
+            f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}): re-save it with `save_pretrained`."
+        ) from e
     return model.eval(), config
 
 

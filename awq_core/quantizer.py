@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from awq_core.architectures import Architecture, architecture_for
 from awq_core.block import quantize_block
 from awq_core.calibration import calibration_fingerprint
-from awq_core.checkpoint import CheckpointFolder, side_files
+from awq_core.checkpoint import CheckpointFolder, check_declared_shape, side_files
 from awq_core.compute import Compute, Resolved, resolve
 from awq_core.config import QuantConfig
 from awq_core.formats import quantization_config
@@ -43,7 +43,7 @@ from awq_core.model import (
 )
 from awq_core.packing import LAYOUTS
 from awq_core.quant import dequantize_groups
-from awq_release.errors import CalibrationError, QuantizationError, UnsupportedArchitecture
+from awq_release.errors import CalibrationError, CheckpointError, QuantizationError, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ def _check_shapes(ckpt: CheckpointFolder, arch: Architecture, n_layers: int, cfg
                     f"Block {i} has no {name}.weight although its architecture "
                     "maps it: the checkpoint does not match its config."
                 )
+            if len(info.shape) != 2 or info.dtype not in STORAGE_DTYPES or 0 in info.shape:
+                raise CheckpointError(
+                    f"{prefix}{name}.weight is {info.dtype} {list(info.shape)}: a linear's weight is a non-empty "
+                    f"matrix of {', '.join(STORAGE_DTYPES)}; the checkpoint is damaged or not a trained model."
+                )
             out_features, in_features = info.shape
             if in_features % cfg.group_size:
                 raise QuantizationError(
@@ -118,6 +123,18 @@ def _check_shapes(ckpt: CheckpointFolder, arch: Architecture, n_layers: int, cfg
             raise UnsupportedArchitecture(
                 f"Block {i} has linears the mapping does not cover ({', '.join(unmapped)}): extend "
                 "awq_core/architectures.py."
+            )
+
+
+def _check_config_shapes(ckpt: CheckpointFolder) -> None:
+    """Every weight has the shape the config gives its module (on the meta device: no memory)."""
+    model, _ = meta_model(ckpt.dir, torch.float32)
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for name, info in ckpt.tensors.items():
+        if name in expected and expected[name] != info.shape:
+            raise CheckpointError(
+                f"{name} is {list(info.shape)} in the weights, but {ckpt.dir}/config.json makes it "
+                f"{list(expected[name])}: the config does not belong to these weights; fix one of them."
             )
 
 
@@ -217,13 +234,24 @@ def _shard_name(index: int, n_layers: int) -> str:
     return f"model-{index + 1:05d}-of-{n_layers + 1:05d}.safetensors"
 
 
+def check_checkpoint(
+    model_dir: str | Path, config: QuantConfig = QuantConfig()
+) -> tuple[CheckpointFolder, Architecture]:
+    """A source checkpoint and its architecture, after every check that reads no weight: files,
+    code, links, headers, the config's sizes against the weights' shapes, and the settings against
+    each linear."""
+    ckpt = CheckpointFolder(model_dir)
+    arch = architecture_for(ckpt.config)
+    _check_shapes(ckpt, arch, check_declared_shape(ckpt, arch.layers, arch.embed), config)
+    _check_config_shapes(ckpt)
+    return ckpt, arch
+
+
 def _checked_source(
     model_dir: str | Path, calib: Tensor, config: QuantConfig, finite_checked: str | None
 ) -> tuple[CheckpointFolder, Architecture]:
     """The checkpoint and its architecture, refused before any work if anything would fail later."""
-    ckpt = CheckpointFolder(model_dir)
-    arch = architecture_for(ckpt.config)
-    _check_shapes(ckpt, arch, ckpt.config["num_hidden_layers"], config)
+    ckpt, arch = check_checkpoint(model_dir, config)
     _check_calibration(calib, ckpt.config.get("max_position_embeddings"))
     if ckpt.fingerprint() != finite_checked:  # unless these very files were checked already
         ckpt.check_finite()

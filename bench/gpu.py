@@ -278,9 +278,10 @@ def perplexity_stage(work: Path, assets: Path, device: str = "cuda") -> dict:
     """validation.perplexity through the loader and the kernel on the GPU, then the 4-bit copy's
     perplexity again on the CPU, where AWQLinear dequantizes and no Triton runs."""
     from awq_core import quantize
+    from awq_core.checkpoint import load_tokenizer
     from awq_release.texts import token_stream, window_prefix
     from validation import perplexity
-    from validation.models import load_model, load_tokenizer
+    from validation.models import load_model
     from validation.settings import PerplexitySettings
 
     baseline = random_checkpoint(work / "small", assets, device, **SMALL_LLAMA)

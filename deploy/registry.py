@@ -8,6 +8,7 @@ A release is copied into a hidden `.VERSION.partial` folder and renamed into pla
 `current` symlink is replaced by rename, so readers see the old release or the new one, never a mix.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -20,15 +21,20 @@ import yaml
 from awq_release.errors import PromotionError
 from deploy.engine import Serving, engine_args
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")  # runs of letters and digits, one separator apart
+MAX_NAME = 64
+
 
 def safe_name(name: str) -> str:
-    """A folder- and URL-safe slug of a user-supplied name (spaces, '..', unicode): ASCII letters, digits, . _ -."""
+    """A folder- and URL-safe name for a user-supplied one, never the same for two names: the name
+    itself where it is already safe (letters and digits, single . _ - between them), else a readable
+    ASCII slug, "--" and 8 hex digits of the name's sha256 ("Support Bot" -> "Support-Bot--1f0e...",
+    a name of no Latin letters -> "model--..."). No safe name holds "--", so the two kinds never meet."""
+    if SAFE_NAME.fullmatch(name) and len(name) <= MAX_NAME:
+        return name
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_name).strip("-.")
-    slug = re.sub(r"\.{2,}", ".", slug)
-    if not slug:
-        raise PromotionError(f"Name {name!r} has no letters or digits to name a release folder by: rename it.")
-    return slug
+    slug = "-".join(re.findall(r"[A-Za-z0-9]+", ascii_name))[:MAX_NAME].strip("-") or "model"
+    return f"{slug}--{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def model_root(registry: Path, model: str) -> Path:
@@ -73,8 +79,8 @@ def write_release(
             f"{model_dir} holds links ({', '.join(links)}): a release holds only files, never what a link points "
             "to. Quantize again from a checkpoint without links."
         )
-    releases = model_root(registry, model) / "releases"
-    final = releases / safe_name(version)
+    final = release_folder(registry, model, version)
+    releases = final.parent
     if final.exists():
         raise PromotionError(f"Release {version} of {model} already exists at {final}: versions are never overwritten.")
     releases.mkdir(parents=True, exist_ok=True)
@@ -119,6 +125,10 @@ def versions_on_disk(registry: Path, model: str) -> list[str]:
     )
 
 
+def release_folder(registry: Path, model: str, version: str) -> Path:
+    return model_root(registry, model) / "releases" / safe_name(version)
+
+
 def withdraw(registry: Path, model: str, version: str) -> None:
     """Remove a release folder that never became current (its database record was not committed)."""
-    shutil.rmtree(model_root(registry, model) / "releases" / safe_name(version), ignore_errors=True)
+    shutil.rmtree(release_folder(registry, model, version), ignore_errors=True)

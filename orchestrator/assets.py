@@ -14,10 +14,10 @@ from pathlib import Path
 
 import dagster as dg
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
 
 from awq_core import build_calibration, quantize
 from awq_core.calibration import calibration_fingerprint
+from awq_core.checkpoint import load_tokenizer
 from deploy.engine import Serving
 from deploy.registry import safe_name
 from orchestrator import plots
@@ -122,7 +122,7 @@ def calibration_set(
 ) -> dg.MaterializeResult[CalibrationRecord]:
     """N windows of L tokens from the policy's domain texts, saved as token ids."""
     settings = policy_of(context, platform, lineage).policy.calibration
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint.model_dir)
+    tokenizer = load_tokenizer(checkpoint.model_dir)
     ids = build_calibration(tokenizer, list(settings.texts), settings.n_samples, settings.seqlen)  # (N, L)
     tokens_hash = calibration_fingerprint(ids)
     tokens_path = platform.work(context.partition_key) / f"calibration-{tokens_hash}.safetensors"

@@ -103,21 +103,20 @@ def _config(args: argparse.Namespace):
     )
 
 
-def _calibration(model_dir: Path, files: list[Path], n_samples: int, seqlen: int):
-    from transformers import AutoTokenizer
-
+def _calibration(model_dir: Path, files: list[Path], n_samples: int, seqlen: int, config):
     from awq_core import build_calibration
-    from awq_core.checkpoint import CheckpointFolder
+    from awq_core.checkpoint import load_tokenizer
+    from awq_core.quantizer import check_checkpoint
 
-    CheckpointFolder(model_dir)  # a clear error for a broken folder before the tokenizer tries to read it
-    return build_calibration(AutoTokenizer.from_pretrained(model_dir), files, n_samples, seqlen)
+    check_checkpoint(model_dir, config)  # a clear error for a broken checkpoint before the tokenizer reads its config
+    return build_calibration(load_tokenizer(model_dir), files, n_samples, seqlen)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from awq_core import quantize
 
     config = _config(args)
-    calib = _calibration(args.model_dir, args.calib, args.n_samples, args.seqlen)
+    calib = _calibration(args.model_dir, args.calib, args.n_samples, args.seqlen, config)
     report = quantize(args.model_dir, args.out_dir, calib, config, progress=not args.json, compute=_compute(args))
     if args.json:
         print(json.dumps(report.summary(), indent=1))
@@ -131,9 +130,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
     from awq_core import quantize
+    from awq_core.checkpoint import load_tokenizer
     from awq_core.compute import resolve
     from orchestrator.demo import cache_dir, demo_assets
     from validation.models import load_model
@@ -147,15 +145,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{args.seqlen} calibration tokens from "
         f"{len(assets.calibration_texts)} State of the Union addresses before 2000)"
     )
-    calib = _calibration(assets.model_dir, assets.calibration_texts, args.n_samples, args.seqlen)
+    config = _config(args)
+    calib = _calibration(assets.model_dir, assets.calibration_texts, args.n_samples, args.seqlen, config)
     compute = _compute(args)
-    report = quantize(assets.model_dir, out_dir, calib, _config(args), compute=compute)
+    report = quantize(assets.model_dir, out_dir, calib, config, compute=compute)
     print(
         f"wrote {out_dir} in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}, peak "
         f"RSS {report.peak_rss_mb:.0f} MB"
     )
 
-    texts = assets.eval_streams(AutoTokenizer.from_pretrained(assets.model_dir), args.eval_tokens)
+    texts = assets.eval_streams(load_tokenizer(assets.model_dir), args.eval_tokens)
     resolved = resolve(compute)
     models = {"original": load_model(assets.model_dir, resolved), args.method.upper(): load_model(out_dir, resolved)}
     print(

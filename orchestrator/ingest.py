@@ -1,6 +1,5 @@
 """Ingest: check a dropped checkpoint, merge a LoRA adapter into its base, hash it, size it for the GPU."""
 
-import json
 import math
 import re
 import shutil
@@ -10,7 +9,8 @@ from pathlib import Path
 import torch
 
 from awq_core.architectures import architecture_for, head_dim
-from awq_core.checkpoint import CheckpointFolder, refuse_outside_links
+from awq_core.checkpoint import CheckpointFolder, check_folder, load_tokenizer, read_json
+from awq_core.quantizer import check_checkpoint
 from awq_release.errors import CheckpointError
 from orchestrator.hashing import content_hash
 from orchestrator.policy import ReleasePolicy
@@ -32,17 +32,21 @@ class Ingested:
 
 def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> tuple[Path, str]:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    base_name = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    adapter_config = read_json(adapter_dir / ADAPTER_CONFIG)
+    base_name = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
     known = policy.base_models or {}
-    base_dir = known.get(base_name) or (Path(base_name) if Path(base_name).is_dir() else None)
+    # Only a base the policy's owner named: a path the adapter names would read another team's folder.
+    base_dir = known.get(base_name) if isinstance(base_name, str) else None
     if base_dir is None:
         raise CheckpointError(
-            f"{adapter_dir.name} is a LoRA adapter for base model {base_name!r}, which is not available here: "
-            f"add it to the policy's base_models (known: {sorted(known) or 'none'})."
+            f"{adapter_dir.name} is a LoRA adapter for base model {base_name!r}, which the policy does not name: "
+            f"add it to the policy's base_models, as a name and the folder that holds it (known: "
+            f"{sorted(known) or 'none'})."
         )
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+    check_folder(Path(base_dir))
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16, trust_remote_code=False)
     try:
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as e:
@@ -56,7 +60,7 @@ def _merge_adapter(adapter_dir: Path, out_dir: Path, policy: ReleasePolicy) -> t
     tokenizer_dir = (
         adapter_dir if any((adapter_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")) else base_dir
     )
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+    load_tokenizer(tokenizer_dir).save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir, base_name
@@ -122,12 +126,11 @@ def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy, known_hash: str 
     """Everything a checkpoint must pass before the platform spends time on it. `known_hash`: the
     content hash an earlier attempt computed for this very folder (same stat signature)."""
     source, adapter_path, base_model = folder, None, None
-    refuse_outside_links(folder)  # an adapter folder too: it is hashed, and its tokenizer may be copied
+    check_folder(folder)  # an adapter folder too: it is hashed, and its tokenizer may be copied
     if (folder / ADAPTER_CONFIG).is_file():
         adapter_path = str(folder)
         folder, base_model = _merge_adapter(folder, work_dir / "merged", policy)
-    ckpt = CheckpointFolder(folder)
-    architecture_for(ckpt.config)  # refuse an unsupported architecture before reading every weight
+    ckpt, _ = check_checkpoint(folder, policy.quantization)  # all that reads no weight, before reading them
     fit = footprint(ckpt, policy)
     if not fit["fits"]:
         raise CheckpointError(

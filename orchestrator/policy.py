@@ -14,12 +14,21 @@ from deploy.engine import Serving
 from orchestrator.lineage import record_run_policy, run_policy_row
 from validation.settings import ValidationSettings, from_dict, parse_mapping
 
+MAX_CALIBRATION_TOKENS = 2**24  # 16 M tokens: far beyond what AWQ and GPTQ gain from, and still fits a host
+
 
 @dataclass(frozen=True)
 class CalibrationPolicy:
     texts: tuple[Path, ...] = ()  # the user's own domain texts (.txt, .jsonl)
     n_samples: int = 64
     seqlen: int = 512
+
+    def __post_init__(self):
+        if self.n_samples < 1 or self.seqlen < 2 or self.n_samples * self.seqlen > MAX_CALIBRATION_TOKENS:
+            raise ValidationError(
+                f"calibration: n_samples={self.n_samples}, seqlen={self.seqlen}: need at least 1 window of at least "
+                f"2 tokens and at most {MAX_CALIBRATION_TOKENS} tokens in all (e.g. 128 x 512)."
+            )
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,13 @@ class ReleasePolicy:
     def __post_init__(self):
         if self.max_attempts < 1:
             raise ValidationError(f"max_attempts={self.max_attempts}: a folder needs at least 1 attempt.")
+        if self.model_name is not None and (
+            not self.model_name.strip() or len(self.model_name) > 200 or not self.model_name.isprintable()
+        ):
+            raise ValidationError(
+                f"model_name={self.model_name!r}: name the model with 1 to 200 printable characters (any script), "
+                "or leave it out to use the checkpoint folder's name."
+            )
 
 
 def parse_policy(text: str, source: str) -> ReleasePolicy:

@@ -7,7 +7,14 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from deploy.engine import Serving
-from deploy.registry import current_version, point_current, versions_on_disk, withdraw, write_release
+from deploy.registry import (
+    current_version,
+    point_current,
+    release_folder,
+    versions_on_disk,
+    withdraw,
+    write_release,
+)
 from orchestrator import lineage
 from orchestrator.db import session_scope
 from orchestrator.manifest import build_manifest
@@ -42,10 +49,14 @@ def reconcile(engine: Engine, registry: Path, model: str) -> list[str]:
     folder without a record is withdrawn, and `current` points at the newest promoted release.
     Returns what it did, for the log."""
     with session_scope(engine) as session:
-        recorded = {r.version for r in lineage.releases(session, model) if r.status in ("promoted", "rolled_back")}
+        kept = [r for r in lineage.releases(session) if r.status in ("promoted", "rolled_back")]
         promoted = [r.version for r in lineage.promoted_releases(session, model)]
+    recorded = {r.version for r in kept if r.model == model}
+    # Any model's recorded release stays, even one whose folder this model's name would also reach.
+    recorded_folders = {Path(r.path).resolve() for r in kept if r.path}
     done = []
-    for version in sorted(set(versions_on_disk(registry, model)) - recorded):
+    on_disk = set(versions_on_disk(registry, model)) - recorded
+    for version in sorted(v for v in on_disk if release_folder(registry, model, v).resolve() not in recorded_folders):
         withdraw(registry, model, version)
         done.append(f"withdrew {model} {version}: written by a promotion that was never recorded")
     if promoted and current_version(registry, model) != promoted[-1]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from awq_release.errors import ReleaseError
 from deploy.registry import safe_name
 from orchestrator.attempts import failure_reason, next_attempt, settle_attempts
 from orchestrator.hashing import stat_signature
@@ -46,11 +45,7 @@ def scan(
         if last_seen.get(folder.name) != source:
             log.info(f"skip {folder.name!r}: new or still changing; released once unchanged over two ticks")
             continue
-        try:
-            key = safe_name(folder.name)
-        except ReleaseError as e:
-            log.warning(f"skip {folder.name!r}: {e}")
-            continue
+        key = safe_name(folder.name)
         attempt = next_attempt(statuses_of(source), max_attempts)
         if isinstance(attempt, str):
             log.info(f"skip {folder.name!r}: {attempt}")

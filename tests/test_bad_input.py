@@ -163,18 +163,23 @@ def test_links_that_leave_the_folder_are_refused(tmp_path, model_copy, calib_fil
     )
 
 
-def test_custom_model_code_is_refused(tmp_path, model_copy, calib_file):
-    config = json.loads((model_copy / "config.json").read_text())
-    auto_map = {"AutoModelForCausalLM": "evil.EvilForCausalLM"}
-    (model_copy / "config.json").write_text(json.dumps(config | {"auto_map": auto_map}))
-    (model_copy / "evil.py").write_text("import os\nos.system('touch /tmp/pwned')\n")
-    assert_refused(
-        run_quantize(model_copy, tmp_path / "out", [calib_file]), tmp_path / "out", "custom model code", "auto_map"
-    )
+@pytest.mark.parametrize("config_file", ["config.json", "tokenizer_config.json", "generation_config.json"])
+def test_custom_code_named_by_any_config_is_refused(tmp_path, model_copy, calib_file, config_file):
+    path = model_copy / config_file
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps(config | {"auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}}))
+    result = run_quantize(model_copy, tmp_path / "out", [calib_file])
+    assert_refused(result, tmp_path / "out", f"{config_file} names custom code", "auto_map")
+
+
+def test_python_files_in_a_checkpoint_are_refused(tmp_path, model_copy, calib_file):
+    (model_copy / "sub").mkdir()
+    (model_copy / "sub" / "evil.py").write_text("import os\nos.system('touch /tmp/pwned')\n")
+    result = run_quantize(model_copy, tmp_path / "out", [calib_file])
+    assert_refused(result, tmp_path / "out", "holds Python code (sub/evil.py)")
 
 
 def test_only_allow_listed_files_travel_into_the_output(tmp_path, model_copy, calib_file):
-    (model_copy / "evil.py").write_text("raise SystemExit('never copied')\n")
     (model_copy / "notes.txt").write_text("private notes")
     (model_copy / "LICENSE").write_text("Apache-2.0")
     (model_copy / "README.md").write_text("# the team's card")
@@ -187,7 +192,7 @@ def test_only_allow_listed_files_travel_into_the_output(tmp_path, model_copy, ca
     out = tmp_path / "out"
     names = {p.name for p in out.iterdir()}
     assert {"LICENSE", "README.md", "tokenizer.json", "generation_config.json", "config.json"} <= names
-    assert not names & {"evil.py", "notes.txt", "real_generation_config.json"}
+    assert not names & {"notes.txt", "real_generation_config.json"}
     assert not any(p.is_symlink() for p in out.iterdir())
     assert (out / "generation_config.json").read_text() == '{"max_new_tokens": 8}'
 

@@ -17,6 +17,7 @@ import aiohttp
 import numpy as np
 from tqdm.auto import tqdm
 
+from awq_core.checkpoint import load_tokenizer
 from awq_core.compute import Resolved
 from awq_release.errors import ServerError, ValidationError
 from awq_release.texts import token_stream
@@ -24,7 +25,6 @@ from deploy.capability import vllm_awq_capability
 from deploy.cluster import serve_on_cluster
 from deploy.engine import engine_args
 from deploy.server import Server, check_port, connect, serve
-from validation.models import load_tokenizer
 from validation.result import Metric, StageResult, gate
 from validation.settings import SLA, LoadSettings
 

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from awq_core.checkpoint import load_tokenizer
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from validation.evidence import bootstrap_increases, percentile_interval
-from validation.models import context_length, load_tokenizer, measure_both
+from validation.models import context_length, measure_both
 from validation.result import StageResult, gate
 from validation.settings import Evidence, LongContextSettings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
@@ -23,11 +23,8 @@ def load_model(model_dir: str | Path, compute: Resolved | None = None) -> nn.Mod
     quantized = "quantization_config" in json.loads((Path(model_dir) / "config.json").read_text())
     if quantized:
         return load_quantized(model_dir, compute)
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute.dtype).to(compute.device).eval()
-
-
-def load_tokenizer(model_dir: str | Path):
-    return AutoTokenizer.from_pretrained(model_dir)
+    dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute.dtype, trust_remote_code=False)
+    return dense.to(compute.device).eval()
 
 
 def context_length(model_dir: str | Path) -> int:

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from awq_core.checkpoint import load_tokenizer
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from awq_release.texts import token_stream, window_prefix
 from validation.evidence import bootstrap_increases, increase, percentile_interval
-from validation.models import load_tokenizer, measure_both
+from validation.models import measure_both
 from validation.result import Metric, StageResult, gate
 from validation.settings import PerplexitySettings
 

@@ -8,6 +8,7 @@ load:         {concurrency: [1, 4], sla: {ttft_p90_s: 2.0}}
 
 import dataclasses
 import glob
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -179,9 +180,13 @@ def _convert(kind, value, where: str):
     if kind is Path:
         return Path(value).expanduser()
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValidationError(f"{where}: expected {kind.__name__}, got {value!r}.")
+    if kind in (int, float) and not (math.isfinite(value) and value >= 0):
+        # Every count, size, threshold and time in the settings: a NaN would pass every comparison
+        # and a negative one would make no sense, so both stop the run where the file is read.
+        raise ValidationError(f"{where}: expected a finite number of at least 0, got {value!r}.")
     return value
 
 

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from awq_core.checkpoint import load_tokenizer
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from awq_release.texts import window_prefix
 from validation.evidence import paired_mean
-from validation.models import load_tokenizer, measure_both
+from validation.models import measure_both
 from validation.result import Inconclusive, Metric, StageResult, gate
 from validation.settings import TaskSettings, TaskSpec
 
