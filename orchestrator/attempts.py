@@ -12,7 +12,10 @@ LAUNCHER_TAG = "awq_release/launcher"  # runs `awq-release run` executes itself:
 UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 SETTLED = {  # attempts that ended like this are never retried
     "released": "released before",
-    "rejected": "rejected by its gates (see `awq-release history`); change the checkpoint or the policy",
+    "rejected": (
+        "rejected by its gates (see `awq-release history`): copy the checkpoint in anew to try again, or after "
+        "changing the policy launch the release job for this partition from the Dagster UI"
+    ),
     "duplicate": "its content was released before from another folder",
 }
 

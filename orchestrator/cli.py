@@ -241,10 +241,15 @@ def _print_history(rows: list[dict]) -> None:
     print(f"{'model':28} {'version':8} {'status':12} {'created (UTC)':20} gates")
     for r in rows:
         failed = [k for k, g in r["gates"].items() if not g["passed"]]
+        passed = f"{len(r['gates']) - len(failed)}/{len(r['gates'])} passed"
+        # A stage can fail with no gate measured (a server that never started): it must not read as passed.
+        failed += [
+            f"{stage} ({'; '.join(outcome['reasons'])[:80]})"
+            for stage, outcome in r["stages"].items()
+            if outcome["status"] == "failed" and not any(k.startswith(f"{stage}.") for k in failed)
+        ]
         skipped = [stage for stage, outcome in r["stages"].items() if outcome["status"] == "skipped"]
-        gates = f"{len(r['gates']) - len(failed)}/{len(r['gates'])} passed" + (
-            f"; failed: {', '.join(failed)}" if failed else ""
-        )
+        gates = passed + (f"; failed: {', '.join(failed)}" if failed else "")
         gates += f"; skipped: {', '.join(skipped)}" if skipped else ""
         power = r["power_check"]
         if power:

@@ -1,7 +1,10 @@
 """The lineage database on SQLite and on a real PostgreSQL server; releases, history and rollback."""
 
+import contextlib
+import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -18,6 +21,7 @@ from deploy.engine import Serving
 from deploy.registry import current_version, publish
 from deploy.server import free_port
 from orchestrator import releases
+from orchestrator.cli import main
 from orchestrator.db import engine_for, session_scope, upgrade
 from orchestrator.db.models import Base, CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
 from orchestrator.lineage import record_release, record_stage
@@ -177,8 +181,34 @@ def test_rollback_keeps_registry_and_database_in_step_when_the_commit_fails(tmp_
 
 
 def test_unreachable_database_is_a_clear_error():
-    with pytest.raises(DatabaseError, match=r"unreachable .* start it or fix database_url"):
+    with pytest.raises(DatabaseError, match=r"unreachable: start it or fix database_url"):
         upgrade(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/lineage")
+
+
+def history_of(url: str, monkeypatch) -> tuple[int, str]:
+    """`awq-release history` in process against `url`: (exit status, stderr)."""
+    monkeypatch.setenv("AWQ_RELEASE_DATABASE_URL", url)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["history"])
+    return code, stderr.getvalue()
+
+
+def test_a_damaged_or_locked_database_says_which(tmp_path, monkeypatch):
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not sqlite at all\n" * 512)
+    code, stderr = history_of(f"sqlite:///{damaged}", monkeypatch)
+    assert code == 2 and stderr.startswith("error: ") and "is damaged or not a database" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    locked = tmp_path / "locked.db"
+    upgrade(f"sqlite:///{locked}").dispose()
+    holder = sqlite3.connect(locked, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write
+    try:
+        code, stderr = history_of(f"sqlite:///{locked}?timeout=0.2", monkeypatch)
+    finally:
+        holder.close()
+    assert code == 2 and "is locked by another process" in stderr and "unreachable" not in stderr
 
 
 def test_stage_rows_keep_every_metric(database_url):

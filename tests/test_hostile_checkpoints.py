@@ -6,29 +6,36 @@ The property-based tests generate malformed headers, index files and configs and
 import io
 import json
 import logging
+import math
+import re
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from awq_core.checkpoint import CheckpointFolder, load_tokenizer
-from awq_release.errors import CheckpointError
-from deploy.engine import Serving
+from awq_release.errors import CheckpointError, ReleaseError, ValidationError
+from deploy.engine import Serving, engine_args
 from deploy.registry import model_root, publish, safe_name, versions_on_disk
+from deploy.server import log_tail
+from orchestrator.cli import _print_history
 from orchestrator.db import session_scope, upgrade
 from orchestrator.db.models import QuantizationRun, Release
 from orchestrator.ingest import ingest
-from orchestrator.lineage import record_release
-from orchestrator.policy import ReleasePolicy
+from orchestrator.lineage import record_release, record_stage
+from orchestrator.policy import ReleasePolicy, parse_policy
 from orchestrator.promotion import reconcile
+from orchestrator.releases import history
 from orchestrator.sensors import scan
 from tests.test_bad_input import assert_refused, run_quantize
 from tests.test_database import add_lineage
+from validation.result import StageResult, gate
 
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture
@@ -249,3 +256,89 @@ def test_fuzzed_config_values(tmp_path, tiny_llama, calib_file, key, value):
     (model / "config.json").write_text(json.dumps(config | {key: value}))
     result = run_quantize(model, tmp_path / "fuzz" / "out", [calib_file])
     assert_refused_naming(result, tmp_path / "fuzz" / "out", "config")
+
+
+# 6, the policy: every value is checked when the policy is read, before any step runs.
+
+
+@pytest.mark.parametrize(
+    "text, phrase",
+    [
+        ("calibration: {n_samples: -4}", "calibration.n_samples: expected a finite number of at least 0, got -4"),
+        ("calibration: {n_samples: 0}", "n_samples=0"),
+        ("calibration: {n_samples: 100000000, seqlen: 512}", "at most 16777216 tokens"),
+        ("validation: {perplexity: {max_increase: .nan}}", "validation.perplexity.max_increase: expected a finite"),
+        ("validation: {load: {sla: {ttft_p90_s: -1}}}", "ttft_p90_s: expected a finite number of at least 0"),
+        ("model_name: '   '", "model_name='   '"),
+        ('model_name: "bot\\u0000"', "printable characters"),
+    ],
+)
+def test_bad_policy_values_fail_where_the_policy_is_read(text, phrase):
+    with pytest.raises(ValidationError, match=re.escape(phrase)):
+        parse_policy(text, "policy.yaml")
+
+
+def test_any_script_names_a_model():
+    assert parse_policy("model_name: サポートボット", "policy.yaml").model_name == "サポートボット"
+
+
+POLICY_FIELDS = st.sampled_from(
+    [
+        ("model_name",),
+        ("max_attempts",),
+        ("calibration", "n_samples"),
+        ("calibration", "seqlen"),
+        ("quantization", "group_size"),
+        ("serving", "max_model_len"),
+        ("validation", "perplexity", "max_increase"),
+        ("validation", "tasks", "max_drop"),
+        ("validation", "evidence", "confidence"),
+    ]
+)
+NUMBERS = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**70), 2**70)
+
+
+@settings(max_examples=200, deadline=None)
+@given(path=POLICY_FIELDS, value=JSON_VALUES | NUMBERS)
+def test_fuzzed_policies_parse_or_refuse_in_one_line(path, value):
+    """Whatever a policy holds, reading it either gives settings every step can use or one
+    ReleaseError (the CLI's `error:` line), never another exception."""
+    data = value
+    for key in reversed(path):
+        data = {key: data}
+    try:
+        policy = parse_policy(yaml.safe_dump(data), "policy.yaml")
+    except ReleaseError as e:
+        assert "\n" not in str(e)
+        return
+    assert policy.calibration.n_samples >= 1 and math.isfinite(policy.validation.perplexity.max_increase)
+
+
+# 7, the smaller points.
+
+
+def test_a_failed_stage_without_gates_is_not_shown_as_passed(tmp_path, capsys):
+    engine = upgrade(f"sqlite:///{tmp_path / 'lineage.db'}")
+    run_id = add_lineage(engine, "a")
+    gate_result = StageResult("perplexity", [gate("domain perplexity increase", 10.0, 10.5, 0.05, 0.15)])
+    record_stage(engine, run_id, gate_result, "/p.json")
+    record_stage(engine, run_id, StageResult("load", [], error="vLLM exited with status 1"), "/l.json")
+    with session_scope(engine) as session:
+        checkpoint_id = session.get(QuantizationRun, run_id).checkpoint_id
+        record_release(session, "bot", "rejected", checkpoint_id, run_id, {})
+    _print_history(history(engine))
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "1/1 passed; failed: load (vLLM exited with status 1)" in line
+
+
+def test_a_server_error_names_the_workers_exception_not_only_the_log_tail(tmp_path):
+    log = tmp_path / "vllm.log"
+    worker = "AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'"
+    log.write_text("\n".join(["INFO starting", "Traceback (most recent call last):", worker, *["INFO shutdown"] * 50]))
+    excerpt = log_tail(log)
+    assert excerpt.splitlines()[0] == f"first exception: {worker}" and excerpt.endswith("INFO shutdown")
+
+
+def test_the_shipped_engine_arguments_listen_on_this_host_unless_told(tmp_path, tiny_llama):
+    assert engine_args(tiny_llama, "bot", Serving())["host"] == "127.0.0.1"
+    assert parse_policy("serving: {host: 0.0.0.0}", "policy.yaml").serving.host == "0.0.0.0"

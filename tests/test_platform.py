@@ -13,7 +13,7 @@ import yaml
 from sqlalchemy import func, select
 
 from deploy.capability import vllm_awq_capability
-from deploy.registry import current_version
+from deploy.registry import current_version, safe_name
 from orchestrator.assets import RELEASE_ASSETS
 from orchestrator.cli import main
 from orchestrator.db import models as db
@@ -81,7 +81,7 @@ def materialize(root, folder_name: str, policy_name: str, instance) -> dg.Execut
         work_dir=str(root / "work"),
         policy_path=str(root / f"{policy_name}.yaml"),
     )
-    key = folder_name.replace(" ", "-")
+    key = safe_name(folder_name)
     instance.add_dynamic_partitions(CHECKPOINTS.name, [key])
     return dg.materialize(
         RELEASE_ASSETS,
@@ -98,14 +98,14 @@ def count(session, model) -> int:
 
 def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, demo, monkeypatch, capsys):
     root = platform_root
-    shutil.copytree(demo.model_dir, root / "checkpoints" / "demo bot")
-    damaged = shutil.copytree(demo.model_dir, root / "checkpoints" / "demo bot 2")
+    shutil.copytree(demo.model_dir, root / "checkpoints" / "demo-bot")
+    damaged = shutil.copytree(demo.model_dir, root / "checkpoints" / "デモ bot 2")  # names in any script work
     (damaged / "NOTES.md").write_text("another fine-tune")  # other content, other hash
     engine = LineageDatabase(url=f"sqlite:///{root / 'lineage.db'}").engine()
     load_runs = vllm_awq_capability().runs_awq
 
     with dg.instance_for_test() as instance:
-        result = materialize(root, "demo bot", "honest", instance)
+        result = materialize(root, "demo-bot", "honest", instance)
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         metadata = {
             m.asset_key.to_user_string(): m.metadata
@@ -175,13 +175,14 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         launch = yaml.safe_load((release_dir / "vllm-config.yaml").read_text())
         assert (launch["quantization"], launch["model"]) == ("awq", str(release_dir))
         assert (launch["max-model-len"], launch["max-num-seqs"], launch["enforce-eager"]) == (2048, 8, True)
+        assert launch["host"] == "127.0.0.1"  # the card's serving command listens on this host only
         if load_runs:  # the load stage started what the release ships: only the folder and its name differ
             started = yaml.safe_load(next((root / "work").rglob("vllm-candidate.yaml")).read_text())
             own = ("model", "served-model-name")
             assert started | {k: launch[k] for k in own} == launch and started["served-model-name"] == "candidate"
         assert current_version(root / "registry", "demo-bot") == "v0001"
 
-        result = materialize(root, "demo bot 2", "damaged", instance)
+        result = materialize(root, "デモ bot 2", "damaged", instance)
         assert not result.success
         assert not [c for c in result.get_asset_check_evaluations() if c.check_name == "perplexity_gate" and c.passed]
         materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}

@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,12 +23,37 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def _unreachable(engine: Engine, error: OperationalError) -> DatabaseError:
+def _unusable(engine: Engine, error: SQLAlchemyDatabaseError) -> DatabaseError:
+    """What is wrong with the database, as the driver said it, and what to do about it."""
+    detail = (str(error.orig).splitlines() or [type(error.orig).__name__])[0]
+    if "locked" in detail or "lock timeout" in detail:
+        what = "is locked by another process: wait for it, or stop what holds the lock, and run again."
+    elif "not a database" in detail or "malformed" in detail:
+        what = "is damaged or not a database: restore it from a backup or point database_url at another."
+    else:
+        what = "is unreachable: start it or fix database_url."
+    where = engine.url.render_as_string(hide_password=True)
     return DatabaseError(
-        f"The lineage database at {engine.url.render_as_string(hide_password=True)} is unreachable "
-        f"({str(error.orig).splitlines()[0]}): start it or fix database_url. The transaction was rolled back "
-        "whole: nothing of it was recorded."
+        f"The lineage database at {where} {what} ({detail}) The transaction was rolled back whole: nothing of it "
+        "was recorded."
     )
+
+
+def _is_the_database(error: SQLAlchemyDatabaseError) -> bool:
+    """The database itself failed (gone, locked, damaged), as opposed to a statement the code got wrong."""
+    return isinstance(error, OperationalError) or "not a database" in str(error.orig) or "malformed" in str(error.orig)
+
+
+@contextmanager
+def _database_errors_clear(engine: Engine) -> Iterator[None]:
+    """A failure of the database itself becomes one DatabaseError that says what to do; a statement
+    the code got wrong (an integrity error) stays the bug it is."""
+    try:
+        yield
+    except SQLAlchemyDatabaseError as e:
+        if not _is_the_database(e):
+            raise
+        raise _unusable(engine, e) from e
 
 
 def engine_for(url: str) -> Engine:
@@ -35,18 +61,16 @@ def engine_for(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, pool_pre_ping=True)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as e:
-        raise _unreachable(engine, e) from e
+    with _database_errors_clear(engine), engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
     return engine
 
 
 def upgrade(url: str) -> Engine:
     """Bring the schema to the newest revision (`alembic upgrade head`) and return an engine."""
     engine = engine_for(url)
-    command.upgrade(alembic_config(url), "head")
+    with _database_errors_clear(engine):
+        command.upgrade(alembic_config(url), "head")
     return engine
 
 
@@ -54,8 +78,5 @@ def upgrade(url: str) -> Engine:
 def session_scope(engine: Engine) -> Iterator[Session]:
     """One transaction: committed whole on success, rolled back whole on any error. A database that
     went away midway is a DatabaseError that says so."""
-    try:
-        with sessionmaker(engine, expire_on_commit=False)() as session, session.begin():
-            yield session
-    except OperationalError as e:
-        raise _unreachable(engine, e) from e
+    with _database_errors_clear(engine), sessionmaker(engine, expire_on_commit=False)() as session, session.begin():
+        yield session
