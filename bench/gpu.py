@@ -39,6 +39,7 @@ import torch
 
 from awq_core.compute import Compute, resolve
 from awq_core.config import QuantConfig
+from awq_core.crosscheck import cuda_matches_cpu
 from awq_core.packing import pack_awq
 from awq_core.quant import quantize_groups
 
@@ -109,35 +110,6 @@ def random_checkpoint(path: Path, tokenizer_dir: Path, device: str = "cpu", seed
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, path / name)
     return path
-
-
-def cuda_matches_cpu(model_dir: Path, calib: torch.Tensor, work: Path) -> dict:
-    """Quantize one model on the CPU and on the GPU, both in fp32: the share of equal packed int32
-    words in the first block's shard (the GPU's summation order may flip an integer at a rounding
-    boundary) and the largest logit difference between the two models, both loaded on the CPU."""
-    from safetensors.torch import load_file
-
-    from awq_core import quantize
-    from awq_core.loader import load_quantized
-
-    reports = {
-        device: quantize(model_dir, work / device, calib, TINY_QUANT, False, Compute(device, "float32"))
-        for device in ("cpu", "cuda")
-    }
-    words = {}
-    for shard in sorted((work / "cpu").glob("*.safetensors")):
-        cpu, cuda = load_file(shard), load_file(work / "cuda" / shard.name)
-        words |= {name: (cpu[name] == cuda[name]).float().mean().item() for name in cpu if name.endswith(".qweight")}
-    fp32_cpu = resolve(Compute("cpu", "float32"))
-    with torch.no_grad():
-        logits = [load_quantized(work / d, fp32_cpu)(calib[:1, :64]).logits for d in ("cpu", "cuda")]
-    return {
-        "min_equal_words": min(words.values()),
-        "max_logit_difference": (logits[1] - logits[0]).abs().max().item(),
-        "logit_scale": logits[0].abs().max().item(),
-        "cuda_compute": reports["cuda"].compute,
-        "cuda_peak_gpu_mb": reports["cuda"].peak_gpu_mb,
-    }
 
 
 # ---- sections: each returns its figures; run() records them, or the error, with the time taken ----
@@ -265,7 +237,7 @@ def quantizer(
 def cuda_vs_cpu(work: Path, assets: Path) -> dict:
     checkpoint = random_checkpoint(work / "tiny", assets, **TINY_LLAMA, num_hidden_layers=2)
     calib = torch.randint(0, TINY_LLAMA["vocab_size"], (4, 128), generator=torch.Generator().manual_seed(0))
-    return cuda_matches_cpu(checkpoint, calib, work / "tiny-out")
+    return cuda_matches_cpu(checkpoint, calib, work / "tiny-out", TINY_QUANT)
 
 
 def _tuned_shapes() -> int:

@@ -16,8 +16,8 @@ import awq_core.compute as compute_module
 import kernels.linear as linear_module
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.compute import Compute, resolve
+from awq_core.crosscheck import cuda_matches_cpu
 from awq_release.errors import ComputeError
-from bench.gpu import cuda_matches_cpu
 from deploy.capability import Capability, capability_from, vllm_awq_capability
 from kernels import AWQLinear, awq_gemm_reference
 from validation import load_test
@@ -163,7 +163,7 @@ def test_quantizer_on_cuda_matches_cpu(tmp_path, tiny_llama, calib_file):
     at a rounding boundary, so at least 98% of the packed words match and the models' logits agree
     to 1e-2 of their scale. bench.gpu runs the same comparison on the GPU machine."""
     calib = build_calibration(AutoTokenizer.from_pretrained(tiny_llama), [calib_file], n_samples=4, seqlen=128)
-    figures = cuda_matches_cpu(tiny_llama, calib, tmp_path)
+    figures = cuda_matches_cpu(tiny_llama, calib, tmp_path, QuantConfig(**FAST))
     assert figures["cuda_compute"]["device"].startswith("cuda") and figures["cuda_peak_gpu_mb"] > 0
     assert figures["min_equal_words"] >= 0.98
     assert figures["max_logit_difference"] <= 1e-2 * max(1.0, figures["logit_scale"])
