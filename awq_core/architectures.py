@@ -61,8 +61,8 @@ LLAMA = Architecture(
 # Gemma 3 normalises attention's and the MLP's outputs too (post_attention_layernorm,
 # post_feedforward_layernorm); those follow the linears, so nothing is folded into them. Its q and k
 # are normalised per head (q_norm, k_norm) before q·k, so their ranges are searched like the other
-# linears': on Gemma 3 270M that narrowed the Shakespeare gap from 0.56 to 0.52 of RTN's (SOTU 0.36
-# either way; group 128, 64 x 512, asymmetric clip + GPTQ).
+# linears': on Gemma 3 270M that narrowed the Shakespeare gap and left SOTU's as it was
+# (bench/quantize.py; figures in docs/quantization.md).
 GEMMA3 = Architecture(
     groups=(
         ScaleGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),

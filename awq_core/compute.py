@@ -2,7 +2,7 @@
 
 `auto` picks CUDA when there is a GPU (bf16, or fp16 where the GPU lacks bf16), else the CPU in
 bf16 only where the CPU multiplies bf16 natively (AVX512_BF16 or AMX), fp32 otherwise: on an
-AVX2-only CPU torch emulates bf16 and fp16 matmuls, about 55x slower than fp32. A checkpoint's
+AVX2-only CPU torch emulates bf16 and fp16 matmuls, many times slower than fp32. A checkpoint's
 storage dtype is a property of its files, never chosen here.
 """
 

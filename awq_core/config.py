@@ -13,11 +13,10 @@ Propagation = Literal["quantized", "original"]
 Method = Literal["awq", "rtn"]
 Clip = Literal["asymmetric", "symmetric", "none"]
 
-# GPTQ's compensation follows the calibration inputs' hessian, which a small calibration set fits.
-# On the demo model with 64 x 512 calibration tokens it narrowed the held-out perplexity gap to the
-# original from 0.42 to 0.26 of RTN's on SOTU text (0.54 to 0.44 on Shakespeare) and lost fewer quiz
-# answers; with 16 x 512 it lost more element-symbol answers than rounding to nearest, failing that
-# critical gate, and with 16 x 256 more chat answers (bench/quantize.py, issue 12).
+# GPTQ's compensation follows the calibration inputs' hessian, which a small calibration set fits:
+# from 64 x 512 tokens it narrowed the held-out gap on both texts and lost fewer quiz answers, while
+# from 16 x 512 it lost answers that rounding to nearest kept, failing a critical gate
+# (bench/quantize.py; figures in docs/quantization.md).
 GPTQ_MIN_TOKENS = 32768
 
 
@@ -32,9 +31,8 @@ class QuantConfig:
     # one bound on |w| (AutoAWQ's "symmetric"), its two ends apart ("asymmetric", for the asymmetric
     # quantizer), or not at all. The search reaches max_shrink of |w|'s bound in n_clip_grid steps.
     # "auto": asymmetric where GPTQ rounds and the quantizer has zero points, else symmetric. Before
-    # GPTQ, asymmetric narrowed the general-text gap on both models (demo 0.46 -> 0.37 of RTN's,
-    # Gemma 3 0.59 -> 0.52, bench/quantize.py); rounding to nearest keeps the search the main job's
-    # gates were measured with.
+    # GPTQ, asymmetric narrowed the general-text gap on both models (bench/quantize.py; figures in
+    # docs/quantization.md); rounding to nearest keeps the search the main job's gates were measured with.
     clip: Clip | Literal["auto"] = "auto"
     max_shrink: float = 0.5
     n_clip_grid: int = 20
@@ -45,8 +43,8 @@ class QuantConfig:
     # or "auto", on from GPTQ_MIN_TOKENS calibration tokens (decided_for).
     gptq: bool | Literal["auto"] = "auto"
     # Added to the hessian's diagonal, as a share of its mean. GPTQ's usual 0.01 fits the calibration
-    # domain and lost on general text; 0.3 kept the domain gain and won on both, and 0.2 and 0.5 both
-    # lost on both to it (demo model, 64 x 512, asymmetric clip; bench/quantize.py, README).
+    # domain and lost on general text; 0.3 kept the domain gain and won on both texts against 0.2 and
+    # 0.5 (bench/quantize.py; figures in docs/quantization.md).
     gptq_damp: float = 0.3
     gptq_act_order: bool = True  # columns with the largest inputs first (their groups stay in place)
     # The range search's and GPTQ's input moments for o_proj, the MLP and down_proj: from the original
@@ -59,8 +57,8 @@ class QuantConfig:
     # original model's linear output at the same token, so it also makes up for what the blocks and
     # groups before it lost (GPTAQ's asymmetric calibration; awq_core.rounding.toward_original).
     # Needs the groups before measured quantized, so it measures sequentially. "auto": where GPTQ
-    # rounds. It narrowed the held-out gap (SOTU / Shakespeare, bench/quantize.py) from 0.25 / 0.37 of
-    # RTN's to 0.20 / 0.34 on the demo model, from 0.36 / 0.52 to 0.12 / 0.30 on Gemma 3 270M.
+    # rounds. It narrowed the held-out gap on both texts and both models (bench/quantize.py; figures
+    # in docs/quantization.md).
     fit_original: bool | Literal["auto"] = "auto"
     search_tokens: int = 4096  # tokens the searches measure output error on (whole windows)
     # What the next block sees: outputs of the quantized block (errors compound as at inference,

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.compute import Compute, resolve
-from orchestrator.demo import demo_assets
+from awq_release.demo import demo_assets
 from validation.models import load_model
 from validation.perplexity import perplexity
 

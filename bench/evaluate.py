@@ -22,8 +22,8 @@ from transformers import AutoTokenizer
 import kernels.linear
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.compute import Compute, resolve
+from awq_release.demo import demo_assets
 from kernels import awq_gemm_reference
-from orchestrator.demo import demo_assets
 from validation.models import load_model
 from validation.perplexity import perplexity
 

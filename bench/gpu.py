@@ -353,7 +353,7 @@ def plan(args: argparse.Namespace) -> str:
 
 def prepare(assets: Path) -> None:
     """Copy what the GPU machine cannot fetch: the demo tokenizer, a text, and this commit's id."""
-    from orchestrator.demo import demo_assets
+    from awq_release.demo import demo_assets
 
     demo = demo_assets()
     assets.mkdir(parents=True, exist_ok=True)

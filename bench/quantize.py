@@ -27,8 +27,8 @@ from transformers import AutoTokenizer
 
 from awq_core import QuantConfig
 from awq_core.compute import Compute, resolve
+from awq_release.demo import DemoAssets, demo_assets, gemma_model_dir
 from awq_release.texts import window_prefix
-from orchestrator.demo import DemoAssets, demo_assets, gemma_model_dir
 from validation.models import load_model
 from validation.perplexity import perplexity
 from validation.tasks import MultipleChoice, load_task, paired_drop, score_multiple_choice

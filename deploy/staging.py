@@ -16,7 +16,7 @@ STAGING_IMAGE = "vllm/vllm-openai:v0.32.0"
 @dataclass(frozen=True)
 class GPUNodes:
     """Where the server's pod may run and what it asks for, as the GPU steps' op tags do (the
-    release policy's target_gpu, through orchestrator.placement.gpu_nodes)."""
+    release policy's target_gpu, through orchestrator.pipeline.placement.gpu_nodes)."""
 
     resource: str  # the GPUs' extended resource, e.g. nvidia.com/gpu
     node_selector: dict[str, str]

@@ -2,8 +2,8 @@
 
 On the CPU there is no fused kernel: the weight is dequantized once, on the first forward, and kept
 in the activations' dtype. Unpacking on every call, as the reference does, costs far more than the
-matmul when few tokens go through (decoding: 3.5x the dense model's time, bench.evaluate); with the
-cache a quantized model evaluates about as fast as its dense original.
+matmul when few tokens go through (bench.evaluate measures both); with the cache a quantized model
+evaluates about as fast as its dense original.
 """
 
 import torch

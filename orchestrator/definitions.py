@@ -7,10 +7,10 @@ assets hand each other are kept in work/.records by Dagster's filesystem IO mana
 
 import dagster as dg
 
-from orchestrator.assets import RELEASE_ASSETS
-from orchestrator.jobs import release_job
-from orchestrator.resources import default_resources
-from orchestrator.sensors import attempt_failure_sensor, checkpoint_sensor
+from orchestrator.pipeline.assets import RELEASE_ASSETS
+from orchestrator.pipeline.jobs import release_job
+from orchestrator.pipeline.resources import default_resources
+from orchestrator.pipeline.sensors import attempt_failure_sensor, checkpoint_sensor
 
 defs = dg.Definitions(
     assets=RELEASE_ASSETS,

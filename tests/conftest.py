@@ -16,10 +16,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa
 
 from awq_core import QuantConfig, build_calibration, quantize  # noqa: E402
 from awq_core.architectures import ARCHITECTURES  # noqa: E402
+from awq_release.demo import DemoAssets, demo_assets  # noqa: E402
 from deploy.capability import vllm_awq_capability  # noqa: E402
 from deploy.server import free_port  # noqa: E402
-from orchestrator.demo import DemoAssets, demo_assets  # noqa: E402
-from orchestrator.resources import Platform  # noqa: E402
+from orchestrator.pipeline.resources import Platform  # noqa: E402
 
 MODEL_TYPES = {
     "LlamaForCausalLM": "llama",
@@ -110,14 +110,16 @@ def make_tiny_model(
     kv_heads: int = 2,
     seed: int = 0,
     layers: int = 2,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_size: str | None = None,
     **config_overrides,
 ) -> Path:
-    """A random model (2 blocks unless asked) with the demo tokenizer. A few input channels are boosted in every norm,
-    as real LLMs have salient activation channels: that is what AWQ's scales exist for."""
+    """A random model (2 blocks unless asked) with the demo tokenizer, stored in `dtype`, in shards of
+    at most `max_shard_size` where given. A few input channels are boosted in every norm, as real
+    LLMs have salient activation channels: that is what AWQ's scales exist for."""
     torch.manual_seed(seed)
     offset = ARCHITECTURES[architecture].norm_offset  # Gemma's norms scale by (1 + w)
-    config = AutoConfig.for_model(
-        MODEL_TYPES[architecture],
+    fields = dict(
         architectures=[architecture],
         vocab_size=49152,
         hidden_size=hidden,
@@ -128,15 +130,17 @@ def make_tiny_model(
         head_dim=hidden // 4,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
-        **(TINY_CONFIG.get(architecture, {}) | config_overrides),
     )
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    config = AutoConfig.for_model(
+        MODEL_TYPES[architecture], **(fields | TINY_CONFIG.get(architecture, {}) | config_overrides)
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("layernorm.weight"):
                 salient = torch.randperm(hidden)[:4]
                 param[salient] = (param[salient] + offset) * 12.0 - offset
-    model.save_pretrained(path)
+    model.save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).exists():
             shutil.copy(tokenizer_dir / name, path / name)

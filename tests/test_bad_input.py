@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from tests.conftest import make_tiny_model
 
 CLI = str(Path(sys.executable).parent / "awq-release")

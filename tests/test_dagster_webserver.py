@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from deploy.server import free_port
-from orchestrator.main_job import prepare_home
+from orchestrator.cli.main_job import prepare_home
 from tests.conftest import RELEASE_ASSETS, make_tiny_model, tiny_policy
 from tests.fake_openai import FakeOpenAI
 

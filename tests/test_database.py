@@ -20,11 +20,10 @@ from awq_release.errors import DatabaseError, PromotionError, ReleaseError
 from deploy.engine import Serving
 from deploy.registry import current_version, publish
 from deploy.server import free_port
-from orchestrator import releases
-from orchestrator.cli import main
-from orchestrator.db import engine_for, session_scope, upgrade
-from orchestrator.db.models import Base, CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
-from orchestrator.lineage import record_release, record_stage
+from orchestrator.cli.main import main
+from orchestrator.lineage import engine_for, releases, session_scope, upgrade
+from orchestrator.lineage.models import Base, CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
+from orchestrator.lineage.queries import record_release, record_stage
 from tests.conftest import postgres_cluster
 from validation.result import StageResult, gate
 
@@ -254,7 +253,7 @@ def test_migrations_build_what_the_models_declare(database_url):
 # The history commands answer from the database: they must not wait for the model stacks to import.
 HISTORY_ONLY = """
 import json, sys
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 main(["history", "--json"])
 print(json.dumps([m for m in ("transformers", "vllm", "matplotlib", "safetensors") if m in sys.modules]))
 """

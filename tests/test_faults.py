@@ -18,20 +18,21 @@ import yaml
 from safetensors.torch import load_file
 from sqlalchemy import select
 
-import orchestrator.assets as assets_module
+import orchestrator.pipeline.assets as assets_module
 from awq_core import QuantConfig, quantize
 from awq_release.errors import PromotionError
 from deploy.engine import Serving
 from deploy.registry import current_version, versions_on_disk
-from orchestrator import lineage
-from orchestrator.assets import calibration_set, checkpoint
-from orchestrator.attempts import settle_attempts
-from orchestrator.db import session_scope, upgrade
-from orchestrator.db.models import CalibrationSet, Checkpoint, QuantizationRun
-from orchestrator.partitions import CHECKPOINTS
-from orchestrator.policy import PolicySnapshot, ReleasePolicy
-from orchestrator.promotion import promote, reconcile
-from orchestrator.resources import LineageDatabase
+from orchestrator.lineage import queries as lineage
+from orchestrator.lineage import session_scope, upgrade
+from orchestrator.lineage.models import CalibrationSet, Checkpoint, QuantizationRun
+from orchestrator.pipeline.assets import calibration_set, checkpoint
+from orchestrator.pipeline.attempts import settle_attempts
+from orchestrator.pipeline.partitions import CHECKPOINTS
+from orchestrator.pipeline.resources import LineageDatabase
+from orchestrator.release.policy import ReleasePolicy
+from orchestrator.release.promotion import promote, reconcile
+from orchestrator.release.snapshots import PolicySnapshot
 from tests.conftest import make_tiny_model, platform_under, postgres_cluster, tiny_policy
 from tests.fake_openai import FakeOpenAI
 
@@ -118,10 +119,11 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
 PROMOTE = """
 import os, shutil, signal, sys
 from pathlib import Path
-import orchestrator.promotion as promotion
+import orchestrator.release.promotion as promotion
 from deploy.engine import Serving
-from orchestrator.db import upgrade
-from orchestrator.policy import PolicySnapshot, ReleasePolicy
+from orchestrator.lineage import upgrade
+from orchestrator.release.snapshots import PolicySnapshot
+from orchestrator.release.policy import ReleasePolicy
 
 url, registry, run_id, point = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.compute import resolve
 from awq_core.loader import load_quantized
+from awq_release.demo import gemma_model_dir
 from awq_release.texts import token_stream, window_prefix
 from bench.compare import truncate
-from orchestrator.demo import gemma_model_dir
 
 BLOCKS = 3
 

@@ -22,15 +22,15 @@ from awq_release.errors import CheckpointError, ReleaseError, ValidationError
 from deploy.engine import Serving, engine_args
 from deploy.registry import model_root, publish, safe_name, versions_on_disk
 from deploy.server import log_tail
-from orchestrator.cli import _print_history
-from orchestrator.db import session_scope, upgrade
-from orchestrator.db.models import QuantizationRun, Release
-from orchestrator.ingest import ingest
-from orchestrator.lineage import record_release, record_stage
-from orchestrator.policy import ReleasePolicy, parse_policy
-from orchestrator.promotion import reconcile
-from orchestrator.releases import history
-from orchestrator.sensors import scan
+from orchestrator.cli.main import _print_history
+from orchestrator.lineage import session_scope, upgrade
+from orchestrator.lineage.models import QuantizationRun, Release
+from orchestrator.lineage.queries import record_release, record_stage
+from orchestrator.lineage.releases import history
+from orchestrator.pipeline.sensors import scan
+from orchestrator.release.ingest import ingest
+from orchestrator.release.policy import ReleasePolicy, parse_policy
+from orchestrator.release.promotion import reconcile
 from tests.test_bad_input import assert_refused, run_quantize
 from tests.test_database import add_lineage
 from validation.result import StageResult, gate

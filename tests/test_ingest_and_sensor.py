@@ -16,15 +16,15 @@ from transformers import AutoModelForCausalLM
 from awq_core.checkpoint import CheckpointFolder
 from awq_release.errors import CheckpointError, UnsupportedArchitecture
 from deploy.registry import safe_name
-from orchestrator import hashing
-from orchestrator.attempts import next_attempt
 from orchestrator.definitions import defs
-from orchestrator.hashing import content_hash, stat_signature
-from orchestrator.ingest import ingest, tensor_parallel_size
-from orchestrator.lineage import attempt_statuses, end_attempt, start_attempt
-from orchestrator.policy import ReleasePolicy, TargetGPU
-from orchestrator.resources import LineageDatabase
-from orchestrator.sensors import checkpoint_sensor, scan
+from orchestrator.lineage.queries import attempt_statuses, end_attempt, start_attempt
+from orchestrator.pipeline.attempts import next_attempt
+from orchestrator.pipeline.resources import LineageDatabase
+from orchestrator.pipeline.sensors import checkpoint_sensor, scan
+from orchestrator.release import hashing
+from orchestrator.release.hashing import content_hash, stat_signature
+from orchestrator.release.ingest import ingest, tensor_parallel_size
+from orchestrator.release.policy import ReleasePolicy, TargetGPU
 from tests.conftest import RELEASE_ASSETS, make_tiny_model, platform_under
 
 log = logging.getLogger("test")
@@ -188,9 +188,9 @@ def test_ingest_refuses_what_quantize_refuses(tmp_path, demo):
 
 def test_unreachable_database_fails_the_run_and_writes_nothing(tmp_path, tiny_llama):
     from deploy.server import free_port
-    from orchestrator.assets import checkpoint
-    from orchestrator.partitions import CHECKPOINTS
-    from orchestrator.resources import LineageDatabase
+    from orchestrator.pipeline.assets import checkpoint
+    from orchestrator.pipeline.partitions import CHECKPOINTS
+    from orchestrator.pipeline.resources import LineageDatabase
 
     shutil.copytree(tiny_llama, tmp_path / "checkpoints" / "tiny")
     (tmp_path / "policy.yaml").write_text("{}\n")

@@ -31,9 +31,9 @@ from deploy import cluster as cluster_module
 from deploy.cluster import PERMISSIONS, Staging, pod_failure, pod_progress, serve_on_cluster, server_name
 from deploy.engine import Serving, engine_args
 from deploy.staging import SharedVolume
-from orchestrator.cli import main
-from orchestrator.placement import executor, gpu_nodes, load_op_tags, staging_of
-from orchestrator.policy import ReleasePolicy, TargetGPU, Toleration, parse_policy
+from orchestrator.cli.main import main
+from orchestrator.pipeline.placement import executor, gpu_nodes, load_op_tags, staging_of
+from orchestrator.release.policy import ReleasePolicy, TargetGPU, Toleration, parse_policy
 from tests.conftest import make_tiny_model
 from tests.fake_kubernetes import FakeKubernetes
 from validation import load_test

@@ -14,12 +14,12 @@ from sqlalchemy import func, select
 
 from deploy.capability import vllm_awq_capability
 from deploy.registry import current_version, safe_name
-from orchestrator.assets import RELEASE_ASSETS
-from orchestrator.cli import main
-from orchestrator.db import models as db
-from orchestrator.db import session_scope
-from orchestrator.partitions import CHECKPOINTS
-from orchestrator.resources import LineageDatabase, Platform
+from orchestrator.cli.main import main
+from orchestrator.lineage import models as db
+from orchestrator.lineage import session_scope
+from orchestrator.pipeline.assets import RELEASE_ASSETS
+from orchestrator.pipeline.partitions import CHECKPOINTS
+from orchestrator.pipeline.resources import LineageDatabase, Platform
 
 pytestmark = pytest.mark.slow
 

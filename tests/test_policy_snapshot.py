@@ -8,12 +8,12 @@ import dagster as dg
 import yaml
 from sqlalchemy import select
 
-import orchestrator.assets as assets_module
-from orchestrator.assets import calibration_set, checkpoint
-from orchestrator.db import session_scope
-from orchestrator.db.models import CalibrationSet, RunPolicy
-from orchestrator.partitions import CHECKPOINTS
-from orchestrator.resources import LineageDatabase
+import orchestrator.pipeline.assets as assets_module
+from orchestrator.lineage import session_scope
+from orchestrator.lineage.models import CalibrationSet, RunPolicy
+from orchestrator.pipeline.assets import calibration_set, checkpoint
+from orchestrator.pipeline.partitions import CHECKPOINTS
+from orchestrator.pipeline.resources import LineageDatabase
 from tests.conftest import platform_under
 
 

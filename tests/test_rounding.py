@@ -16,8 +16,8 @@ from awq_core.rounding import (
 )
 from awq_core.search import group_error, search_clip
 from awq_release.errors import QuantizationError, ValidationError
-from orchestrator.policy import parse_policy
-from orchestrator.reports import rounding_steps
+from orchestrator.release.policy import parse_policy
+from orchestrator.release.reports import rounding_steps
 
 OUT, IN, G = 48, 256, 64
 

@@ -18,7 +18,7 @@ from awq_core.compute import resolve
 from awq_release.errors import ServerError
 from deploy.engine import Serving, engine_args
 from deploy.server import serve
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from validation import load_test
 from validation.settings import SLA, LoadSettings
 

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from awq_release.errors import ReleaseError
-from orchestrator.db import session_scope
-from orchestrator.db.models import (
+from orchestrator.lineage import session_scope
+from orchestrator.lineage.models import (
     Base,
     CalibrationSet,
     Checkpoint,
@@ -32,7 +32,7 @@ from validation.result import Metric, PowerReport, StageResult
 
 if TYPE_CHECKING:  # the history commands read the database without importing torch
     from awq_core.quantizer import QuantReport
-    from orchestrator.ingest import Ingested
+    from orchestrator.release.ingest import Ingested
 
 
 @dataclass(frozen=True)

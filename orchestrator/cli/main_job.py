@@ -15,16 +15,16 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from awq_release.demo import DEMO_SERVING, DemoAssets, demo_validation_settings
 from awq_release.errors import ReleaseError
-from orchestrator.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
 from orchestrator.definitions import defs
-from orchestrator.demo import DEMO_SERVING, DemoAssets, demo_validation_settings
-from orchestrator.hashing import stat_signature
-from orchestrator.lineage import attempt_statuses, end_attempt
-from orchestrator.placement import platform_home
-from orchestrator.policy import max_attempts_in
+from orchestrator.lineage.queries import attempt_statuses, end_attempt
+from orchestrator.pipeline.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
+from orchestrator.pipeline.placement import platform_home
+from orchestrator.release.hashing import stat_signature
+from orchestrator.release.policy import max_attempts_in
 
-DAGSTER_YAML = Path(__file__).with_name("dagster.yaml")
+DAGSTER_YAML = Path(__file__).parents[1] / "dagster.yaml"
 
 
 @dataclass
@@ -58,7 +58,7 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
     policy = {
         "model_name": "smollm2-135m-instruct",
         "calibration": {"texts": [str(p) for p in assets.calibration_texts], "n_samples": 16, "seqlen": 512},
-        # 2048 search tokens (4 of the 16 windows) instead of 4096: the demo fits 10 minutes on a 2-core AVX2 CPU.
+        # 2048 search tokens (4 of the 16 windows) instead of 4096: the demo's time budget on a 2-core CPU.
         "quantization": {"group_size": 64, "search_tokens": 2048},
         # CUDA if present, else bf16 only on CPUs that multiply it natively
         "compute": {"device": "auto", "dtype": "auto"},

@@ -7,10 +7,10 @@ from sqlalchemy.orm import Session
 
 from awq_release.errors import ReleaseError
 from deploy.registry import current_version, point_current
-from orchestrator import lineage
-from orchestrator.db import session_scope
-from orchestrator.db.models import Release
-from orchestrator.manifest import metric_record, power_check_record
+from orchestrator.lineage import queries as lineage
+from orchestrator.lineage import session_scope
+from orchestrator.lineage.models import Release
+from orchestrator.lineage.rows import metric_record, power_check_record
 
 
 def gate_metrics(session: Session, release: Release) -> dict[str, dict]:

@@ -17,7 +17,7 @@ from validation.result import PowerReport, format_interval, format_number
 from validation.settings import StageName, ValidationSettings, load_settings
 
 if TYPE_CHECKING:
-    from orchestrator.main_job import JobOutcome
+    from orchestrator.cli.main_job import JobOutcome
 
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
@@ -133,7 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from awq_core import quantize
     from awq_core.checkpoint import load_tokenizer
     from awq_core.compute import resolve
-    from orchestrator.demo import cache_dir, demo_assets
+    from awq_release.demo import cache_dir, demo_assets
     from validation.models import load_model
     from validation.perplexity import perplexity
 
@@ -231,7 +231,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _platform():
     """The lineage engine and registry folder the Dagster definitions use."""
-    from orchestrator.resources import default_resources
+    from orchestrator.pipeline.resources import default_resources
 
     resources = default_resources()
     return resources["lineage"].engine(), Path(resources["platform"].registry_dir)
@@ -278,7 +278,7 @@ def _print_gates(gates: dict[str, dict]) -> None:
 
 
 def _print_power_record(power: dict | None) -> None:
-    from orchestrator.reports import power_summary, power_table
+    from orchestrator.release.reports import power_summary, power_table
 
     print(f"\n{power_summary(power)}" + (f"\n{power_table(power)}" if power else ""))
 
@@ -308,9 +308,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
     from awq_core.compute import resolve
-    from orchestrator.demo import demo_assets
-    from orchestrator.main_job import run_demo, run_platform, why_not_started
-    from orchestrator.releases import attempt_history, history
+    from awq_release.demo import demo_assets
+    from orchestrator.cli.main_job import run_demo, run_platform, why_not_started
+    from orchestrator.lineage.releases import attempt_history, history
 
     if not args.verbose:  # a bar per block and per stage is progress enough; not one per weights file read
         transformers_logging.disable_progress_bar()
@@ -334,7 +334,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from orchestrator.releases import attempt_history, history
+    from orchestrator.lineage.releases import attempt_history, history
 
     rows = history(_platform()[0], args.model)
     if args.json:
@@ -346,14 +346,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from orchestrator.releases import show
+    from orchestrator.lineage.releases import show
 
     print(json.dumps(show(_platform()[0], args.version, args.model), indent=1, default=str))
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from orchestrator.releases import diff
+    from orchestrator.lineage.releases import diff
 
     changes = diff(_platform()[0], args.a, args.b, args.model)
     print(f"{'':60} {args.a:>14} {args.b:>14}")
@@ -363,7 +363,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from orchestrator.releases import rollback
+    from orchestrator.lineage.releases import rollback
 
     engine, registry = _platform()
     result = rollback(engine, registry, args.model)
@@ -379,8 +379,8 @@ def cmd_staging(args: argparse.Namespace) -> int:
     from deploy.engine import engine_args
     from deploy.registry import safe_name
     from deploy.staging import endpoint, staging_manifests
-    from orchestrator.placement import gpu_nodes, policy_path
-    from orchestrator.policy import policy_or_defaults
+    from orchestrator.pipeline.placement import gpu_nodes, policy_path
+    from orchestrator.release.policy import policy_or_defaults
 
     folder, policy = args.model_dir.resolve(), policy_or_defaults(policy_path())
     name = safe_name(args.name or folder.name)
@@ -400,7 +400,7 @@ def cmd_staging(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_demo(args: argparse.Namespace) -> int:
-    from orchestrator.demo import cache_dir, demo_assets, gemma_model_dir, write_demo_policy
+    from awq_release.demo import cache_dir, demo_assets, gemma_model_dir, write_demo_policy
 
     assets = demo_assets()
     policy = write_demo_policy(assets, cache_dir() / "demo-policy.yaml")

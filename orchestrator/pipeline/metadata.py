@@ -5,11 +5,11 @@ from pathlib import Path
 import dagster as dg
 
 from awq_core import QuantReport
-from orchestrator import plots
-from orchestrator.ingest import Ingested
-from orchestrator.promotion import Promotion
-from orchestrator.records import CandidateRecord, CheckpointRecord
-from orchestrator.reports import metrics_table, power_summary, power_table
+from orchestrator.release import plots
+from orchestrator.release.ingest import Ingested
+from orchestrator.release.promotion import Promotion
+from orchestrator.release.records import CandidateRecord, CheckpointRecord
+from orchestrator.release.reports import metrics_table, power_summary, power_table
 from validation import StageResult
 from validation.result import PowerReport
 

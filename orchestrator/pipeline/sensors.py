@@ -16,13 +16,13 @@ from pathlib import Path
 import dagster as dg
 
 from deploy.registry import safe_name
-from orchestrator.attempts import failure_reason, next_attempt, settle_attempts
-from orchestrator.hashing import stat_signature
-from orchestrator.jobs import release_job
-from orchestrator.lineage import attempt_statuses, end_attempt
-from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
-from orchestrator.policy import max_attempts_in
-from orchestrator.resources import LineageDatabase, Platform
+from orchestrator.lineage.queries import attempt_statuses, end_attempt
+from orchestrator.pipeline.attempts import failure_reason, next_attempt, settle_attempts
+from orchestrator.pipeline.jobs import release_job
+from orchestrator.pipeline.partitions import CHECKPOINTS, SOURCE_TAG
+from orchestrator.pipeline.resources import LineageDatabase, Platform
+from orchestrator.release.hashing import stat_signature
+from orchestrator.release.policy import max_attempts_in
 
 
 def scan(
@@ -62,7 +62,7 @@ def scan(
     return requests, new_keys, {"signatures": signatures, "requested": requested}
 
 
-# A folder is taken after two unchanged ticks: at 30 s, about a minute after its copy ends.
+# A folder is taken after two unchanged ticks, so about two intervals after its copy ends.
 TICK_SECONDS = int(os.environ.get("AWQ_RELEASE_SENSOR_INTERVAL_S", "30"))
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 from sqlalchemy import Engine
 
-from orchestrator.db import upgrade
-from orchestrator.placement import platform_home, policy_path
+from orchestrator.lineage import upgrade
+from orchestrator.pipeline.placement import platform_home, policy_path
 
 
 class LineageDatabase(dg.ConfigurableResource):
@@ -29,7 +29,7 @@ class Platform(dg.ConfigurableResource):
     checkpoints_dir: str  # watched: one sub-folder per checkpoint (full HF folder or LoRA adapter)
     registry_dir: str  # promoted releases
     work_dir: str  # calibration sets, quantized candidates, validation reports
-    policy_path: str  # the release policy YAML; each run snapshots it (orchestrator.policy.run_policy)
+    policy_path: str  # the release policy YAML; each run snapshots it (orchestrator.release.policy.run_policy)
 
     def work(self, partition_key: str) -> Path:
         path = Path(self.work_dir) / partition_key

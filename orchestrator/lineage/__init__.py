@@ -1,4 +1,6 @@
-"""The lineage database: SQLAlchemy models, Alembic migrations, engine and sessions."""
+"""The lineage database: what happened to every checkpoint. Engine and sessions here; the tables in
+models.py (Alembic migrations in migrations/); queries.py records and reads rows; rows.py turns them
+into plain figures; releases.py answers history, show, diff and rollback."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager

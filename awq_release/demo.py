@@ -241,14 +241,12 @@ def _build_tasks(dest: Path) -> None:
 def demo_validation_settings(assets: DemoAssets) -> dict:
     """Validation settings for the demo model, sized to run all four stages and the power check in
     minutes on a CPU. Thresholds are looser than the defaults, which are meant for billion-parameter
-    models: a 135M model loses more at 4 bits (about +15% perplexity with AWQ, +27% with RTN).
-    Every gate decides on its 95% interval, so a threshold must be wider than what the items can
-    resolve: element symbols (103 items, critical) put about ±9 points on the relative drop, so
-    the critical gate is 20%, not 10%, or an honest candidate could never pass it. The chat answers
-    (96 items) are fragile and their interval is about ±27%: that gate (50%) catches a broken model,
-    which loses nearly all, not a few points, and passes an inconclusive verdict with a warning.
-    Long context stops at 4K tokens: an 8K prefill takes about a minute per document in fp32 on a
-    2-core AVX2 CPU, where bf16 is emulated. The load stage is not required: on a host whose vLLM
+    models: a 135M model loses more at 4 bits. Every gate decides on its 95% interval, so a
+    threshold must be wider than what the items can resolve: the element symbols' critical gate is
+    20%, not 10%, or an honest candidate could never pass it on 103 items; the chat answers are
+    fragile, so their gate (50%) catches a broken model, which loses nearly all, and passes an
+    inconclusive verdict with a warning. Long context stops at 4K tokens: 8K prefills are slow in
+    fp32 on a 2-core AVX2 CPU, where bf16 is emulated. The load stage is not required: on a host whose vLLM
     cannot run 4-bit AWQ (an AVX2-only CPU) it is recorded as skipped, with the reason, never as
     passed; a production policy keeps the default (required) or sets load.endpoint to a staging
     server. The power check runs before promotion, so the model card says what these gates can catch."""

@@ -3,7 +3,7 @@
 checkpoint -> calibration_set -> awq_model -> {perplexity, tasks, long_context}_validation
     -> load_validation and power_check (each after the three quality gates passed) -> release
 
-Each asset records its lineage row and hands the next a small record (orchestrator.records): ids
+Each asset records its lineage row and hands the next a small record (orchestrator.release.records): ids
 and paths, never a model. Each validation asset emits its stage's gate as a blocking check.
 """
 
@@ -20,11 +20,7 @@ from awq_core.calibration import calibration_fingerprint
 from awq_core.checkpoint import load_tokenizer
 from deploy.engine import Serving
 from deploy.registry import safe_name
-from orchestrator import plots
-from orchestrator.checks import gate_result, gate_spec
-from orchestrator.hashing import content_hash, file_hash, stat_signature
-from orchestrator.ingest import ingest
-from orchestrator.lineage import (
+from orchestrator.lineage.queries import (
     end_attempt,
     known_content_hash,
     note_content,
@@ -38,7 +34,8 @@ from orchestrator.lineage import (
     released_versions,
     start_attempt,
 )
-from orchestrator.metadata import (
+from orchestrator.pipeline.checks import gate_result, gate_spec
+from orchestrator.pipeline.metadata import (
     calibration_metadata,
     checkpoint_metadata,
     power_check_metadata,
@@ -47,19 +44,23 @@ from orchestrator.metadata import (
     stage_metadata,
     stage_plot,
 )
-from orchestrator.partitions import CHECKPOINTS, SOURCE_TAG
-from orchestrator.placement import GPU_POOL, gpu_op_tags, load_op_tags, policy_path, staging_of
-from orchestrator.policy import PolicySnapshot, ReleasePolicy, policy_or_defaults, run_policy
-from orchestrator.promotion import blocking_stages, promote, reconcile
-from orchestrator.records import (
+from orchestrator.pipeline.partitions import CHECKPOINTS, SOURCE_TAG
+from orchestrator.pipeline.placement import GPU_POOL, gpu_op_tags, load_op_tags, policy_path, staging_of
+from orchestrator.pipeline.resources import LineageDatabase, Platform
+from orchestrator.release import plots
+from orchestrator.release.hashing import content_hash, file_hash, stat_signature
+from orchestrator.release.ingest import ingest
+from orchestrator.release.policy import ReleasePolicy, policy_or_defaults
+from orchestrator.release.promotion import blocking_stages, promote, reconcile
+from orchestrator.release.records import (
     CalibrationRecord,
     CandidateRecord,
     CheckpointRecord,
     PowerCheckRecord,
     StageRecord,
 )
-from orchestrator.reports import rounding_steps
-from orchestrator.resources import LineageDatabase, Platform
+from orchestrator.release.reports import rounding_steps
+from orchestrator.release.snapshots import PolicySnapshot, run_policy
 from validation import STAGES, StageResult, run_stage
 from validation.power import power_check as run_power_check
 

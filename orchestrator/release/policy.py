@@ -1,17 +1,13 @@
 """The release policy: one YAML file of settings and thresholds that feeds every step."""
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-from sqlalchemy import Engine
 
 from awq_core.compute import Compute
 from awq_core.config import QuantConfig
 from awq_release.errors import ValidationError
 from deploy.engine import Serving
-from orchestrator.lineage import record_run_policy, run_policy_row
 from validation.settings import ValidationSettings, from_dict, parse_mapping
 
 MAX_CALIBRATION_TOKENS = 2**24  # 16 M tokens: far beyond what AWQ and GPTQ gain from, and still fits a host
@@ -50,7 +46,7 @@ class Toleration:
 
 @dataclass(frozen=True)
 class TargetGPU:
-    """The GPU a release is served on, and, on Kubernetes, where the GPU steps run (orchestrator.placement)."""
+    """The GPU a release is served on, and, on Kubernetes, where the GPU steps run (orchestrator.pipeline.placement)."""
 
     name: str = "H100 80GB"
     memory_gib: float = 80.0
@@ -104,27 +100,3 @@ def policy_or_defaults(path: str | Path) -> ReleasePolicy:
 def max_attempts_in(path: str | Path) -> int:
     """The retry limit the sensor applies."""
     return policy_or_defaults(path).max_attempts
-
-
-@dataclass(frozen=True)
-class PolicySnapshot:
-    """The policy one run uses from its first step to its last: a policy edit mid-run waits for the next run."""
-
-    id: int  # run_policies row
-    hash: str  # sha256 of the text
-    text: str  # the file as the run's first step read it
-    policy: ReleasePolicy
-
-
-def run_policy(engine: Engine, run_id: str, path: str | Path) -> PolicySnapshot:
-    """The run's snapshot: read from `path` and recorded by the run's first step; every later step
-    gets the recorded text, whatever the file says by then."""
-    row = run_policy_row(engine, run_id)
-    if row is None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValidationError(f"Release policy {path} does not exist: write one (see the README's release policy).")
-        text = path.read_text()
-        row = record_run_policy(engine, run_id, text, hashlib.sha256(text.encode()).hexdigest())
-    snapshot_id, digest, text = row
-    return PolicySnapshot(snapshot_id, digest, text, parse_policy(text, f"release policy of run {run_id}"))

@@ -12,8 +12,8 @@ from awq_core.architectures import architecture_for, head_dim
 from awq_core.checkpoint import CheckpointFolder, check_folder, load_tokenizer, read_json
 from awq_core.quantizer import check_checkpoint
 from awq_release.errors import CheckpointError
-from orchestrator.hashing import content_hash
-from orchestrator.policy import ReleasePolicy
+from orchestrator.release.hashing import content_hash
+from orchestrator.release.policy import ReleasePolicy
 
 ADAPTER_CONFIG = "adapter_config.json"
 

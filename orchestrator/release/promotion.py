@@ -15,12 +15,12 @@ from deploy.registry import (
     withdraw,
     write_release,
 )
-from orchestrator import lineage
-from orchestrator.db import session_scope
-from orchestrator.manifest import build_manifest
-from orchestrator.policy import PolicySnapshot
-from orchestrator.records import CandidateRecord, StageRecord
-from orchestrator.reports import model_card
+from orchestrator.lineage import queries as lineage
+from orchestrator.lineage import session_scope
+from orchestrator.release.manifest import build_manifest
+from orchestrator.release.records import CandidateRecord, StageRecord
+from orchestrator.release.reports import model_card
+from orchestrator.release.snapshots import PolicySnapshot
 from validation import STAGES
 
 

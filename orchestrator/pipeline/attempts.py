@@ -6,7 +6,7 @@ import time
 import dagster as dg
 from sqlalchemy import Engine
 
-from orchestrator.lineage import end_attempt, running_attempts
+from orchestrator.lineage.queries import end_attempt, running_attempts
 
 LAUNCHER_TAG = "awq_release/launcher"  # runs `awq-release run` executes itself: only these can it know dead
 UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]

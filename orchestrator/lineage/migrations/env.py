@@ -1,9 +1,9 @@
-"""Alembic environment: the URL comes from the caller's Config (orchestrator.db.upgrade)."""
+"""Alembic environment: the URL comes from the caller's Config (orchestrator.lineage.upgrade)."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from orchestrator.db.models import Base
+from orchestrator.lineage.models import Base
 
 url = context.config.get_main_option("sqlalchemy.url")
 if context.is_offline_mode():

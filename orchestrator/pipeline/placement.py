@@ -16,7 +16,7 @@ import dagster as dg
 from awq_release.errors import ValidationError
 from deploy.cluster import Staging
 from deploy.staging import GPUNodes, resources
-from orchestrator.policy import ReleasePolicy, TargetGPU
+from orchestrator.release.policy import ReleasePolicy, TargetGPU
 
 GPU_POOL = "gpu"  # the accelerator's steps: one at a time locally, one per GPU node on Kubernetes (its limit)
 K8S_CONFIG_TAG = "dagster-k8s/config"
