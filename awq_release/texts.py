@@ -27,6 +27,16 @@ def _read_text(path: Path) -> str:
         ) from e
 
 
+def _chat_text(tokenizer, messages: list, where: str) -> str:
+    """A conversation as the model's chat template renders it; for a base model without a template,
+    the turns' contents one after another as plain text, which is what such a model reads."""
+    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+        raise TextError(f"{where}: every message needs a 'content' string (and a 'role').")
+    if tokenizer.chat_template is None:
+        return "\n\n".join(m["content"] for m in messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
 def _read_jsonl(path: Path, tokenizer) -> list[str]:
     documents = []
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
@@ -39,7 +49,7 @@ def _read_jsonl(path: Path, tokenizer) -> list[str]:
         if isinstance(record, dict) and isinstance(record.get("text"), str):
             documents.append(record["text"])
         elif isinstance(record, dict) and isinstance(record.get("messages"), list):
-            documents.append(tokenizer.apply_chat_template(record["messages"], tokenize=False))
+            documents.append(_chat_text(tokenizer, record["messages"], f"{path}:{lineno}"))
         else:
             raise TextError(f"{path}:{lineno} has neither a 'text' string nor a 'messages' list.")
     return documents

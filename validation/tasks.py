@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from awq_core.checkpoint import load_tokenizer
@@ -172,25 +172,47 @@ def _normalise(text: str) -> str:
     return " ".join(text.casefold().split()).strip(string.punctuation + " ")
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """A user turn as the model's chat template renders it, ready for the reply; a base model without
+    a template gets the prompt as plain text after its window prefix (the stage warns of it)."""
+    if tokenizer.chat_template is None:
+        return window_prefix(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token rows -> ids and attention mask (B, L), padded on the left so that generation continues
+    every row from the right edge. The mask, not the pad id, keeps padding out of attention, so any
+    id will do where the tokenizer has no pad token."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, seq in enumerate(rows):
+        ids[row, width - len(seq) :], mask[row, width - len(seq) :] = torch.tensor(seq), 1
+    return ids, mask
+
+
 @torch.no_grad()
 def score_generation(
     model: nn.Module, tokenizer, items: list[Generation], batch_size: int, max_new_tokens: int
 ) -> dict[str, list[int]]:
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"  # generation continues from the right edge
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     correct = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": item.prompt}], add_generation_prompt=True, tokenize=False
-            )
-            for item in chunk
-        ]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
-        for item, tokens in zip(chunk, out[:, batch["input_ids"].shape[1] :], strict=True):
+        ids, mask = left_padded([prompt_ids(tokenizer, item.prompt) for item in chunk], pad_id)
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )
+        for item, tokens in zip(chunk, out[:, ids.shape[1] :], strict=True):
             reply = _normalise(tokenizer.decode(tokens, skip_special_tokens=True))
             answers = [_normalise(a) for a in item.answers]
             correct.append(int(any(reply == a if item.match == "exact" else a in reply for a in answers)))
@@ -290,6 +312,8 @@ def run(
     scores = measure_both(baseline, candidate, measure, compute, known)
 
     metrics, warnings, details = [], [], {}
+    if tokenizer.chat_template is None and any(isinstance(i, Generation) for _, items in tasks.values() for i in items):
+        warnings.append("the tokenizer has no chat template: generation prompts went to both models as plain text")
     for name, (spec, items) in tasks.items():
         per_metric = {
             m: paired_drop(scores["baseline"][name][m], scores["candidate"][name][m], settings.evidence.confidence)
