@@ -379,7 +379,8 @@ def cmd_staging(args: argparse.Namespace) -> int:
     from deploy.engine import engine_args
     from deploy.registry import safe_name
     from deploy.staging import endpoint, staging_manifests
-    from orchestrator.pipeline.placement import gpu_nodes, policy_path
+    from orchestrator.environment import policy_path
+    from orchestrator.pipeline.placement import gpu_nodes
     from orchestrator.release.policy import policy_or_defaults
 
     folder, policy = args.model_dir.resolve(), policy_or_defaults(policy_path())

@@ -18,9 +18,9 @@ import yaml
 from awq_release.demo import DEMO_SERVING, DemoAssets, demo_validation_settings
 from awq_release.errors import ReleaseError
 from orchestrator.definitions import defs
+from orchestrator.environment import platform_home
 from orchestrator.lineage.queries import attempt_statuses, end_attempt
 from orchestrator.pipeline.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
-from orchestrator.pipeline.placement import platform_home
 from orchestrator.release.hashing import stat_signature
 from orchestrator.release.policy import max_attempts_in
 

@@ -20,6 +20,7 @@ from awq_core.calibration import calibration_fingerprint
 from awq_core.checkpoint import load_tokenizer
 from deploy.engine import Serving
 from deploy.registry import safe_name
+from orchestrator.environment import policy_path
 from orchestrator.lineage.queries import (
     end_attempt,
     known_content_hash,
@@ -45,7 +46,7 @@ from orchestrator.pipeline.metadata import (
     stage_plot,
 )
 from orchestrator.pipeline.partitions import CHECKPOINTS, SOURCE_TAG
-from orchestrator.pipeline.placement import GPU_POOL, gpu_op_tags, load_op_tags, policy_path, staging_of
+from orchestrator.pipeline.placement import GPU_POOL, gpu_op_tags, load_op_tags, staging_of
 from orchestrator.pipeline.resources import LineageDatabase, Platform
 from orchestrator.release import plots
 from orchestrator.release.hashing import content_hash, file_hash, stat_signature

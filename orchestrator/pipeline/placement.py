@@ -8,31 +8,19 @@ ignores them. The policy is read when the code location loads: after editing `ta
 
 import dataclasses
 import json
-import os
-from pathlib import Path
 
 import dagster as dg
 
 from awq_release.errors import ValidationError
 from deploy.cluster import Staging
 from deploy.staging import GPUNodes, resources
+from orchestrator.environment import EXECUTORS, executor_name
 from orchestrator.release.policy import ReleasePolicy, TargetGPU
 
 GPU_POOL = "gpu"  # the accelerator's steps: one at a time locally, one per GPU node on Kubernetes (its limit)
 K8S_CONFIG_TAG = "dagster-k8s/config"
 # The cluster autoscaler moves pods off nodes it scales down; a GPU step evicted mid-run loses its work.
 NO_EVICTION = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
-EXECUTORS = ("in_process", "k8s")
-
-
-def platform_home() -> Path:
-    """Where the platform's folders, policy and local database live ($AWQ_RELEASE_HOME)."""
-    return Path(os.environ.get("AWQ_RELEASE_HOME", ".platform")).resolve()
-
-
-def policy_path() -> Path:
-    """The release policy file ($AWQ_RELEASE_POLICY)."""
-    return Path(os.environ.get("AWQ_RELEASE_POLICY", str(platform_home() / "policy.yaml")))
 
 
 def gpu_nodes(gpu: TargetGPU) -> GPUNodes:
@@ -78,7 +66,7 @@ def load_op_tags(policy: ReleasePolicy) -> dict[str, str]:
 
 def executor() -> dg.ExecutorDefinition:
     """In process by default: the steps share one import of torch and the model stacks."""
-    choice = os.environ.get("AWQ_RELEASE_EXECUTOR", "in_process")
+    choice = executor_name()
     if choice not in EXECUTORS:
         raise ValidationError(f"AWQ_RELEASE_EXECUTOR={choice!r}: choose one of {', '.join(EXECUTORS)}.")
     if choice == "in_process":

@@ -1,14 +1,13 @@
 """Dagster resources: the lineage database and the platform's folders and policy."""
 
-import os
 from functools import cache
 from pathlib import Path
 
 import dagster as dg
 from sqlalchemy import Engine
 
+from orchestrator import environment
 from orchestrator.lineage import upgrade
-from orchestrator.pipeline.placement import platform_home, policy_path
 
 
 class LineageDatabase(dg.ConfigurableResource):
@@ -38,17 +37,15 @@ class Platform(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
-    home = platform_home()
-    work_dir = os.environ.get("AWQ_RELEASE_WORK", str(home / "work"))
-    database_url = os.environ.get("AWQ_RELEASE_DATABASE_URL", f"sqlite:///{home / 'lineage.db'}")
+    """The resources as orchestrator.environment says: folders, policy and database."""
     return {
         "platform": Platform(
-            checkpoints_dir=os.environ.get("AWQ_RELEASE_CHECKPOINTS", str(home / "checkpoints")),
-            registry_dir=os.environ.get("AWQ_RELEASE_REGISTRY", str(home / "registry")),
-            work_dir=work_dir,
-            policy_path=str(policy_path()),
+            checkpoints_dir=str(environment.checkpoints_dir()),
+            registry_dir=str(environment.registry_dir()),
+            work_dir=str(environment.work_dir()),
+            policy_path=str(environment.policy_path()),
         ),
-        "lineage": LineageDatabase(url=database_url),
+        "lineage": LineageDatabase(url=environment.database_url()),
         # Hidden, so it never maps to a checkpoint's work folder (partition keys never start with a dot).
-        "io_manager": dg.FilesystemIOManager(base_dir=str(Path(work_dir) / ".records")),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(environment.work_dir() / ".records")),
     }

@@ -9,13 +9,13 @@ attempts ended, and ingest finds content that was released before under another 
 """
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 
 from deploy.registry import safe_name
+from orchestrator import environment
 from orchestrator.lineage.queries import attempt_statuses, end_attempt
 from orchestrator.pipeline.attempts import failure_reason, next_attempt, settle_attempts
 from orchestrator.pipeline.jobs import release_job
@@ -63,7 +63,7 @@ def scan(
 
 
 # A folder is taken after two unchanged ticks, so about two intervals after its copy ends.
-TICK_SECONDS = int(os.environ.get("AWQ_RELEASE_SENSOR_INTERVAL_S", "30"))
+TICK_SECONDS = environment.sensor_interval_s()
 
 
 @dg.sensor(job=release_job, minimum_interval_seconds=TICK_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING)
