@@ -51,7 +51,10 @@ class PostgresCluster:
     def __init__(self):
         versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         if not versions:
-            pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql package.")
+            why = "PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql package as root."
+            if os.environ.get("CI"):  # CI runs as root and installs it: there a missing server is a failure
+                pytest.fail(why)
+            pytest.skip(why)
         self.bindir = versions[-1].parent
         self.data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
