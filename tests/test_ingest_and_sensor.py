@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from awq_core.checkpoint import CheckpointFolder
 from awq_release.errors import CheckpointError, UnsupportedArchitecture
 from deploy.registry import safe_name
-from orchestrator.definitions import defs
+from orchestrator.definitions import build_definitions
 from orchestrator.lineage.queries import attempt_statuses, end_attempt, start_attempt
 from orchestrator.pipeline.attempts import next_attempt
 from orchestrator.pipeline.resources import LineageDatabase
@@ -31,6 +31,7 @@ log = logging.getLogger("test")
 
 
 def test_definitions_load():
+    defs = build_definitions()
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert keys == RELEASE_ASSETS

@@ -59,7 +59,8 @@ TARGET_GPU = {
 }
 PRINT_PLACEMENT = """
 import json
-from orchestrator.definitions import defs
+from orchestrator.definitions import build_definitions
+defs = build_definitions()
 job = defs.resolve_job_def("release_job")
 assets = {key.path[-1]: a for a in defs.assets for key in a.keys}
 print(json.dumps({"executor": job.executor_def.name,

@@ -17,9 +17,10 @@ from deploy.registry import current_version, safe_name
 from orchestrator.cli.main import main
 from orchestrator.lineage import models as db
 from orchestrator.lineage import session_scope
-from orchestrator.pipeline.assets import RELEASE_ASSETS
+from orchestrator.pipeline.assets import release_assets
 from orchestrator.pipeline.partitions import CHECKPOINTS
 from orchestrator.pipeline.resources import LineageDatabase, Platform
+from orchestrator.release.policy import ReleasePolicy
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +85,7 @@ def materialize(root, folder_name: str, policy_name: str, instance) -> dg.Execut
     key = safe_name(folder_name)
     instance.add_dynamic_partitions(CHECKPOINTS.name, [key])
     return dg.materialize(
-        RELEASE_ASSETS,
+        release_assets(ReleasePolicy()),
         partition_key=key,
         instance=instance,
         raise_on_error=False,

@@ -17,10 +17,11 @@ import yaml
 
 from awq_release.demo import DEMO_SERVING, DemoAssets, demo_validation_settings
 from awq_release.errors import ReleaseError
-from orchestrator.definitions import defs
+from orchestrator.definitions import build_definitions
 from orchestrator.environment import platform_home
 from orchestrator.lineage.queries import attempt_statuses, end_attempt
 from orchestrator.pipeline.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
+from orchestrator.pipeline.resources import default_resources
 from orchestrator.release.hashing import stat_signature
 from orchestrator.release.policy import max_attempts_in
 
@@ -77,6 +78,7 @@ def tick_and_run(
     """Tick the sensor until it requests runs (a checkpoint is taken once unchanged over two ticks),
     add the partitions it asks for, then execute in this process each run whose run key (the folder's
     stat signature and attempt number) has no run yet, as the daemon would, and record how it failed."""
+    defs = build_definitions()
     sensor = defs.resolve_sensor_def("checkpoint_sensor")
     cursor, requests = None, []
     for _ in range(max_ticks):
@@ -113,7 +115,8 @@ def tick_and_run(
 
 def why_not_started(assets: DemoAssets) -> str:
     """What the sensor says of the demo folder when it starts no attempt."""
-    platform, lineage = defs.resources["platform"], defs.resources["lineage"]
+    resources = default_resources()
+    platform, lineage = resources["platform"], resources["lineage"]
     source = stat_signature(Path(platform.checkpoints_dir) / assets.model_dir.name)
     verdict = next_attempt(attempt_statuses(lineage.engine(), source), max_attempts_in(platform.policy_path))
     return verdict if isinstance(verdict, str) else "it was still being written"
@@ -137,14 +140,15 @@ def run_platform(log_level: str = "INFO") -> list[JobOutcome]:
     home = platform_home()
     os.environ["DAGSTER_HOME"] = str(prepare_home(home))
     with run_lock(home / "run.lock"), dg.DagsterInstance.get() as instance:
-        engine = defs.resources["lineage"].engine()
+        resources = default_resources()
+        engine = resources["lineage"].engine()
         reap_killed_runs(instance, engine)
         settle_attempts(instance, engine)
-        return tick_and_run(instance, defs.resources, log_level=log_level)
+        return tick_and_run(instance, resources, log_level=log_level)
 
 
 def run_demo(assets: DemoAssets, log_level: str = "INFO") -> list[JobOutcome]:
-    platform = defs.resources["platform"]
+    platform = default_resources()["platform"]
     write_release_policy(assets, Path(platform.policy_path))
     target = Path(platform.checkpoints_dir) / assets.model_dir.name
     if not target.exists():

@@ -20,7 +20,6 @@ from awq_core.calibration import calibration_fingerprint
 from awq_core.checkpoint import load_tokenizer
 from deploy.engine import Serving
 from deploy.registry import safe_name
-from orchestrator.environment import policy_path
 from orchestrator.lineage.queries import (
     end_attempt,
     known_content_hash,
@@ -51,7 +50,7 @@ from orchestrator.pipeline.resources import LineageDatabase, Platform
 from orchestrator.release import plots
 from orchestrator.release.hashing import content_hash, file_hash, stat_signature
 from orchestrator.release.ingest import ingest
-from orchestrator.release.policy import ReleasePolicy, policy_or_defaults
+from orchestrator.release.policy import ReleasePolicy
 from orchestrator.release.promotion import blocking_stages, promote, reconcile
 from orchestrator.release.records import (
     CalibrationRecord,
@@ -66,9 +65,6 @@ from validation import STAGES, StageResult, run_stage
 from validation.power import power_check as run_power_check
 
 GROUP = "release"
-PLACEMENT = policy_or_defaults(policy_path())  # the GPU steps' Kubernetes op tags come from its target_gpu
-GPU_TAGS = gpu_op_tags(PLACEMENT.target_gpu)
-GPU_STEP = {"pool": GPU_POOL, "op_tags": GPU_TAGS}
 
 
 def source_folder(platform: Platform, key: str) -> Path:
@@ -140,7 +136,6 @@ def calibration_set(
     )
 
 
-@dg.asset(partitions_def=CHECKPOINTS, group_name=GROUP, kinds={"pytorch"}, **GPU_STEP)
 def awq_model(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, calibration_set: CalibrationRecord
 ) -> dg.MaterializeResult[CandidateRecord]:
@@ -181,7 +176,9 @@ def write_report(result: StageResult, path: Path) -> Path:
     return path
 
 
-def validation_asset(stage: str, after: list[dg.AssetsDefinition] | None = None) -> dg.AssetsDefinition:
+def validation_asset(
+    stage: str, op_tags: dict[str, str], after: list[dg.AssetsDefinition] | None = None
+) -> dg.AssetsDefinition:
     """One validation stage as an asset that emits its blocking gate; `after`: stages whose gates must
     pass first (a failed blocking gate skips it)."""
     name = f"{stage}_validation"
@@ -191,7 +188,7 @@ def validation_asset(stage: str, after: list[dg.AssetsDefinition] | None = None)
         partitions_def=CHECKPOINTS,
         group_name=GROUP,
         pool=GPU_POOL,
-        op_tags=load_op_tags(PLACEMENT) if stage == "load" else GPU_TAGS,
+        op_tags=op_tags,
         deps=after,
         check_specs=[gate_spec(stage, name)],
         dagster_type=StageRecord,  # with a check beside it, the return annotation cannot carry the type
@@ -235,18 +232,6 @@ def validation_asset(stage: str, after: list[dg.AssetsDefinition] | None = None)
     return stage_asset
 
 
-QUALITY_VALIDATIONS = [validation_asset(stage) for stage in STAGES if stage != "load"]
-# The load test holds the serving hardware (a GPU in production) for minutes: spent only on a candidate
-# whose quality gates passed.
-VALIDATIONS = [*QUALITY_VALIDATIONS, validation_asset("load", after=QUALITY_VALIDATIONS)]
-
-
-@dg.asset(
-    partitions_def=CHECKPOINTS,
-    group_name=GROUP,
-    **GPU_STEP,
-    deps=QUALITY_VALIDATIONS,  # after their gates passed: a failed blocking gate skips it
-)
 def power_check(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, awq_model: CandidateRecord
 ) -> dg.MaterializeResult[PowerCheckRecord]:
@@ -267,11 +252,10 @@ def power_check(
     return dg.MaterializeResult(value=record, metadata=power_check_metadata(report))
 
 
-@dg.asset(
-    partitions_def=CHECKPOINTS,
-    group_name=GROUP,
-    ins={validation.key.path[-1]: dg.AssetIn(validation.key) for validation in VALIDATIONS},
-)
+VALIDATION_NAMES = [f"{stage}_validation" for stage in STAGES]
+
+
+@dg.asset(partitions_def=CHECKPOINTS, group_name=GROUP, ins={name: dg.AssetIn(name) for name in VALIDATION_NAMES})
 def release(
     context: dg.AssetExecutionContext,
     platform: Platform,
@@ -305,4 +289,23 @@ def release(
     return dg.MaterializeResult(metadata=release_metadata(promotion))
 
 
-RELEASE_ASSETS = [checkpoint, calibration_set, awq_model, *VALIDATIONS, power_check, release]
+def release_assets(placement: ReleasePolicy) -> list[dg.AssetsDefinition]:
+    """The release chain, its GPU steps tagged for the policy's target GPU (a pod per step on
+    Kubernetes reads the tags; in process they are ignored). Built when the definitions load, so no
+    module reads the policy file when it is imported."""
+    gpu_tags = gpu_op_tags(placement.target_gpu)
+    gpu_step = {"partitions_def": CHECKPOINTS, "group_name": GROUP, "pool": GPU_POOL, "op_tags": gpu_tags}
+    quality = [validation_asset(stage, gpu_tags) for stage in STAGES if stage != "load"]
+    # The load test holds the serving hardware (a GPU in production) for minutes: spent only on a
+    # candidate whose quality gates passed; it asks for GPUs only where it starts its own server.
+    load = validation_asset("load", load_op_tags(placement), after=quality)
+    return [
+        checkpoint,
+        calibration_set,
+        dg.asset(name="awq_model", kinds={"pytorch"}, **gpu_step)(awq_model),
+        *quality,
+        load,
+        # After the quality gates passed: a failed blocking gate skips it.
+        dg.asset(name="power_check", deps=quality, **gpu_step)(power_check),
+        release,
+    ]
