@@ -3,7 +3,7 @@
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from awq_core.formats import FORMATS, Format
@@ -20,51 +20,62 @@ Clip = Literal["asymmetric", "symmetric", "none"]
 GPTQ_MIN_TOKENS = 32768
 
 
+def setting(default, help: str, research: bool = False):
+    """A field with what the command line says of it (awq-release quantize makes one flag per field);
+    `research`: an ablation switch, listed apart from what a user sets."""
+    return field(default=default, metadata={"help": help, "research": research})
+
+
 @dataclass(frozen=True)
 class QuantConfig:
-    method: Method = "awq"  # "rtn": plain round-to-nearest, no search nor refinement (the baseline to beat)
-    bits: int = 4  # values of 2 or 3 bits still pack into the 4-bit layout (a deliberately damaged model)
-    group_size: int = 64
-    zero_point: bool = True  # asymmetric INT4; False stores a constant zero of 8 (symmetric)
-    n_grid: int = 20  # alpha = step / n_grid in the scale search: n_grid / 2 + 2 steps tried, plus the identity
+    method: Method = setting("awq", "rtn: plain round-to-nearest, no search nor refinement (the baseline to beat)")
+    # Values of 2 or 3 bits still pack into the 4-bit layout: a deliberately damaged model.
+    bits: int = setting(4, "bits per weight (2 or 3 only to test the gates)", research=True)
+    group_size: int = setting(64, "input channels per scale and zero point (32, 64 or 128)")
+    zero_point: bool = setting(True, "asymmetric INT4; --no-zero-point stores a constant zero of 8 (symmetric)")
+    # alpha = step / n_grid in the scale search: n_grid / 2 + 2 steps tried, plus the identity.
+    n_grid: int = setting(20, "steps of the scale search's exponent", research=True)
     # After the scales, each group's range is searched for its output error on the calibration tokens:
     # one bound on |w| (AutoAWQ's "symmetric"), its two ends apart ("asymmetric", for the asymmetric
     # quantizer), or not at all. The search reaches max_shrink of |w|'s bound in n_clip_grid steps.
     # "auto": asymmetric where GPTQ rounds and the quantizer has zero points, else symmetric. Before
     # GPTQ, asymmetric narrowed the general-text gap on both models (bench/quantize.py; figures in
     # docs/quantization.md); rounding to nearest keeps the search the main job's gates were measured with.
-    clip: Clip | Literal["auto"] = "auto"
-    max_shrink: float = 0.5
-    n_clip_grid: int = 20
+    clip: Clip | Literal["auto"] = setting("auto", "the range search per group (auto: asymmetric where GPTQ rounds)")
+    max_shrink: float = setting(0.5, "how far the range search may shrink a group's range", research=True)
+    n_clip_grid: int = setting(20, "steps of the range search", research=True)
     # Then each group's scale and zero point refitted for output error (awq_core.rounding). Off by
     # default: it lowers the calibration error but raised held-out perplexity (bench/quantize.py).
-    refine: bool = False
+    refine: bool = setting(False, "refit each group's scale and zero point for output error", research=True)
     # Then the integers chosen with GPTQ's error compensation, groups' parameters fixed: true, false,
     # or "auto", on from GPTQ_MIN_TOKENS calibration tokens (decided_for).
-    gptq: bool | Literal["auto"] = "auto"
+    gptq: bool | Literal["auto"] = setting("auto", "GPTQ error compensation in rounding (auto: from GPTQ_MIN_TOKENS)")
     # Added to the hessian's diagonal, as a share of its mean. GPTQ's usual 0.01 fits the calibration
     # domain and lost on general text; 0.3 kept the domain gain and won on both texts against 0.2 and
     # 0.5 (bench/quantize.py; figures in docs/quantization.md).
-    gptq_damp: float = 0.3
-    gptq_act_order: bool = True  # columns with the largest inputs first (their groups stay in place)
+    gptq_damp: float = setting(0.3, "GPTQ's damping, as a share of the hessian's mean diagonal", research=True)
+    # Columns with the largest inputs first; their groups stay in place.
+    gptq_act_order: bool = setting(True, "GPTQ rounds the columns with the largest inputs first", research=True)
     # The range search's and GPTQ's input moments for o_proj, the MLP and down_proj: from the original
     # block, or measured again before each group with the groups before it already quantized, so
     # each compensates what the earlier ones lost (GPTQ's true-sequential). Costs a block forward
     # per group. Alone it did not win on both texts and the quiz (bench/quantize.py); fit_original
     # turns it on.
-    sequential: bool = False
+    sequential: bool = setting(False, "measure each group's inputs with the groups before it quantized", research=True)
     # Each linear's target: what it outputs reading the quantized model's input (GPTQ), or what the
     # original model's linear output at the same token, so it also makes up for what the blocks and
     # groups before it lost (GPTAQ's asymmetric calibration; awq_core.rounding.toward_original).
     # Needs the groups before measured quantized, so it measures sequentially. "auto": where GPTQ
     # rounds. It narrowed the held-out gap on both texts and both models (bench/quantize.py; figures
     # in docs/quantization.md).
-    fit_original: bool | Literal["auto"] = "auto"
-    search_tokens: int = 4096  # tokens the searches measure output error on (whole windows)
+    fit_original: bool | Literal["auto"] = setting(
+        "auto", "fit each linear to the original model's outputs (auto: where GPTQ rounds)"
+    )
+    search_tokens: int = setting(4096, "calibration tokens the searches measure output error on", research=True)
     # What the next block sees: outputs of the quantized block (errors compound as at inference,
     # llm-compressor) or of the original one (AutoAWQ). bench/quantize.py measures both.
-    propagate: Propagation = "quantized"
-    format: Format = "awq"  # the checkpoint layout written (awq_core.formats): the same integers either way
+    propagate: Propagation = setting("quantized", "what feeds the next block", research=True)
+    format: Format = setting("awq", "checkpoint layout: AutoAWQ GEMM or llm-compressor's (the same integers)")
 
     def __post_init__(self) -> None:
         if self.method not in ("awq", "rtn"):
@@ -83,7 +94,7 @@ class QuantConfig:
         if self.refine and not self.zero_point:
             raise QuantizationError(
                 "refine fits each group's integer zero point, which the symmetric quantizer does not have: "
-                "set refine: false with zero_point: false (--symmetric does)."
+                "set refine: false with zero_point: false (--no-zero-point)."
             )
         for name in ("gptq", "fit_original"):
             if getattr(self, name) not in (True, False, "auto"):

@@ -221,3 +221,19 @@ def test_safetensors_header_whose_shapes_do_not_match_its_data(tmp_path, model_c
         f"tensor {name} is",
         "but the header gives it",
     )
+
+
+def test_quantize_flags_come_from_the_config_fields():
+    """Every QuantConfig field has its flag, with the field's default; flags set what they name."""
+    from awq_core import QuantConfig
+    from orchestrator.cli.main import _config, build_parser
+
+    parser = build_parser()
+    base = ["quantize", "in", "out", "--calib", "a.txt"]
+    assert _config(parser.parse_args(base)) == QuantConfig()
+    args = parser.parse_args(
+        [*base, "--no-zero-point", "--gptq", "--bits", "3", "--clip", "none", "--gptq-damp", "0.1"]
+    )
+    assert _config(args) == QuantConfig(zero_point=False, gptq=True, bits=3, clip="none", gptq_damp=0.1)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--clip", "sideways"])  # choices from the field's Literal

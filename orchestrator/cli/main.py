@@ -8,7 +8,8 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from types import UnionType
+from typing import TYPE_CHECKING, Literal, Union, get_args, get_origin, get_type_hints
 
 from awq_core.compute import Compute
 from awq_release.errors import ReleaseError, ValidationError
@@ -20,52 +21,35 @@ if TYPE_CHECKING:
     from orchestrator.cli.main_job import JobOutcome
 
 
+def _choices(kind) -> tuple | None:
+    """The values a Literal (or a union of Literals and bool) allows, bool left out; None for a plain type."""
+    members = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
+    literals = [m for m in members if get_origin(m) is Literal]
+    return tuple(value for m in literals for value in get_args(m)) or None
+
+
 def _quantize_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group-size", type=int, default=64, help="input channels per scale and zero point (32, 64 or 128)")
+    """One flag per QuantConfig field, its help, choices and default from the field itself; the
+    research switches (ablations) listed apart."""
+    from awq_core.config import QuantConfig
+
     p.add_argument("--n-samples", type=int, default=64, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
-    p.add_argument("--method", choices=("awq", "rtn"), default="awq", help="rtn: plain round-to-nearest, no search")
-    p.add_argument(
-        "--propagate", choices=("quantized", "original"), default="quantized", help="what feeds the next block"
-    )
-    p.add_argument("--symmetric", action="store_true", help="no zero points (a constant zero of 8)")
-    p.add_argument(
-        "--clip",
-        choices=("auto", "asymmetric", "symmetric", "none"),
-        default="auto",
-        help="the range search per group (auto: asymmetric where GPTQ rounds, else symmetric)",
-    )
-    p.add_argument(
-        "--refine",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="refit each group's scale and zero point for output error (off: it did not help held-out text)",
-    )
-    p.add_argument(
-        "--gptq",
-        action=argparse.BooleanOptionalAction,
-        default="auto",
-        help="GPTQ error compensation in rounding (default: auto, on from awq_core.config.GPTQ_MIN_TOKENS)",
-    )
-    p.add_argument(
-        "--sequential",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="measure each group's inputs with the groups before it quantized (GPTQ's true-sequential)",
-    )
-    p.add_argument(
-        "--fit-original",
-        action=argparse.BooleanOptionalAction,
-        default="auto",
-        help="fit each linear to the original model's outputs, making up for the blocks before it (default: auto, "
-        "where GPTQ rounds; measures sequentially)",
-    )
-    p.add_argument(
-        "--format",
-        choices=("awq", "compressed-tensors"),
-        default="awq",
-        help="checkpoint layout: AutoAWQ GEMM, or llm-compressor's pack-quantized (the same integers)",
-    )
+    groups = {
+        False: p.add_argument_group("quantization"),
+        True: p.add_argument_group("research switches", "ablations; the defaults are what the benchmarks chose"),
+    }
+    hints = get_type_hints(QuantConfig)
+    for field in dataclasses.fields(QuantConfig):
+        group, kind = groups[field.metadata["research"]], hints[field.name]
+        flag, help_text = f"--{field.name.replace('_', '-')}", f"{field.metadata['help']} (default: {field.default})"
+        members = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
+        if bool in members:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+        elif choices := _choices(kind):
+            group.add_argument(flag, choices=choices, default=field.default, help=help_text)
+        else:
+            group.add_argument(flag, type=kind, default=field.default, help=help_text)
 
 
 def _compute_args(p: argparse.ArgumentParser) -> None:
@@ -89,18 +73,7 @@ def _compute(args: argparse.Namespace, config: Path | None = None) -> Compute:
 def _config(args: argparse.Namespace):
     from awq_core import QuantConfig
 
-    return QuantConfig(
-        method=args.method,
-        group_size=args.group_size,
-        zero_point=not args.symmetric,
-        clip=args.clip,
-        refine=args.refine,
-        gptq=args.gptq,
-        sequential=args.sequential,
-        fit_original=args.fit_original,
-        propagate=args.propagate,
-        format=args.format,
-    )
+    return QuantConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(QuantConfig)})
 
 
 def _calibration(model_dir: Path, files: list[Path], n_samples: int, seqlen: int, config):
