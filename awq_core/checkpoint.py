@@ -171,7 +171,7 @@ def refuse_code(folder: Path) -> None:
         data = read_json(path) if path.is_file() else None
         if isinstance(data, dict) and "auto_map" in data:
             raise CheckpointError(
-                f"{path} names custom code (auto_map: {sorted(data['auto_map'])[:3]}), which the platform never runs "
+                f"{path} names custom code (auto_map: {str(data['auto_map'])[:80]}), which the platform never runs "
                 "or ships: remove auto_map. Registered architectures and tokenizers are loaded with transformers' "
                 "and vLLM's own code."
             )
