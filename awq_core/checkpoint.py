@@ -98,8 +98,8 @@ def _read_header(path: Path) -> tuple[int, dict]:
     for (_, end, before), (start, _, after) in pairwise(extents):
         if start < end:
             raise CheckpointError(
-                f"{path.name}: tensors {before} and {after} overlap in the file; it was not written by safetensors: "
-                "save the weights again with safetensors."
+                f"{path.name}: tensors {before!r} and {after!r} overlap in the file; it was not written by "
+                "safetensors: save the weights again with safetensors."
             )
     data_end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + header_len + data_end > size:
@@ -137,14 +137,14 @@ def _check_extent(path: Path, name: str, meta: dict) -> None:
     """A tensor's bytes in the file must be exactly what its dtype and shape need."""
     if meta["dtype"] not in DTYPE_BYTES:
         raise CheckpointError(
-            f"{path.name}: tensor {name} has dtype {meta['dtype']}, which the platform does not read: "
+            f"{path.name}: tensor {name!r} has dtype {meta['dtype']!r}, which the platform does not read: "
             f"save the weights as one of {', '.join(DTYPE_BYTES)}."
         )
     start, end = meta["data_offsets"]
     needed = math.prod(meta["shape"]) * DTYPE_BYTES[meta["dtype"]]
     if end - start != needed:
         raise CheckpointError(
-            f"{path.name}: tensor {name} is {meta['dtype']} {meta['shape']} ({needed} bytes) but the header gives "
+            f"{path.name}: tensor {name!r} is {meta['dtype']} {meta['shape']} ({needed} bytes) but the header gives "
             f"it {end - start} bytes: the file is damaged or was written wrongly; save it again with safetensors."
         )
 
@@ -271,7 +271,7 @@ class CheckpointFolder:
         missing = [n for n in names if not (self.dir / n).is_file()]
         if missing:
             raise CheckpointError(
-                f"{index.name} lists {', '.join(missing)}, missing from {self.dir}: the copy is incomplete."
+                f"{index.name} lists {', '.join(map(repr, missing))}, missing from {self.dir}: the copy is incomplete."
             )
         return [self.dir / n for n in names]
 

@@ -121,7 +121,7 @@ def _check_shapes(ckpt: CheckpointFolder, arch: Architecture, n_layers: int, cfg
         ]
         if unmapped:
             raise UnsupportedArchitecture(
-                f"Block {i} has linears the mapping does not cover ({', '.join(unmapped)}): extend "
+                f"Block {i} has linears the mapping does not cover ({', '.join(map(repr, unmapped))}): extend "
                 "awq_core/architectures.py."
             )
 

@@ -218,7 +218,7 @@ def test_safetensors_header_whose_shapes_do_not_match_its_data(tmp_path, model_c
     assert_refused(
         run_quantize(model_copy, tmp_path / "out", [calib_file]),
         tmp_path / "out",
-        f"tensor {name} is",
+        f"tensor {name!r} is",
         "but the header gives it",
     )
 
