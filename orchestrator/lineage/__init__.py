@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from awq_release.errors import DatabaseError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+DAMAGED = ("not a database", "malformed")  # what SQLite says of a file that is not a sound database
 
 
 def alembic_config(url: str) -> Config:
@@ -30,7 +31,7 @@ def _unusable(engine: Engine, error: SQLAlchemyDatabaseError) -> DatabaseError:
     detail = (str(error.orig).splitlines() or [type(error.orig).__name__])[0]
     if "locked" in detail or "lock timeout" in detail:
         what = "is locked by another process: wait for it, or stop what holds the lock, and run again."
-    elif "not a database" in detail or "malformed" in detail:
+    elif any(word in detail for word in DAMAGED):
         what = "is damaged or not a database: restore it from a backup or point database_url at another."
     else:
         what = "is unreachable: start it or fix database_url."
@@ -43,7 +44,7 @@ def _unusable(engine: Engine, error: SQLAlchemyDatabaseError) -> DatabaseError:
 
 def _is_the_database(error: SQLAlchemyDatabaseError) -> bool:
     """The database itself failed (gone, locked, damaged), as opposed to a statement the code got wrong."""
-    return isinstance(error, OperationalError) or "not a database" in str(error.orig) or "malformed" in str(error.orig)
+    return isinstance(error, OperationalError) or any(word in str(error.orig) for word in DAMAGED)
 
 
 @contextmanager
