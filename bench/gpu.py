@@ -1,7 +1,7 @@
 """GPU check: the W4A16 kernel, the CUDA quantizer and the perplexity stage, measured in one call.
 
     python3 -m bench.gpu --prepare .gpu-assets     # here, once: the demo tokenizer, a text, the commit
-    python3 -m bench.gpu --assets .gpu-assets      # on the GPU machine (scripts/gpu-check.sh)
+    python3 -m bench.gpu --assets .gpu-assets      # on the GPU machine
 
 Writes one JSON file, bench/results/gpu-DATE-COMMIT.json (and a copy under $OUT where that is set),
 rewritten after every section so a run cut short keeps what it measured:

@@ -13,8 +13,7 @@ from functools import partial
 
 import torch
 
-from awq_core.packing import pack_awq
-from awq_core.quant import quantize_groups
+from bench.gpu import packed_layer
 from kernels import awq_gemm
 
 M_VALUES = (1, 4, 16, 64, 256, 1024)
@@ -37,11 +36,6 @@ def timed(fn, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def packed_weights(K: int, N: int, group_size: int, device: str) -> dict[str, torch.Tensor]:
-    w = torch.randn(N, K) * 0.02
-    return {k: v.to(device) for k, v in pack_awq(*quantize_groups(w, group_size)).items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group-size", type=int, default=128)
@@ -61,7 +55,7 @@ def main() -> None:
     )
     print(f"{'M':>5} {'K':>6} {'N':>6} {'w4a16 us':>10} {'dense us':>10} {'speed-up':>9} {'GB/s':>8} {'of peak':>8}")
     for K, N in KN_SHAPES:
-        layer = packed_weights(K, N, args.group_size, device)
+        layer = packed_layer(K, N, args.group_size, seed=0, device=device)
         dense = torch.randn(K, N, device=device, dtype=dtype) * 0.02
         for M in M_VALUES:
             x = torch.randn(M, K, device=device, dtype=dtype)
