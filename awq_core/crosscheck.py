@@ -1,5 +1,5 @@
 """One checkpoint quantized on the CPU and on a GPU, compared: how the CUDA path is shown to compute
-what the CPU does (tests/test_compute_and_engine.py and bench.gpu run it)."""
+what the CPU does (tests/unit/test_compute_and_engine.py and bench.gpu run it)."""
 
 from pathlib import Path
 

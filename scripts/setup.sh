@@ -16,7 +16,7 @@ if [ ! -e "$stamp" ]; then
         echo "Gemma 3 270M wheels not installed: its tests will skip."
     # transformers 5 loads AutoAWQ GEMM checkpoints through gptqmodel: 7.5.0 (7.7 needs torch 2.14),
     # its torch kernel (what it picks on CPU). Built without CUDA kernels into a folder of its own,
-    # so nothing vLLM or the platform imports changes; tests/test_formats.py puts it on PYTHONPATH.
+    # so nothing vLLM or the platform imports changes; tests/integration/test_formats.py puts it on PYTHONPATH.
     rm -rf .venv/gptqmodel
     BUILD_CUDA_EXT=0 .venv/bin/pip install -q --no-deps --no-build-isolation --target .venv/gptqmodel \
         gptqmodel==7.5.0 Defuser==0.0.28 Device-SMI==0.5.7 LogBar==0.4.15 PyPcre==0.6.4 TokeNicer==0.0.14

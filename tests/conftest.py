@@ -19,6 +19,8 @@ from awq_core.architectures import ARCHITECTURES  # noqa: E402
 from awq_release.demo import DemoAssets, demo_assets  # noqa: E402
 from deploy.capability import vllm_awq_capability  # noqa: E402
 from deploy.server import free_port  # noqa: E402
+from orchestrator.lineage import session_scope  # noqa: E402
+from orchestrator.lineage.models import CalibrationSet, Checkpoint, QuantizationRun  # noqa: E402
 from orchestrator.pipeline.resources import Platform  # noqa: E402
 
 MODEL_TYPES = {
@@ -42,6 +44,8 @@ RELEASE_ASSETS = {
     "power_check",
     "release",
 }
+# Quantization settings that keep a tiny model's AWQ to seconds.
+FAST = dict(group_size=32, n_grid=10, search_tokens=512)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
@@ -90,7 +94,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 def pytest_collection_modifyitems(config, items) -> None:
     """Tests marked `vllm` serve a 4-bit AWQ checkpoint: skipped, with the probe's reason, on a host
     whose vLLM cannot (an AVX2-only CPU). The same behaviour is covered there through load.endpoint
-    on a dense model and through the mocked probe (test_compute_and_engine.py)."""
+    on a dense model and through the mocked probe (tests/unit/test_compute_and_engine.py)."""
     needing = [item for item in items if "vllm" in item.keywords]
     if not needing:
         return
@@ -225,3 +229,41 @@ def demo_quantized(tmp_path_factory, demo) -> Path:
     }.items():
         quantize(demo.model_dir, root / name, calib, config, progress=False)
     return root
+
+
+def add_lineage(engine, name: str = "ckpt") -> int:
+    """A checkpoint, its calibration set and quantization run: returns the run id."""
+    with session_scope(engine) as session:
+        ckpt = Checkpoint(
+            name=name,
+            path=f"/models/{name}",
+            content_hash=name * 8,
+            architecture="LlamaForCausalLM",
+            size_bytes=300 * 2**30,
+        )
+        session.add(ckpt)
+        session.flush()
+        calib = CalibrationSet(
+            checkpoint_id=ckpt.id,
+            source_hashes={"a.txt": "00"},
+            n_samples=4,
+            seqlen=128,
+            tokens_path="/t",
+            tokens_hash="ab",
+        )
+        session.add(calib)
+        session.flush()
+        run = QuantizationRun(
+            checkpoint_id=ckpt.id,
+            calibration_set_id=calib.id,
+            settings={"group_size": 64},
+            seconds=1.0,
+            peak_rss_mb=1.0,
+            layer_errors=[{"linear": "q"}],
+            block_mse=[0.1],
+            output_path="/out",
+            output_hash="cd",
+        )
+        session.add(run)
+        session.flush()
+        return run.id

@@ -21,10 +21,10 @@ from awq_core.loader import load_quantized
 from awq_core.packing import LAYOUTS
 from awq_core.quant import quantize_groups
 from awq_release.errors import CheckpointError
-from tests.test_awq import FAST
+from tests.conftest import FAST
 
 FP32 = resolve(Compute(device="cpu", dtype="float32"))  # exact arithmetic: any difference is the format's
-GPTQMODEL = Path(__file__).parents[1] / ".venv" / "gptqmodel"  # scripts/setup.sh installs it there
+GPTQMODEL = Path(__file__).parents[2] / ".venv" / "gptqmodel"  # scripts/setup.sh installs it there
 
 
 def test_compressed_tensors_layout_is_the_packages_own():

@@ -20,10 +20,10 @@ from awq_core.crosscheck import cuda_matches_cpu
 from awq_release.errors import ComputeError
 from deploy.capability import Capability, capability_from, vllm_awq_capability
 from kernels import AWQLinear, awq_gemm_reference
+from tests.conftest import FAST
 from validation import load_test
 from validation.settings import LoadSettings
 
-FAST = dict(group_size=32, n_grid=10, search_tokens=512)
 AVX2_FLAGS = frozenset({"avx", "avx2", "fma"})
 AVX512_BF16_FLAGS = AVX2_FLAGS | {"avx512f", "avx512_bf16"}
 
@@ -173,7 +173,7 @@ def test_gpu_check_on_a_host_without_cuda(tmp_path):
     """bench.gpu says what it would measure, then refuses with one error line and exit 2, writing nothing."""
     env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "bench.gpu", "--assets", str(tmp_path), "--out", str(tmp_path / "gpu.json")]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: no CUDA device: this torch sees no GPU. Run the check on a GPU host."

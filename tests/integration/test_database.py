@@ -22,9 +22,9 @@ from deploy.registry import current_version, publish
 from deploy.server import free_port
 from orchestrator.cli.main import main
 from orchestrator.lineage import engine_for, releases, session_scope, upgrade
-from orchestrator.lineage.models import Base, CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
+from orchestrator.lineage.models import Base, Checkpoint, QuantizationRun, ValidationStage
 from orchestrator.lineage.queries import record_release, record_stage
-from tests.conftest import postgres_cluster
+from tests.conftest import add_lineage, postgres_cluster
 from validation.result import StageResult, gate
 
 TABLES = {
@@ -56,44 +56,6 @@ def database_url(request, tmp_path):
         connection.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     engine.dispose()
     return url
-
-
-def add_lineage(engine, name: str = "ckpt") -> int:
-    """A checkpoint, its calibration set and quantization run: returns the run id."""
-    with session_scope(engine) as session:
-        ckpt = Checkpoint(
-            name=name,
-            path=f"/models/{name}",
-            content_hash=name * 8,
-            architecture="LlamaForCausalLM",
-            size_bytes=300 * 2**30,
-        )
-        session.add(ckpt)
-        session.flush()
-        calib = CalibrationSet(
-            checkpoint_id=ckpt.id,
-            source_hashes={"a.txt": "00"},
-            n_samples=4,
-            seqlen=128,
-            tokens_path="/t",
-            tokens_hash="ab",
-        )
-        session.add(calib)
-        session.flush()
-        run = QuantizationRun(
-            checkpoint_id=ckpt.id,
-            calibration_set_id=calib.id,
-            settings={"group_size": 64},
-            seconds=1.0,
-            peak_rss_mb=1.0,
-            layer_errors=[{"linear": "q"}],
-            block_mse=[0.1],
-            output_path="/out",
-            output_hash="cd",
-        )
-        session.add(run)
-        session.flush()
-        return run.id
 
 
 def test_migrations_build_the_schema(database_url):

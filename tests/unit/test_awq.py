@@ -26,9 +26,8 @@ from awq_core.model import (
 )
 from awq_core.packing import LAYOUTS
 from awq_core.quant import dequantize_groups
-from tests.conftest import make_tiny_model
+from tests.conftest import FAST, make_tiny_model
 
-FAST = dict(group_size=32, n_grid=10, search_tokens=512)
 CPU_FP32 = Resolved(torch.device("cpu"), torch.float32, "test")
 
 

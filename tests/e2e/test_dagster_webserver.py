@@ -22,7 +22,7 @@ from tests.conftest import RELEASE_ASSETS, make_tiny_model, tiny_policy
 from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:

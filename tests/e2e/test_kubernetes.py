@@ -39,7 +39,7 @@ from tests.fake_kubernetes import FakeKubernetes
 from validation import load_test
 from validation.settings import LoadSettings, ValidationSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VALUES = ROOT / "deploy" / "kubernetes" / "values.yaml"
 DATA_VOLUME = ROOT / "deploy" / "kubernetes" / "data-volume.yaml"
 STAGING_RBAC = ROOT / "deploy" / "kubernetes" / "staging-rbac.yaml"

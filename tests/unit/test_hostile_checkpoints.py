@@ -31,8 +31,8 @@ from orchestrator.pipeline.sensors import scan
 from orchestrator.release.ingest import ingest
 from orchestrator.release.policy import ReleasePolicy, parse_policy
 from orchestrator.release.promotion import reconcile
-from tests.test_bad_input import assert_refused, run_quantize
-from tests.test_database import add_lineage
+from tests.conftest import add_lineage
+from tests.unit.test_bad_input import assert_refused, run_quantize
 from validation.result import StageResult, gate
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
