@@ -22,6 +22,7 @@ from deploy.server import free_port  # noqa: E402
 from orchestrator.lineage import session_scope  # noqa: E402
 from orchestrator.lineage.models import CalibrationSet, Checkpoint, QuantizationRun  # noqa: E402
 from orchestrator.pipeline.resources import Platform  # noqa: E402
+from tests.offline import prose, train_tokenizer, write_tasks  # noqa: E402
 
 MODEL_TYPES = {
     "LlamaForCausalLM": "llama",
@@ -91,10 +92,22 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         shutil.rmtree(cluster.data, ignore_errors=True)
 
 
+TIERS = ("unit", "integration", "e2e")  # tests/<tier>/: each test carries its folder's marker
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `vllm` serve a 4-bit AWQ checkpoint: skipped, with the probe's reason, on a host
+    """Each test is marked with its tier, and the unit tier is held to its promise: no test there may
+    use the demo download (`pytest -m unit` runs with an empty cache and no network).
+    Tests marked `vllm` serve a 4-bit AWQ checkpoint: skipped, with the probe's reason, on a host
     whose vLLM cannot (an AVX2-only CPU). The same behaviour is covered there through load.endpoint
     on a dense model and through the mocked probe (tests/unit/test_compute_and_engine.py)."""
+    for item in items:
+        tier = Path(item.path).relative_to(Path(__file__).parent).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/{{{','.join(TIERS)}}}/.")
+        item.add_marker(tier)
+        if tier == "unit" and "demo" in item.fixturenames:
+            raise pytest.UsageError(f"{item.nodeid}: a unit test uses the demo download; use tests.offline's assets.")
     needing = [item for item in items if "vllm" in item.keywords]
     if not needing:
         return
@@ -121,14 +134,15 @@ def make_tiny_model(
     max_shard_size: str | None = None,
     **config_overrides,
 ) -> Path:
-    """A random model (2 blocks unless asked) with the demo tokenizer, stored in `dtype`, in shards of
-    at most `max_shard_size` where given. A few input channels are boosted in every norm, as real
-    LLMs have salient activation channels: that is what AWQ's scales exist for."""
+    """A random model (2 blocks unless asked) with the tokenizer in `tokenizer_dir` and a vocabulary of
+    its size, stored in `dtype`, in shards of at most `max_shard_size` where given. A few input
+    channels are boosted in every norm, as real LLMs have salient activation channels: that is what
+    AWQ's scales exist for."""
     torch.manual_seed(seed)
     offset = ARCHITECTURES[architecture].norm_offset  # Gemma's norms scale by (1 + w)
     fields = dict(
         architectures=[architecture],
-        vocab_size=49152,
+        vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
@@ -198,21 +212,41 @@ def tiny_policy(calib_file: Path, tasks: Path, endpoint: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory, demo) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", demo.model_dir)
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A tokenizer trained in the test on generated prose (tests.offline): the tiny models' own."""
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"), prose(seed=0))
 
 
 @pytest.fixture(scope="session")
-def tiny_gemma(tmp_path_factory, demo) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "gemma", demo.model_dir, "Gemma3ForCausalLM")
+def tiny_llama(tmp_path_factory, tokenizer_dir) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
-def calib_file(tmp_path_factory, demo) -> Path:
-    """Real domain text: a few State of the Union addresses in one .txt."""
-    path = tmp_path_factory.mktemp("calib") / "sotu.txt"
-    path.write_text("\n\n".join(p.read_text() for p in demo.calibration_texts[-6:]))
+def tiny_gemma(tmp_path_factory, tokenizer_dir) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "gemma", tokenizer_dir, "Gemma3ForCausalLM")
+
+
+@pytest.fixture(scope="session")
+def calib_file(tmp_path_factory) -> Path:
+    """Domain text for calibration and the quality stages: generated prose in one .txt."""
+    path = tmp_path_factory.mktemp("calib") / "domain.txt"
+    path.write_text(prose(seed=0))
     return path
+
+
+@pytest.fixture(scope="session")
+def held_out_file(tmp_path_factory) -> Path:
+    """Text of the same kind that calibration never saw."""
+    path = tmp_path_factory.mktemp("held_out") / "held_out.txt"
+    path.write_text(prose(seed=1))
+    return path
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory) -> dict[str, Path]:
+    """A multiple-choice task (world_capitals) and a chat task (capitals_chat), as tests.offline writes them."""
+    return write_tasks(tmp_path_factory.mktemp("tasks"))
 
 
 @pytest.fixture(scope="session")

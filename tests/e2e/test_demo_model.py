@@ -14,8 +14,6 @@ from deploy.server import serve
 from validation.models import load_model
 from validation.perplexity import perplexity
 
-pytestmark = pytest.mark.slow
-
 
 def test_awq_closes_most_of_the_rtn_perplexity_gap(demo_quantized, demo):
     tokenizer = AutoTokenizer.from_pretrained(demo.model_dir)

@@ -474,7 +474,6 @@ def offline(image: str, *command: str, mount: Path | None = None) -> subprocess.
     )
 
 
-@pytest.mark.slow
 @needs_docker
 def test_the_image_carries_the_engine_it_was_built_for(image):
     """Both images serve the vLLM release the CPU build pins, the GPU one on CUDA torch: an unpinned
@@ -487,7 +486,6 @@ def test_the_image_carries_the_engine_it_was_built_for(image):
     assert (cuda is not None) == image.endswith("-gpu"), cuda
 
 
-@pytest.mark.slow
 @needs_docker
 def test_the_image_validates_its_definitions_and_serves_them_as_the_chart_starts_it(image):
     """With no network at all: the image holds everything the code location loads."""
@@ -509,7 +507,6 @@ def test_the_image_validates_its_definitions_and_serves_them_as_the_chart_starts
         subprocess.run(["docker", "rm", "-f", container], capture_output=True)
 
 
-@pytest.mark.slow
 @needs_docker
 def test_the_image_quantizes_a_checkpoint_offline(image, tmp_path, demo):
     """A heavy step as a step pod runs it: the quantizer in the image, on a mounted checkpoint."""

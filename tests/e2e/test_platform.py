@@ -22,8 +22,6 @@ from orchestrator.pipeline.partitions import CHECKPOINTS
 from orchestrator.pipeline.resources import LineageDatabase, Platform
 from orchestrator.release.policy import ReleasePolicy
 
-pytestmark = pytest.mark.slow
-
 
 def policy(demo, work, quantization: dict) -> dict:
     tasks = work / "capitals.jsonl"

@@ -25,8 +25,6 @@ from validation.settings import SLA, LoadSettings
 # What the load stage starts in these tests: eager (no minute of compilation on a CPU), 2K positions.
 SERVING = {"max_model_len": 2048, "dtype": "bfloat16", "enforce_eager": True}
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory, demo) -> dict:

@@ -2,13 +2,11 @@
 
 import json
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from validation.tasks import load_task, score_multiple_choice
 
-pytestmark = pytest.mark.slow
 ITEMS = 40
 
 TASK_YAML = """task: parity_capitals

@@ -37,9 +37,9 @@ def calib(tiny_llama, calib_file):
 
 
 @pytest.fixture(scope="module")
-def held_out(tiny_llama, demo):
+def held_out(tiny_llama, held_out_file):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    return tokenizer(demo.domain_eval_texts[0].read_text()[:6000], return_tensors="pt")["input_ids"][:, :256]
+    return tokenizer(held_out_file.read_text(), return_tensors="pt")["input_ids"][:, :256]
 
 
 def logits_mse(model_dir, quantized_dir, ids) -> float:
@@ -64,11 +64,12 @@ def block_inputs(model_dir, architecture: str, ids: torch.Tensor) -> tuple[list[
 
 
 @pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Gemma3ForCausalLM"])
-def test_blocks_run_as_in_the_model(tmp_path, demo, architecture):
+def test_blocks_run_as_in_the_model(tmp_path, tokenizer_dir, architecture):
     """Embedding scale, per-type rotary bases and the sliding window (32 tokens of 64 in the Gemma model) as the
     model itself computes them: what the searches measure is what the model computes."""
-    model_dir = make_tiny_model(tmp_path / "model", demo.model_dir, architecture)
-    ids = torch.randint(0, 49152, (2, 64))
+    model_dir = make_tiny_model(tmp_path / "model", tokenizer_dir, architecture)
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    ids = torch.randint(0, vocab, (2, 64))
     inputs, last = block_inputs(model_dir, architecture, ids)
     with torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -80,8 +81,8 @@ def test_blocks_run_as_in_the_model(tmp_path, demo, architecture):
 
 
 @pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Gemma3ForCausalLM"])
-def test_scale_folding_keeps_the_block_function(tmp_path, demo, architecture):
-    model_dir = make_tiny_model(tmp_path / "model", demo.model_dir, architecture)
+def test_scale_folding_keeps_the_block_function(tmp_path, tokenizer_dir, architecture):
+    model_dir = make_tiny_model(tmp_path / "model", tokenizer_dir, architecture)
     arch = ARCHITECTURES[architecture]
     model, config = meta_model(model_dir, torch.float32)
     block = materialize_block(model, arch, 0, CheckpointFolder(model_dir).load_prefix("model.layers.0."), CPU_FP32)
@@ -106,8 +107,8 @@ def test_scale_folding_keeps_the_block_function(tmp_path, demo, architecture):
         ("Gemma3ForCausalLM", 2),
     ],
 )
-def test_awq_beats_round_to_nearest(tmp_path, demo, calib, held_out, architecture, kv_heads):
-    model_dir = make_tiny_model(tmp_path / "model", demo.model_dir, architecture, kv_heads=kv_heads, seed=1)
+def test_awq_beats_round_to_nearest(tmp_path, tokenizer_dir, calib, held_out, architecture, kv_heads):
+    model_dir = make_tiny_model(tmp_path / "model", tokenizer_dir, architecture, kv_heads=kv_heads, seed=1)
     awq = quantize(model_dir, tmp_path / "awq", calib, QuantConfig(**FAST), progress=False)
     quantize(model_dir, tmp_path / "rtn", calib, QuantConfig(method="rtn", **FAST), progress=False)
 

@@ -73,8 +73,8 @@ def test_cli_quantizes_and_prints_json(tmp_path, tiny_llama, calib_file):
     }
 
 
-def test_group_size_that_does_not_divide_a_layer(tmp_path, demo, calib_file):
-    model_dir = make_tiny_model(tmp_path / "model", demo.model_dir, hidden=96)
+def test_group_size_that_does_not_divide_a_layer(tmp_path, tokenizer_dir, calib_file):
+    model_dir = make_tiny_model(tmp_path / "model", tokenizer_dir, hidden=96)
     result = run_quantize(model_dir, tmp_path / "out", [calib_file], "--group-size", "64")
     assert_refused(result, tmp_path / "out", "group_size=64 does not divide", "96 input features")
 

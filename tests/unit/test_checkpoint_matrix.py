@@ -19,11 +19,11 @@ from validation.settings import LongContextSettings, PerplexitySettings, TaskSet
 # of each axis appears with more than one architecture, and every architecture meets each axis.
 VARIANTS = [
     ("LlamaForCausalLM", torch.bfloat16, None, True, "none", True),
-    ("LlamaForCausalLM", torch.float32, "2MB", False, "eos", False),
-    ("Qwen3ForCausalLM", torch.float16, "3MB", True, "none", False),
+    ("LlamaForCausalLM", torch.float32, "500KB", False, "eos", False),
+    ("Qwen3ForCausalLM", torch.float16, "300KB", True, "none", False),
     ("Qwen3ForCausalLM", torch.bfloat16, None, False, "own", True),
     ("Gemma3ForCausalLM", torch.float32, None, True, "own", False),
-    ("Gemma3ForCausalLM", torch.float16, "3MB", False, "none", True),
+    ("Gemma3ForCausalLM", torch.float16, "300KB", False, "none", True),
 ]
 
 
@@ -52,10 +52,10 @@ def chat_calibration(path: Path, calib_file: Path) -> Path:
 
 @pytest.mark.parametrize("architecture, dtype, shard, tied, pad, chat_template", VARIANTS)
 def test_every_variant_ends_in_a_verdict(
-    tmp_path, demo, calib_file, architecture, dtype, shard, tied, pad, chat_template
+    tmp_path, tokenizer_dir, calib_file, task_files, architecture, dtype, shard, tied, pad, chat_template
 ):
     model = make_tiny_model(
-        tmp_path / "model", demo.model_dir, architecture, dtype=dtype, max_shard_size=shard, tie_word_embeddings=tied
+        tmp_path / "model", tokenizer_dir, architecture, dtype=dtype, max_shard_size=shard, tie_word_embeddings=tied
     )
     with_tokenizer_setup(model, pad, chat_template)
     tokenizer = load_tokenizer(model)
@@ -68,8 +68,8 @@ def test_every_variant_ends_in_a_verdict(
     config = QuantConfig(group_size=32, n_grid=10, search_tokens=512)
     candidate = Path(quantize(model, tmp_path / "awq", calib, config, progress=False).out_dir)
 
-    quiz = TaskSpec(demo.tasks["world_capitals"])
-    chat = TaskSpec(demo.tasks["capitals_chat"])
+    quiz = TaskSpec(task_files["world_capitals"])
+    chat = TaskSpec(task_files["capitals_chat"])
     results = [
         perplexity.run(model, candidate, PerplexitySettings(domain_texts=(calib_file,), max_tokens=512, seqlen=128)),
         tasks.run(model, candidate, TaskSettings(tasks=(quiz, chat), limit=6, max_new_tokens=4, max_drop=1.0)),
