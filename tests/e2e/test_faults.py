@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -40,27 +39,33 @@ CLI = str(Path(sys.executable).parent / "awq-release")
 
 
 @pytest.fixture
-def platform_home(tmp_path, demo, calib_file):
+def platform_home(tmp_path, tokenizer_dir, calib_file, task_files):
     home = tmp_path / "home"
-    make_tiny_model(home / "checkpoints" / "tiny", demo.model_dir, hidden=256, layers=12)
-    tasks = tmp_path / "capitals.jsonl"
-    tasks.write_text("".join(line + "\n" for line in demo.tasks["world_capitals"].read_text().splitlines()[:8]))
-    return home, tasks
+    make_tiny_model(home / "checkpoints" / "tiny", tokenizer_dir, hidden=256, layers=12)
+    return home, task_files["world_capitals"]
 
 
-def one_pass(home: Path) -> subprocess.Popen:
-    """`awq-release run --no-demo`: one pass over the watched folder, as a user runs it."""
+KILLED_AT_THIRD_BLOCK = """
+import os, signal, sys
+import awq_core.quantizer as quantizer
+from orchestrator.cli.main import main
+started, real_block = [], quantizer.quantize_block
+def block(*args, **kwargs):  # killed as the third block starts: blocks 0 and 1 are on disk
+    started.append(1)
+    if len(started) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_block(*args, **kwargs)
+quantizer.quantize_block = block
+sys.exit(main(["run", "--no-demo"]))
+"""
+
+
+def one_pass(home: Path, *python: str) -> subprocess.Popen:
+    """`awq-release run --no-demo`: one pass over the watched folder, as a user runs it; or, where
+    given, the same pass through a script (`python -c ...`) that plants a fault first."""
     env = os.environ | {"AWQ_RELEASE_HOME": str(home)}
-    command = [CLI, "run", "--no-demo"]
+    command = [sys.executable, *python] if python else [CLI, "run", "--no-demo"]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
@@ -68,15 +73,10 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
     with FakeOpenAI() as server:
         (home / "policy.yaml").write_text(yaml.safe_dump(tiny_policy(calib_file, tasks, server.base_url)))
         work = home / "work" / "tiny"
-        finished_blocks = lambda: list(work.glob(".awq-*.partial/.blocks/*.json"))  # noqa: E731
-
-        first = one_pass(home)
-        try:
-            wait_for(lambda: len(finished_blocks()) >= 2 or first.poll() is not None, 600, "two quantized blocks")
-        finally:
-            first.send_signal(signal.SIGKILL)
-            first.wait()
-        assert first.returncode == -signal.SIGKILL, first.stdout.read().decode()[-3000:]
+        first = one_pass(home, "-c", KILLED_AT_THIRD_BLOCK)
+        first_output = first.communicate(timeout=900)[0].decode()
+        assert first.returncode == -signal.SIGKILL, first_output[-3000:]
+        assert len(list(work.glob(".awq-*.partial/.blocks/*.json"))) == 2
         assert not (home / "registry").exists()  # nothing released, nothing half-written
 
         second = one_pass(home)
@@ -91,7 +91,7 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
 
     (quantized,) = work.glob("awq-*")
     report = json.loads((quantized / "quant_report.json").read_text())
-    assert report["resumed_blocks"] >= 2  # picked up where the killed run stopped, not from scratch
+    assert report["resumed_blocks"] == 2  # picked up where the killed run stopped, not from scratch
     release = home / "registry" / "tiny-bot" / "current"
     assert json.loads((release / "manifest.json").read_text())["version"] == "v0001"
 
@@ -218,21 +218,29 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(path)], check=True)
 
 
-def test_full_disk_while_quantizing_is_a_clear_error(tmp_path, tiny_llama, calib_file, small_disk):
+@pytest.fixture(scope="module")
+def large_vocabulary_llama(tmp_path_factory, tokenizer_dir) -> Path:
+    """A tiny model whose embeddings (a 49152-token vocabulary, as SmolLM2's) outweigh its blocks, as
+    in real models: the disk sizes below fit one and not the other."""
+    return make_tiny_model(tmp_path_factory.mktemp("large-vocabulary"), tokenizer_dir, vocab_size=49152)
+
+
+def test_full_disk_while_quantizing_is_a_clear_error(tmp_path, large_vocabulary_llama, calib_file, small_disk):
     out = small_disk("out", 2) / "awq"  # the blocks fit, the embeddings' shard does not
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    args = ["quantize", str(tiny_llama), str(out), "--calib", str(calib_file), "--n-samples", "4", "--seqlen", "64"]
+    model = large_vocabulary_llama
+    args = ["quantize", str(model), str(out), "--calib", str(calib_file), "--n-samples", "4", "--seqlen", "64"]
     result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"The disk holding {out.parent} is full" in result.stderr and "2 finished blocks are kept" in result.stderr
     assert not out.exists()  # nothing half-written where a loader would look
 
 
-def test_full_disk_while_promoting_keeps_the_previous_release(tmp_path, tiny_llama, small_disk):
+def test_full_disk_while_promoting_keeps_the_previous_release(tmp_path, large_vocabulary_llama, small_disk):
     registry = small_disk("registry", 20)  # room for one release of the tiny model, not two
     engine = upgrade(f"sqlite:///{tmp_path / 'lineage.db'}")
     snapshot = PolicySnapshot(0, "h", "{}", ReleasePolicy())
-    first, second = (add_run(engine, tiny_llama, name) for name in ("a", "b"))
+    first, second = (add_run(engine, large_vocabulary_llama, name) for name in ("a", "b"))
     promote(engine, registry, "bot", first, snapshot, Serving())
     with pytest.raises(PromotionError, match=r"Could not write bot v0002 .*No space left on device"):
         promote(engine, registry, "bot", second, snapshot, Serving())
