@@ -7,7 +7,7 @@ Both compute in the same precision, awq_core.compute's choice for this host (fp3
 native bf16, where bf16 would be emulated for both). Both quantize the demo model (or, with
 --layers K, its first K blocks, for a quick timing) with the benchmark's 64 x 512 calibration
 windows; on the whole model both are also scored by this project's perplexity function on held-out
-text.
+text. Writes bench/results/compare-llmcompressor-DATE-COMMIT.json.
 """
 
 import argparse
@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.compute import Compute, resolve
 from awq_release.demo import demo_assets
+from bench.results import write_result
 from validation.models import load_model
 from validation.perplexity import perplexity
 
@@ -110,6 +111,14 @@ def main() -> None:
         figures = f"{ppl['domain']:11.3f} {ppl['general']:12.3f}" if ppl else ""
         print(f"{name:22} {s:9.1f} {s / blocks:10.1f} {figures}")
     print(f"awq_core wall time / llm-compressor's: {seconds / theirs['seconds']:.2f} (target <= 0.5)")
+    figures = {
+        "blocks": blocks,
+        "awq_core": {"seconds": seconds, "perplexity": ours},
+        "llm_compressor": {"seconds": theirs["seconds"], "perplexity": theirs["perplexity"]},
+        "seconds_ratio": seconds / theirs["seconds"],
+    }
+    settings = {k: v for k, v in vars(args).items() if k != "llmcompressor_python"} | {"compute": str(compute)}
+    write_result("compare-llmcompressor", settings, figures)
 
 
 if __name__ == "__main__":

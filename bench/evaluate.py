@@ -8,7 +8,7 @@ again on every forward. This times perplexity over the same held-out tokens (204
 and greedy decoding (one token a forward, where unpacking costs most) for the dense model, the
 candidate as validation runs it, and the candidate through the per-call reference path, in one run.
 Without --candidate a round-to-nearest checkpoint of the demo model is made first (the layout and the
-cost are the same as AWQ's).
+cost are the same as AWQ's). Writes bench/results/evaluate-DATE-COMMIT.json.
 """
 
 import argparse
@@ -23,6 +23,7 @@ import kernels.linear
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.compute import Compute, resolve
 from awq_release.demo import demo_assets
+from bench.results import write_result
 from kernels import awq_gemm_reference
 from validation.models import load_model
 from validation.perplexity import perplexity
@@ -85,6 +86,11 @@ def main() -> None:
             f"{name:40} {value:11.3f} {ppl_s:7.1f} {ppl_s / dense_ppl_s:8.2f} {decode_s:9.2f} "
             f"{decode_s / dense_decode_s:8.2f}"
         )
+    figures = {
+        name: {"perplexity": value, "perplexity_s": ppl_s, "decode_s": decode_s}
+        for name, (value, ppl_s, decode_s) in rows.items()
+    }
+    write_result("evaluate", vars(args) | {"candidate": str(args.candidate), "compute": str(compute)}, figures)
 
 
 if __name__ == "__main__":

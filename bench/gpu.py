@@ -42,8 +42,8 @@ from awq_core.config import QuantConfig
 from awq_core.crosscheck import cuda_matches_cpu
 from awq_core.packing import pack_awq
 from awq_core.quant import quantize_groups
+from bench.results import commit, result_path
 
-RESULTS = Path(__file__).parent / "results"
 M_VALUES = (1, 4, 16, 64, 256)
 # (in, out) features of each model's linears: q/o, k/v, gate/up, down.
 PROJECTIONS = {
@@ -346,7 +346,7 @@ def plan(args: argparse.Namespace) -> str:
             f"{args.n_samples} x {args.seqlen} calibration tokens, default settings, extrapolated to 32 blocks",
             "cuda_vs_cpu: a tiny Llama quantized on both devices in fp32",
             f"perplexity: validation.perplexity on a random {SMALL_LLAMA['hidden_size']}-wide Llama and its 4-bit copy",
-            f"within {args.budget:.0f} s, writing {args.out or RESULTS / 'gpu-DATE-COMMIT.json'}",
+            f"within {args.budget:.0f} s, writing {args.out or result_path('gpu', 'COMMIT')}",
         ]
     )
 
@@ -360,9 +360,9 @@ def prepare(assets: Path) -> None:
     for name in TOKENIZER_FILES:
         shutil.copy(demo.model_dir / name, assets / name)
     (assets / "sotu.txt").write_text("\n\n".join(p.read_text() for p in demo.calibration_texts[-3:]))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    (assets / "commit").write_text(commit)
-    print(f"prepared {assets} at commit {commit}")
+    code = commit()
+    (assets / "commit").write_text(code)
+    print(f"prepared {assets} at commit {code}")
 
 
 def main() -> None:
@@ -387,9 +387,9 @@ def main() -> None:
             f"error: {args.assets} has no tokenizer.json: make it with --prepare {args.assets} first.", file=sys.stderr
         )
         sys.exit(2)
-    commit = (args.assets / "commit").read_text().strip() if (args.assets / "commit").is_file() else "unknown"
-    out = args.out or RESULTS / f"gpu-{datetime.date.today().isoformat()}-{commit}.json"
-    run = Run(out, args.budget, commit)
+    code = (args.assets / "commit").read_text().strip() if (args.assets / "commit").is_file() else "unknown"
+    out = args.out or result_path("gpu", code)
+    run = Run(out, args.budget, code)
     run.section("environment", environment)
     first, rest = KERNEL_CASES[:1], KERNEL_CASES[1:]
     kernel_sections(run, iter(first))

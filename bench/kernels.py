@@ -4,7 +4,7 @@
 
 On CUDA it times the Triton kernel against torch's FP16 matmul and reports the achieved bandwidth
 as a fraction of the GPU's peak. On CPU it times the torch reference (dequantize, then matmul)
-against a BF16 matmul on already-dense weights.
+against a BF16 matmul on already-dense weights. Writes bench/results/kernels-DATE-COMMIT.json.
 """
 
 import argparse
@@ -14,6 +14,7 @@ from functools import partial
 import torch
 
 from bench.gpu import packed_layer
+from bench.results import write_result
 from kernels import awq_gemm
 
 M_VALUES = (1, 4, 16, 64, 256, 1024)
@@ -53,6 +54,7 @@ def main() -> None:
         f"{name}; group {args.group_size}; {'Triton kernel' if cuda else 'torch reference'} vs {dense_name} matmul"
         + (f"; peak bandwidth {peak:.0f} GB/s" if peak else "")
     )
+    rows = []
     print(f"{'M':>5} {'K':>6} {'N':>6} {'w4a16 us':>10} {'dense us':>10} {'speed-up':>9} {'GB/s':>8} {'of peak':>8}")
     for K, N in KN_SHAPES:
         layer = packed_layer(K, N, args.group_size, seed=0, device=device)
@@ -71,6 +73,8 @@ def main() -> None:
                 f"{M:5d} {K:6d} {N:6d} {t_w4 * 1e6:10.1f} {t_dense * 1e6:10.1f} "
                 f"{t_dense / t_w4:9.2f} {gbps:8.1f} {fraction}"
             )
+            rows.append({"M": M, "K": K, "N": N, "w4a16_s": t_w4, "dense_s": t_dense, "speed_up": t_dense / t_w4})
+    write_result("kernels", vars(args) | {"device": name, "peak_gbps": peak}, {"shapes": rows})
 
 
 if __name__ == "__main__":

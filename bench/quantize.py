@@ -11,7 +11,8 @@ Each variant quantizes in a child process (`awq-release quantize`, so its peak R
 is scored in this one: perplexity on both texts, its gap to the BF16 original as a share of RTN's,
 and the drop in acc and acc_norm over the demo's multiple-choice quiz items (four choices, scored
 by log-likelihood as lm-evaluation-harness does) with the 95% interval of the paired per-item
-difference. Device and dtype are awq_core.compute's; every figure is measured in this run.
+difference. Device and dtype are awq_core.compute's; every figure is measured in this run and
+written to bench/results/quantize-MODEL-DATE-COMMIT.json.
 """
 
 import argparse
@@ -29,6 +30,7 @@ from awq_core import QuantConfig
 from awq_core.compute import Compute, resolve
 from awq_release.demo import DemoAssets, demo_assets, gemma_model_dir
 from awq_release.texts import window_prefix
+from bench.results import write_result
 from validation.models import load_model
 from validation.perplexity import perplexity
 from validation.tasks import MultipleChoice, load_task, paired_drop, score_multiple_choice
@@ -51,6 +53,7 @@ VARIANTS = {
     "gptq+seq": ("AWQ + asymmetric clip + GPTQ, sequential", ["--clip", "asymmetric", *GPTQ_ALONE, "--sequential"]),
     "fit": ("AWQ + asymmetric clip + GPTQ, fit original", ["--clip", "asymmetric", "--gptq", "--fit-original"]),
 }
+TEXTS = ("domain", "general")  # the held-out texts each variant is scored on
 MODELS = {"demo": 64, "gemma3": 128}  # model -> default group size (128 does not divide SmolLM2's 576)
 
 
@@ -90,9 +93,8 @@ def scores(model: nn.Module, tokenizer, texts: dict, items: list[MultipleChoice]
     return ppl | score_multiple_choice(model, tokenizer, items, batch_size=16) if items else ppl
 
 
-def drop_cell(baseline: list[int], candidate: list[int]) -> str:
-    """Accuracy drop in points with its 95% interval, e.g. "+2.1 [-0.3, 4.5]"."""
-    d = paired_drop(baseline, candidate)
+def drop_cell(d: dict) -> str:
+    """An accuracy drop (validation.tasks.paired_drop) in points with its 95% interval, e.g. "+2.1 [-0.3, 4.5]"."""
     return f"{100 * d['drop']:+5.1f} [{100 * d['ci_low']:+5.1f}, {100 * d['ci_high']:+5.1f}]"
 
 
@@ -149,28 +151,41 @@ def main() -> None:
             print(f"{label}: quantized in {summary['seconds']:.0f} s", flush=True)
 
     rtn = rows["rtn"][1]
+    figures = {"original": {t: baseline[t] for t in TEXTS}, "variants": {}}
     print(
         f"\n{'method':44} {'domain ppl':>10} {'general ppl':>11} {'gap/RTN dom':>11} {'gap/RTN gen':>11} "
         f"{'wall s':>7} {'s/block':>7} {'RSS MiB':>8} {'GPU MiB':>8}"
     )
     print(f"{'original (BF16 weights)':44} {baseline['domain']:10.3f} {baseline['general']:11.3f}")
     for variant, (summary, got) in rows.items():
-        gaps = [(got[t] - baseline[t]) / (rtn[t] - baseline[t]) for t in ("domain", "general")]
+        gaps = {t: (got[t] - baseline[t]) / (rtn[t] - baseline[t]) for t in TEXTS}
         gpu = "-" if summary["peak_gpu_mb"] is None else f"{summary['peak_gpu_mb']:.0f}"
         print(
-            f"{VARIANTS[variant][0]:44} {got['domain']:10.3f} {got['general']:11.3f} {gaps[0]:11.2f} {gaps[1]:11.2f} "
-            f"{summary['seconds']:7.0f} {summary['seconds'] / blocks:7.1f} {summary['peak_rss_mb']:8.0f} {gpu:>8}"
+            f"{VARIANTS[variant][0]:44} {got['domain']:10.3f} {got['general']:11.3f} {gaps['domain']:11.2f} "
+            f"{gaps['general']:11.2f} {summary['seconds']:7.0f} {summary['seconds'] / blocks:7.1f} "
+            f"{summary['peak_rss_mb']:8.0f} {gpu:>8}"
         )
-    if not items:
-        return
-    print(
-        f"\nquiz accuracy, {len(items)} items: the original's acc {sum(baseline['acc']) / len(items):.1%}, "
-        f"acc_norm {sum(baseline['acc_norm']) / len(items):.1%}; drops in points with 95% intervals"
-    )
-    print(f"{'method':44} {'acc drop':>22} {'acc_norm drop':>22}")
-    for variant, (_, got) in rows.items():
-        cells = [drop_cell(baseline[m], got[m]) for m in ("acc", "acc_norm")]
-        print(f"{VARIANTS[variant][0]:44} {cells[0]:>22} {cells[1]:>22}")
+        figures["variants"][variant] = {
+            "label": VARIANTS[variant][0],
+            "perplexity": {t: got[t] for t in TEXTS},
+            "gap_share_of_rtn": gaps,
+            "seconds": summary["seconds"],
+            "peak_rss_mb": summary["peak_rss_mb"],
+            "peak_gpu_mb": summary["peak_gpu_mb"],
+        }
+    if items:
+        print(
+            f"\nquiz accuracy, {len(items)} items: the original's acc {sum(baseline['acc']) / len(items):.1%}, "
+            f"acc_norm {sum(baseline['acc_norm']) / len(items):.1%}; drops in points with 95% intervals"
+        )
+        print(f"{'method':44} {'acc drop':>22} {'acc_norm drop':>22}")
+        figures["original"] |= {m: sum(baseline[m]) / len(items) for m in ("acc", "acc_norm")}
+        for variant, (_, got) in rows.items():
+            drops = {m: paired_drop(baseline[m], got[m]) for m in ("acc", "acc_norm")}
+            figures["variants"][variant]["quiz_drop"] = drops
+            print(f"{VARIANTS[variant][0]:44} {drop_cell(drops['acc']):>22} {drop_cell(drops['acc_norm']):>22}")
+    settings = vars(args) | {"model_dir": source.name, "quiz_items": len(items), "compute": str(compute)}
+    write_result(f"quantize-{args.model}", settings, figures)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""Dated result files: each benchmark writes what it measured, on which host and which code, to
+bench/results/NAME-DATE-COMMIT.json. The README and docs quote these files, never remembered numbers."""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def commit() -> str:
+    """This checkout's short commit, with "-dirty" where tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+    return (head or "unknown") + ("-dirty" if dirty else "")
+
+
+# Read when a benchmark starts, so files edited while it runs do not change what it reports.
+RUN_COMMIT = commit()
+
+
+def _cpuinfo_lines() -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+
+
+def cpu_kind() -> str:
+    """The CPU as the suite's two machine kinds tell them apart: "AVX-512 BF16", "AVX-512" or "AVX2"."""
+    flags = {flag for line in _cpuinfo_lines() if line.startswith("flags") for flag in line.split()}
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
+
+
+def host() -> dict:
+    """What the figures were measured on."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": model, "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+
+
+def result_path(name: str, code: str, day: datetime.date | None = None) -> Path:
+    return RESULTS / f"{name}-{(day or datetime.date.today()).isoformat()}-{code}.json"
+
+
+def write_result(name: str, settings: dict, figures: dict) -> Path:
+    """One benchmark run: its settings and figures with the date, commit and host; returns the file."""
+    code = RUN_COMMIT
+    result = {
+        "benchmark": name,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": code,
+        "host": host(),
+        "settings": settings,
+        "figures": figures,
+    }
+    path = result_path(name, code)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"results: {path}")
+    return path
