@@ -59,7 +59,7 @@ def _compute_args(p: argparse.ArgumentParser) -> None:
 
 def _compute(args: argparse.Namespace, config: Path | None = None) -> Compute:
     """The compute setting: the policy file's `compute:` section, overridden by --device/--dtype."""
-    from validation.settings import from_dict, read_mapping
+    from awq_release.settings import from_dict, read_mapping
 
     setting = (
         from_dict(Compute, read_mapping(config, "Settings file").get("compute", {}), f"{config}: compute")

@@ -7,8 +7,9 @@ from typing import Literal
 from awq_core.compute import Compute
 from awq_core.config import QuantConfig
 from awq_release.errors import ValidationError
+from awq_release.settings import from_dict, parse_mapping
 from deploy.engine import Serving
-from validation.settings import ValidationSettings, from_dict, parse_mapping
+from validation.settings import ValidationSettings
 
 MAX_CALIBRATION_TOKENS = 2**24  # 16 M tokens: far beyond what AWQ and GPTQ gain from, and still fits a host
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from awq_release.errors import ValidationError
+from awq_release.settings import from_dict
 from validation import tasks
 from validation.evidence import bootstrap_increases, increase, paired_mean, percentile_interval
 from validation.result import StageResult, gate, verdict
-from validation.settings import Evidence, TaskSettings, TaskSpec, ValidationSettings, from_dict
+from validation.settings import Evidence, TaskSettings, TaskSpec, ValidationSettings
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,13 @@ from safetensors import safe_open
 from awq_core import QuantConfig, build_calibration, quantize
 from awq_core.checkpoint import load_tokenizer
 from awq_release.errors import ValidationError
+from awq_release.settings import from_dict
 from kernels.reference import unpack_int4
 from tests.conftest import tiny_policy
 from validation import models
 from validation.models import load_model
 from validation.power import DAMAGES, Candidate, plant, power_check, slow_rotary_pairs
-from validation.settings import DamageName, PowerCheckSettings, ValidationSettings, from_dict
+from validation.settings import DamageName, PowerCheckSettings, ValidationSettings
 
 
 @pytest.fixture(scope="module")
