@@ -101,7 +101,11 @@ class QuantizationRun(Base):
     layer_errors: Mapped[list] = mapped_column(JSON)  # per linear: alpha, clip ratio, group MSE before/after
     block_mse: Mapped[list] = mapped_column(JSON)
     output_path: Mapped[str] = mapped_column(Text)
-    output_hash: Mapped[str] = mapped_column(String(64))
+    output_hash: Mapped[str] = mapped_column(String(64))  # of the tensors and settings, not the report's timings
+    # awq_core.address: what the output was made from; None before migration 0005.
+    address: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The run that made the output this one reused unchanged; None where this run quantized.
+    reused_from_id: Mapped[int | None] = mapped_column(ForeignKey("quantization_runs.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

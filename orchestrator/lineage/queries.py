@@ -182,6 +182,7 @@ def record_quantization(
     policy_id: int,
     report: "QuantReport",
     output_hash: str,
+    address: str,
 ) -> int:
     row = QuantizationRun(
         checkpoint_id=checkpoint_id,
@@ -194,8 +195,40 @@ def record_quantization(
         block_mse=report.block_mse,
         output_path=report.out_dir,
         output_hash=output_hash,
+        address=address,
     )
     with session_scope(engine) as session:
+        return _insert(session, row)
+
+
+def finished_quantization(engine: Engine, address: str) -> tuple[int, str, str] | None:
+    """The newest run that quantized a model at this address: (its id, output path, output hash)."""
+    with session_scope(engine) as session:
+        query = select(QuantizationRun.id, QuantizationRun.output_path, QuantizationRun.output_hash).where(
+            QuantizationRun.address == address, QuantizationRun.reused_from_id.is_(None)
+        )
+        found = session.execute(query.order_by(QuantizationRun.id.desc())).first()
+        return tuple(found) if found else None
+
+
+def record_reuse(engine: Engine, made_by: int, checkpoint_id: int, calibration_set_id: int, policy_id: int) -> int:
+    """A run that took the finished model run `made_by` quantized, unchanged: its figures, no time of its own."""
+    with session_scope(engine) as session:
+        made = session.get(QuantizationRun, made_by)
+        row = QuantizationRun(
+            checkpoint_id=checkpoint_id,
+            calibration_set_id=calibration_set_id,
+            policy_id=policy_id,
+            settings=made.settings,
+            seconds=0.0,
+            peak_rss_mb=0.0,
+            layer_errors=made.layer_errors,
+            block_mse=made.block_mse,
+            output_path=made.output_path,
+            output_hash=made.output_hash,
+            address=made.address,
+            reused_from_id=made.id,
+        )
         return _insert(session, row)
 
 

@@ -14,14 +14,19 @@ from pathlib import Path
 
 import dagster as dg
 from safetensors.torch import load_file, save_file
+from sqlalchemy import Engine
 
-from awq_core import build_calibration, quantize
+from awq_core import QuantReport, build_calibration, quantize
+from awq_core.address import quantization_address
 from awq_core.calibration import calibration_fingerprint
 from awq_core.checkpoint import load_tokenizer
+from awq_core.compute import resolve
+from awq_core.quantizer import REPORT_NAME
 from deploy.engine import Serving
 from deploy.registry import safe_name
 from orchestrator.lineage.queries import (
     end_attempt,
+    finished_quantization,
     known_content_hash,
     note_content,
     promoted_versions,
@@ -29,6 +34,7 @@ from orchestrator.lineage.queries import (
     record_power_check,
     record_quantization,
     record_rejection,
+    record_reuse,
     record_stage,
     register_checkpoint,
     released_versions,
@@ -109,7 +115,9 @@ def checkpoint(
         raise dg.Failure(f"Nothing to do: {reason}. Remove the copy, or change the checkpoint to release it again.")
     checkpoint_id = register_checkpoint(engine, key, found)
     tp = found.footprint["tensor_parallel_size"]
-    record = CheckpointRecord(checkpoint_id, key, str(found.model_dir), found.weights_fingerprint, tp)
+    record = CheckpointRecord(
+        checkpoint_id, key, str(found.model_dir), found.weights_fingerprint, found.content_hash, tp
+    )
     context.log.info(f"checkpoint {key} verified and registered (sha256 {found.content_hash[:16]}…)")
     return dg.MaterializeResult(value=record, metadata=checkpoint_metadata(record, found))
 
@@ -139,35 +147,65 @@ def calibration_set(
 def awq_model(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, calibration_set: CalibrationRecord
 ) -> dg.MaterializeResult[CandidateRecord]:
-    """AWQ INT4 checkpoint of the registered model, in the AutoAWQ GEMM layout vLLM serves."""
-    key, snapshot = context.partition_key, policy_of(context, platform, lineage)
+    """AWQ INT4 checkpoint of the registered model, in the AutoAWQ GEMM layout vLLM serves. A model
+    finished before from the same inputs (awq_core.address) whose files still hash as recorded is
+    reused, never made again: a retry after a crash in a later step starts past quantization."""
+    key, snapshot, engine = context.partition_key, policy_of(context, platform, lineage), lineage.engine()
     policy = snapshot.policy
     config = policy.quantization
-    out_dir = platform.work(key) / f"awq-{calibration_set.tokens_hash}-{config.fingerprint()}"
-    if out_dir.exists():  # a re-materialization with the same inputs: make it afresh
-        shutil.rmtree(out_dir)
-    calib = load_file(calibration_set.tokens_path)["input_ids"]
     ckpt = calibration_set.checkpoint
-    context.log.info(f"quantizing {ckpt.name}: {config.method}, group {config.group_size}, {config.format} format")
-    report = quantize(
-        ckpt.model_dir,
-        out_dir,
-        calib,
-        config,
-        progress=True,  # a bar per block: on the terminal of `awq-release run`, in the run's stderr log in the UI
-        compute=policy.compute,
-        finite_checked=ckpt.weights_fingerprint,
+    compute = resolve(policy.compute)
+    address = quantization_address(
+        ckpt.content_hash, calibration_set.tokens_hash, config, f"{compute.device.type} {compute.dtype_name}"
     )
-    context.log.info(
-        f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}: "
-        f"{rounding_steps(report.config)}"
-    )
-    run_id = record_quantization(
-        lineage.engine(), ckpt.id, calibration_set.id, snapshot.id, report, content_hash(out_dir)
-    )
+    out_dir = platform.work(key) / f"awq-{address[:16]}"
+    made_by = reusable_quantization(engine, address, out_dir) if policy.reuse else None
+    if made_by is not None:
+        run_id = record_reuse(engine, made_by, ckpt.id, calibration_set.id, snapshot.id)
+        report = QuantReport(**json.loads((out_dir / REPORT_NAME).read_text()))
+        context.log.info(f"quantization reused: run {made_by} made {out_dir.name} from the same inputs")
+    else:
+        if out_dir.exists():  # finished but never recorded, or changed since: make it afresh
+            shutil.rmtree(out_dir)
+        calib = load_file(calibration_set.tokens_path)["input_ids"]
+        context.log.info(f"quantizing {ckpt.name}: {config.method}, group {config.group_size}, {config.format} format")
+        report = quantize(
+            ckpt.model_dir,
+            out_dir,
+            calib,
+            config,
+            progress=True,  # a bar per block: on the terminal of `awq-release run`, in the run's stderr log in the UI
+            compute=policy.compute,
+            finite_checked=ckpt.weights_fingerprint,
+        )
+        context.log.info(
+            f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}: "
+            f"{rounding_steps(report.config)}"
+        )
+        run_id = record_quantization(
+            engine, ckpt.id, calibration_set.id, snapshot.id, report, output_hash(out_dir), address
+        )
     plot = plots.layer_errors(report.block_mse, platform.work(key) / "plots" / f"layer_errors-{run_id}.png")
     record = CandidateRecord(run_id, ckpt, str(out_dir), str(plot))
-    return dg.MaterializeResult(value=record, metadata=quantization_metadata(record, report, config.group_size))
+    metadata = quantization_metadata(record, report, config.group_size)
+    if made_by is not None:
+        metadata["reused_from_run"] = made_by
+    return dg.MaterializeResult(value=record, metadata=metadata)
+
+
+def output_hash(out_dir: Path) -> str:
+    """A quantized model's identity: its tensors, config and side files, not the report's timings."""
+    return content_hash(out_dir, skip={REPORT_NAME})
+
+
+def reusable_quantization(engine: Engine, address: str, out_dir: Path) -> int | None:
+    """The run that made the model at `address` into `out_dir`, where its files still hash as it recorded."""
+    finished = finished_quantization(engine, address)
+    if finished is None:
+        return None
+    made_by, path, recorded_hash = finished
+    intact = Path(path) == out_dir and out_dir.is_dir() and output_hash(out_dir) == recorded_hash
+    return made_by if intact else None
 
 
 def write_report(result: StageResult, path: Path) -> Path:

@@ -1,7 +1,7 @@
 """Content hashes: of one file, and of a checkpoint folder (names and bytes), streamed."""
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 CHUNK = 1 << 24  # shards can be many GiB: never read one whole
@@ -37,10 +37,13 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_hash(folder: Path, inspect: Inspect | None = None) -> str:
-    """sha256 over every file's relative name and bytes, in name order: same content, same hash."""
+def content_hash(folder: Path, inspect: Inspect | None = None, skip: Collection[str] = ()) -> str:
+    """sha256 over every file's relative name and bytes, in name order: same content, same hash.
+    Files named in `skip` are left out (a quantized model's report, whose timings differ per run)."""
     h = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if path.name in skip:
+            continue
         h.update(str(path.relative_to(folder)).encode() + b"\0")
         _update(h, path, inspect)
     return h.hexdigest()

@@ -74,6 +74,8 @@ class ReleasePolicy:
     serving: Serving = Serving()  # vLLM's engine arguments: the load stage starts them, the release ships them
     base_models: dict[str, Path] | None = None  # LoRA adapters: base model name -> local folder
     max_attempts: int = 3  # a folder whose attempts failed (or were killed) this often is not retried
+    # A model quantized before from the same inputs (awq_core.address) is reused; false makes it again.
+    reuse: bool = True
 
     def __post_init__(self):
         if self.max_attempts < 1:

@@ -13,6 +13,7 @@ class CheckpointRecord:
     name: str  # the dynamic partition key
     model_dir: str  # the full checkpoint to quantize: the dropped folder, or base + merged LoRA
     weights_fingerprint: str  # of the weights ingest checked finite: quantize need not read them for that
+    content_hash: str  # sha256 of the folder's names and bytes: part of every result's address
     tensor_parallel_size: int = 1  # GPUs the release is served on: the footprint check's choice
 
 
