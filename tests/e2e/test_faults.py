@@ -1,6 +1,7 @@
 """Real faults, each a process killed with SIGKILL where it hurts most, and what the next run makes
 of it: a quantization killed midway is retried and resumes at its first unfinished block, releasing
-exactly what a run that was never killed would have; a promotion killed midway leaves the previous
+exactly what a run that was never killed would have; a run killed after quantization reuses the
+finished model instead of quantizing again; a promotion killed midway leaves the previous
 release current and intact, and the next run brings registry and database back into agreement."""
 
 import json
@@ -45,17 +46,23 @@ def platform_home(tmp_path, tokenizer_dir, calib_file, task_files):
     return home, task_files["world_capitals"]
 
 
-KILLED_AT_THIRD_BLOCK = """
+def killed_pass(target: str, when: str) -> str:
+    """A `python -c` script: `awq-release run --no-demo` with `target` ("module:function") replaced
+    by one that SIGKILLs the process as the call starts where `when` holds (an expression of the
+    call's `args` and its number `n`, from 1)."""
+    module, name = target.split(":")
+    return f"""
 import os, signal, sys
-import awq_core.quantizer as quantizer
+import {module} as target
 from orchestrator.cli.main import main
-started, real_block = [], quantizer.quantize_block
-def block(*args, **kwargs):  # killed as the third block starts: blocks 0 and 1 are on disk
-    started.append(1)
-    if len(started) == 3:
+real, calls = target.{name}, []
+def planted(*args, **kwargs):
+    calls.append(1)
+    n = len(calls)
+    if {when}:
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_block(*args, **kwargs)
-quantizer.quantize_block = block
+    return real(*args, **kwargs)
+target.{name} = planted
 sys.exit(main(["run", "--no-demo"]))
 """
 
@@ -73,7 +80,8 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
     with FakeOpenAI() as server:
         (home / "policy.yaml").write_text(yaml.safe_dump(tiny_policy(calib_file, tasks, server.base_url)))
         work = home / "work" / "tiny"
-        first = one_pass(home, "-c", KILLED_AT_THIRD_BLOCK)
+        # killed as the third block starts: blocks 0 and 1 are on disk
+        first = one_pass(home, "-c", killed_pass("awq_core.quantizer:quantize_block", "n == 3"))
         first_output = first.communicate(timeout=900)[0].decode()
         assert first.returncode == -signal.SIGKILL, first_output[-3000:]
         assert len(list(work.glob(".awq-*.partial/.blocks/*.json"))) == 2
@@ -114,6 +122,30 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
     history = subprocess.run([CLI, "history"], capture_output=True, text=True, env=env).stdout
     statuses = [line.split()[2] for line in history.splitlines() if line.split()[1:2] == ["tiny"]]
     assert statuses == ["killed", "released"], history
+
+
+def test_a_run_killed_after_quantization_is_retried_without_quantizing_again(platform_home, calib_file):
+    home, tasks = platform_home
+    with FakeOpenAI() as server:
+        (home / "policy.yaml").write_text(yaml.safe_dump(tiny_policy(calib_file, tasks, server.base_url)))
+        # killed as the tasks stage starts: the model is quantized and recorded, perplexity measured
+        first = one_pass(home, "-c", killed_pass("orchestrator.pipeline.assets:run_stage", "args[0] == 'tasks'"))
+        first_output = first.communicate(timeout=900)[0].decode()
+        assert first.returncode == -signal.SIGKILL, first_output[-3000:]
+        (quantized,) = (home / "work" / "tiny").glob("awq-*")
+        made = {p.name: p.read_bytes() for p in quantized.iterdir()}
+
+        second = one_pass(home)
+        output = second.communicate(timeout=900)[0].decode()
+        assert second.returncode == 0, output[-3000:]
+    assert "quantization reused: run 1 made" in output and "AWQ blocks" not in output  # no block quantized again
+    with session_scope(upgrade(f"sqlite:///{home / 'lineage.db'}")) as session:
+        runs = session.scalars(select(QuantizationRun).order_by(QuantizationRun.id)).all()
+        assert [(r.id, r.reused_from_id) for r in runs] == [(1, None), (2, 1)]
+    assert {p.name: p.read_bytes() for p in quantized.iterdir()} == made
+    release = home / "registry" / "tiny-bot" / "current"
+    shards = [name for name in made if name.endswith(".safetensors")]
+    assert shards and all((release / name).read_bytes() == made[name] for name in shards)  # the release is it
 
 
 PROMOTE = """
