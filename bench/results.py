@@ -10,39 +10,45 @@ from pathlib import Path
 
 import torch
 
+from awq_core.compute import cpu_flags, cpu_has_native_bf16
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def commit() -> str:
-    """This checkout's short commit, with "-dirty" where tracked files differ from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
-    return (head or "unknown") + ("-dirty" if dirty else "")
+    """This checkout's short commit, with "-dirty" where tracked files differ from it; "unknown" where
+    there is no git or no repository (the GPU machine gets a copy of the tree)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+    except OSError:
+        return "unknown"
+    return head + ("-dirty" if dirty else "") if head else "unknown"
 
 
 # Read when a benchmark starts, so files edited while it runs do not change what it reports.
 RUN_COMMIT = commit()
 
 
-def _cpuinfo_lines() -> list[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-
-
 def cpu_kind() -> str:
-    """The CPU as the suite's two machine kinds tell them apart: "AVX-512 BF16", "AVX-512" or "AVX2"."""
-    flags = {flag for line in _cpuinfo_lines() if line.startswith("flags") for flag in line.split()}
-    if "avx512_bf16" in flags:
+    """The CPU as the suite's two machine kinds tell them apart, from the flags awq_core.compute
+    decides precision by: "AVX-512 BF16", "AVX-512" or "AVX2"."""
+    flags = cpu_flags()
+    if cpu_has_native_bf16():
         return "AVX-512 BF16"
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
 
 
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = (line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
+    return next(names, platform.processor())
+
+
 def host() -> dict:
     """What the figures were measured on."""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")),
-        platform.processor(),
-    )
+    model = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": model, "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
 
