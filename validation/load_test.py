@@ -23,7 +23,7 @@ from awq_release.errors import ServerError, ValidationError
 from awq_release.texts import token_stream
 from deploy.capability import vllm_awq_capability
 from deploy.cluster import serve_on_cluster
-from deploy.engine import engine_args
+from deploy.engine import Target, engine_args, engine_env, serving_target
 from deploy.server import Server, check_port, connect, serve
 from validation.result import Metric, StageResult, gate
 from validation.settings import SLA, LoadSettings
@@ -138,17 +138,21 @@ def server_log(settings: LoadSettings, role: str) -> Path:
     return Path(settings.log_dir) / f"vllm-{role}.log"
 
 
-def _server(engine: dict, role: str, settings: LoadSettings) -> AbstractContextManager[Server]:
-    """A server of `engine`: a staging Deployment on the cluster, or a process on this host."""
-    log = server_log(settings, role)
+def _server(model_dir: str | Path, role: str, settings: LoadSettings, target: Target) -> AbstractContextManager[Server]:
+    """A server of `model_dir` as its release would start: a staging Deployment on the cluster, or a
+    process on this host."""
+    log, engine = server_log(settings, role), engine_args(model_dir, role, settings.serving, target)
     if settings.staging:
         return serve_on_cluster(engine, role, settings.staging, log)
-    return serve(engine, log, port=settings.port, startup_timeout_s=settings.startup_timeout_s)
+    env = engine_env(settings.serving, target)
+    return serve(engine, env, log, port=settings.port, startup_timeout_s=settings.startup_timeout_s)
 
 
-def _serve_and_drive(model_dir: str | Path, role: str, prompts: list[str], settings: LoadSettings) -> dict[int, dict]:
-    """Start vLLM on `model_dir` with the release's engine arguments and drive it."""
-    with _server(engine_args(model_dir, role, settings.serving), role, settings) as server:
+def _serve_and_drive(
+    model_dir: str | Path, role: str, prompts: list[str], settings: LoadSettings, target: Target
+) -> dict[int, dict]:
+    """Start vLLM on `model_dir` with the release's engine arguments and environment, and drive it."""
+    with _server(model_dir, role, settings, target) as server:
         levels = drive(server, prompts, settings)
         failed_requests = any(level["errors"] for level in levels.values())
         # A server that died midway failed the stage, whatever its figures say.
@@ -181,15 +185,20 @@ def sla_metrics(levels: dict[int, dict], sla: SLA, baseline_levels: dict[int, di
 
 
 def _measure(
-    baseline: str | Path, candidate: str | Path, prompts: list[str], settings: LoadSettings, details: dict
+    baseline: str | Path,
+    candidate: str | Path,
+    prompts: list[str],
+    settings: LoadSettings,
+    details: dict,
+    target: Target,
 ) -> tuple[dict, dict | None]:
-    """The candidate's levels (and the baseline's, if asked) from a server started here."""
+    """The candidate's levels (and the baseline's, if asked) from a server started here or on the cluster."""
     details["log"] = str(server_log(settings, "candidate"))
-    levels = _serve_and_drive(candidate, "candidate", prompts, settings)
+    levels = _serve_and_drive(candidate, "candidate", prompts, settings, target)
     if not settings.compare_baseline:
         return levels, None
     details["baseline_log"] = str(server_log(settings, "baseline"))
-    baseline_levels = _serve_and_drive(baseline, "baseline", prompts, settings)
+    baseline_levels = _serve_and_drive(baseline, "baseline", prompts, settings, target)
     details["speedup"] = {
         c: levels[c]["output_tokens_per_s"] / baseline_levels[c]["output_tokens_per_s"] for c in levels
     }
@@ -234,8 +243,10 @@ def run(
     def result(**outcome) -> StageResult:
         return StageResult("load", seconds=time.perf_counter() - start, details=details, compute=engine, **outcome)
 
-    if here:
-        capability = vllm_awq_capability()
+    capability = vllm_awq_capability() if here else None
+    # The release is written for the hardware its load test ran on (deploy.engine.serving_target).
+    target = engine["target"] = serving_target(settings.serving, capability.target if capability else None)
+    if capability:
         engine["capability"] = capability.reason
         if not capability.runs_awq:
             return result(
@@ -245,7 +256,7 @@ def run(
         if settings.endpoint:
             levels, baseline_levels = drive(connect(settings.endpoint), prompts, settings), None
         else:
-            levels, baseline_levels = _measure(baseline, candidate, prompts, settings, details)
+            levels, baseline_levels = _measure(baseline, candidate, prompts, settings, details, target)
     except ServerError as e:
         if "already in use" in str(e):
             raise

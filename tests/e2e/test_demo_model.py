@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from awq_core.loader import load_quantized
 from awq_release.texts import token_stream
-from deploy.engine import Serving, engine_args
+from deploy.engine import Serving, engine_args, engine_env
 from deploy.server import serve
 from validation.models import load_model
 from validation.perplexity import perplexity
@@ -36,7 +36,9 @@ def test_vllm_serves_the_awq_checkpoint(demo_quantized, tmp_path):
     """The compressed-tensors one is served by the load stage's test (test_validation_demo)."""
     model_dir = demo_quantized / "awq"
     serving = Serving(dtype="bfloat16", max_model_len=2048, enforce_eager=True)
-    with serve(engine_args(model_dir, "awq", serving), tmp_path / "vllm.log") as server:
+    with serve(
+        engine_args(model_dir, "awq", serving, "cpu"), engine_env(serving, "cpu"), tmp_path / "vllm.log"
+    ) as server:
         completion = post(
             f"{server.base_url}/v1/completions",
             {"model": server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0},

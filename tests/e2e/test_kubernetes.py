@@ -228,7 +228,7 @@ def cluster_staging(**overrides) -> Staging:
 
 def candidate_engine(tmp_path: Path) -> dict:
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq"}}))
-    return engine_args(tmp_path, "candidate", Serving(tensor_parallel_size=2)) | {"model": "/data/work/m/awq-1"}
+    return engine_args(tmp_path, "candidate", Serving(tensor_parallel_size=2), "gpu") | {"model": "/data/work/m/awq-1"}
 
 
 def test_a_staging_server_is_served_until_the_test_ends_then_deleted_with_its_log_kept(cluster, tmp_path):
@@ -422,7 +422,7 @@ def test_staging_server_serves_the_release_config_on_its_gpus(tmp_path, demo, mo
     tiny = make_tiny_model(tmp_path / "tiny", demo.model_dir)
     calib = torch.randint(0, 1000, (2, 64))
     release = Path(quantize(tiny, tmp_path / "release", calib, QuantConfig(group_size=64), progress=False).out_dir)
-    engine = engine_args(release, "tiny", Serving(tensor_parallel_size=2, max_model_len=2048))
+    engine = engine_args(release, "tiny", Serving(tensor_parallel_size=2, max_model_len=2048), "gpu")
     (release / "vllm-config.yaml").write_text(yaml.safe_dump(engine, sort_keys=False))
     monkeypatch.setenv("AWQ_RELEASE_POLICY", str(write_policy(tmp_path / "policy.yaml")))
     assert main(["staging", str(release), "--namespace", "staging", "--image", "vllm/vllm-openai:v0.32.0"]) == 0

@@ -16,7 +16,7 @@ import yaml
 
 from awq_core.compute import resolve
 from awq_release.errors import ServerError
-from deploy.engine import Serving, engine_args
+from deploy.engine import Serving, engine_args, engine_env
 from deploy.server import serve
 from orchestrator.cli.main import main
 from validation import load_test
@@ -225,7 +225,7 @@ def test_empty_task_set_is_a_clear_error(demo, demo_quantized, policy, tmp_path)
 def serve_dense(demo, log: Path, max_model_len: int):
     """vLLM on the dense demo model, which every CPU build serves, in this host's compute dtype."""
     serving = Serving(dtype=resolve().dtype_name, enforce_eager=True, max_model_len=max_model_len)
-    return serve(engine_args(demo.model_dir, "dense", serving), log)
+    return serve(engine_args(demo.model_dir, "dense", serving, "cpu"), engine_env(serving, "cpu"), log)
 
 
 def test_load_stage_drives_a_running_endpoint_and_refuses_a_server_that_dies(demo, demo_quantized, policy, tmp_path):

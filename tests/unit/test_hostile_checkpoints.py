@@ -340,5 +340,5 @@ def test_a_server_error_names_the_workers_exception_not_only_the_log_tail(tmp_pa
 
 
 def test_the_shipped_engine_arguments_listen_on_this_host_unless_told(tmp_path, tiny_llama):
-    assert engine_args(tiny_llama, "bot", Serving())["host"] == "127.0.0.1"
+    assert engine_args(tiny_llama, "bot", Serving(), "gpu")["host"] == "127.0.0.1"
     assert parse_policy("serving: {host: 0.0.0.0}", "policy.yaml").serving.host == "0.0.0.0"
