@@ -18,6 +18,18 @@ def format_interval(interval: tuple[float, float] | None) -> str:
     return "-" if interval is None else f"[{format_number(interval[0])}, {format_number(interval[1])}]"
 
 
+Bound = Literal["ceiling", "floor"]
+
+
+def bound_of(higher_is_better: bool) -> Bound:
+    return "floor" if higher_is_better else "ceiling"
+
+
+def format_limit(threshold: float, bound: Bound) -> str:
+    """A gate's pass condition, which way it limits said in words: '<= 0.15 ceiling', '>= 40 floor'."""
+    return f"{'>=' if bound == 'floor' else '<='} {format_number(threshold)} {bound}"
+
+
 @dataclass
 class Metric:
     """One gated figure. `value` is the point estimate the threshold limits (e.g. a relative increase),
@@ -37,8 +49,8 @@ class Metric:
 
     @property
     def limit(self) -> str:
-        """The pass condition on `value`, e.g. '<= 0.15'."""
-        return f"{'>=' if self.higher_is_better else '<='} {format_number(self.threshold)}"
+        """The pass condition on `value`, e.g. '<= 0.15 ceiling'."""
+        return format_limit(self.threshold, bound_of(self.higher_is_better))
 
 
 def verdict(value: float, threshold: float, higher_is_better: bool, interval: tuple[float, float] | None) -> Verdict:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -136,6 +137,8 @@ class ValidationMetric(Base):
     low: Mapped[float | None] = mapped_column(Float)  # its confidence interval; None: the point decided
     high: Mapped[float | None] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
+    # True: the threshold is a floor (value >= threshold passes); False: a ceiling.
+    higher_is_better: Mapped[bool] = mapped_column(Boolean, server_default=false())
     verdict: Mapped[str] = mapped_column(String(16))  # pass | fail | inconclusive (what the evidence says)
     passed: Mapped[bool] = mapped_column(Boolean)  # what the gate decided, inconclusive per the policy
     stage_row: Mapped[ValidationStage] = relationship(back_populates="metrics")

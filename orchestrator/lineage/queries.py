@@ -241,6 +241,7 @@ def _metric_row(metric: Metric) -> ValidationMetric:
         low=metric.interval[0] if metric.interval else None,
         high=metric.interval[1] if metric.interval else None,
         threshold=metric.threshold,
+        higher_is_better=metric.higher_is_better,
         verdict=metric.verdict,
         passed=metric.passed,
     )

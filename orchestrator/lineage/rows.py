@@ -1,7 +1,7 @@
 """Recorded rows as the plain figures that manifests, history and the CLI show."""
 
 from orchestrator.lineage.models import PowerCheckOutcome, ValidationMetric
-from validation.result import DamageOutcome, PowerReport
+from validation.result import DamageOutcome, PowerReport, bound_of
 
 
 def metric_record(m: ValidationMetric) -> dict:
@@ -12,6 +12,7 @@ def metric_record(m: ValidationMetric) -> dict:
         "value": m.value,
         "interval": [m.low, m.high] if m.low is not None else None,
         "threshold": m.threshold,
+        "bound": bound_of(m.higher_is_better),
         "verdict": m.verdict,
         "passed": m.passed,
     }

@@ -44,6 +44,7 @@ from orchestrator.pipeline.checks import gate_result, gate_spec
 from orchestrator.pipeline.metadata import (
     calibration_metadata,
     checkpoint_metadata,
+    not_run,
     power_check_metadata,
     quantization_metadata,
     release_metadata,
@@ -278,7 +279,7 @@ def power_check(
     key, policy = context.partition_key, policy_of(context, platform, lineage).policy
     if not policy.validation.power_check.run:
         record = PowerCheckRecord(awq_model.id, (), 0, 0)
-        return dg.MaterializeResult(value=record, metadata={"status": "not run: validation.power_check.run is false"})
+        return dg.MaterializeResult(value=record, metadata=not_run("validation.power_check.run is false"))
     report = run_power_check(
         awq_model.checkpoint.model_dir, awq_model.model_dir, policy.validation, platform.work(key), policy.compute
     )
@@ -321,7 +322,8 @@ def release(
     plotted = [("quantization", awq_model.plot)] + [(r.stage, r.plot) for r in validations.values()]
     figures = {name: Path(plot) for name, plot in plotted if plot}
     serving = serving_of(snapshot.policy, awq_model.checkpoint)
-    promotion = promote(engine, Path(platform.registry_dir), model, awq_model.id, snapshot, serving, figures)
+    registry = Path(platform.registry_dir)
+    promotion = promote(engine, registry, model, awq_model.id, snapshot, serving, context.run_id, figures)
     end_attempt(engine, context.run_id, "released", f"{model} {promotion.version}")
     context.log.info(f"released {model} {promotion.version} at {promotion.path}")
     return dg.MaterializeResult(metadata=release_metadata(promotion))

@@ -1,5 +1,6 @@
 """What each asset shows in the Dagster UI: figures, tables, paths and plots, built from its results."""
 
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +13,17 @@ from orchestrator.release.records import CandidateRecord, CheckpointRecord
 from orchestrator.release.reports import metrics_table, power_summary, power_table
 from validation import StageResult
 from validation.result import PowerReport
+
+NOT_RUN = "not run"  # how a step's `status` metadata begins where the policy gave it nothing to do
+
+
+def not_run(why: str) -> dict:
+    return {"status": f"{NOT_RUN}: {why}"}
+
+
+def did_not_run(metadata: dict) -> bool:
+    status = metadata.get("status")
+    return str(getattr(status, "value", status or "")).startswith(NOT_RUN)
 
 
 def _mib(size_bytes: int) -> float:
@@ -68,12 +80,28 @@ def quantization_metadata(record: CandidateRecord, report: QuantReport, group_si
     }
 
 
+LENGTH_GATE = re.compile(r"perplexity increase at (\d+) tokens")
+SLA_GATE = re.compile(r"c=\d+ (TTFT p90|ITL p90|end-to-end p99) s")
+SLA_FIGURES = {"TTFT p90": ("ttft_s", "p90"), "ITL p90": ("itl_s", "p90"), "end-to-end p99": ("e2e_s", "p99")}
+
+
 def stage_plot(result: StageResult, directory: Path) -> Path | None:
-    """Perplexity by context length, or latency percentiles per concurrency level, where measured."""
+    """Perplexity by context length, or latency percentiles per concurrency level, where measured,
+    each with its gates' thresholds (and intervals, where the stage measures them)."""
     if result.stage == "long_context" and result.metrics:
-        return plots.perplexity_by_length(result.details["by_length"], directory / "long_context.png")
+        gated = [(int(match[1]), m) for m in result.metrics if (match := LENGTH_GATE.fullmatch(m.name))]
+        increases = {n: (m.value, m.interval) for n, m in gated}
+        ceiling = gated[0][1].threshold
+        return plots.perplexity_by_length(
+            result.details["by_length"], increases, ceiling, directory / "long_context.png"
+        )
     if result.stage == "load" and result.details.get("levels"):
-        return plots.latency_percentiles(result.details["levels"], directory / "latency.png")
+        ceilings = {
+            SLA_FIGURES[match[1]][0]: (SLA_FIGURES[match[1]][1], m.threshold)
+            for m in result.metrics
+            if (match := SLA_GATE.fullmatch(m.name))
+        }
+        return plots.latency_percentiles(result.details["levels"], ceilings, directory / "latency.png")
     return None
 
 

@@ -1,5 +1,6 @@
 """The release policy: one YAML file of settings and thresholds that feeds every step."""
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,7 @@ from awq_release.settings import from_dict, parse_mapping
 from deploy.engine import Serving
 from validation.settings import ValidationSettings
 
+LICENSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")  # the Hub's licence ids: apache-2.0, llama3.1, cc-by-4.0
 MAX_CALIBRATION_TOKENS = 2**24  # 16 M tokens: far beyond what AWQ and GPTQ gain from, and still fits a host
 
 
@@ -64,6 +66,21 @@ class TargetGPU:
 
 
 @dataclass(frozen=True)
+class CardPolicy:
+    """What the release's model card says of its origin where the checkpoint does not (its README's
+    front matter, its config's _name_or_path), or says otherwise."""
+
+    license: str | None = None  # a Hub licence id, e.g. apache-2.0
+    base_model: str | None = None  # the Hub model the checkpoint was fine-tuned from
+
+    def __post_init__(self):
+        if self.license is not None and not LICENSE_ID.fullmatch(self.license):
+            raise ValidationError(
+                f"card.license={self.license!r}: give a Hub licence id such as apache-2.0, mit or other."
+            )
+
+
+@dataclass(frozen=True)
 class ReleasePolicy:
     model_name: str | None = None  # default: the checkpoint folder's name
     calibration: CalibrationPolicy = CalibrationPolicy()
@@ -76,6 +93,7 @@ class ReleasePolicy:
     max_attempts: int = 3  # a folder whose attempts failed (or were killed) this often is not retried
     # A model quantized before from the same inputs (awq_core.address) is reused; false makes it again.
     reuse: bool = True
+    card: CardPolicy = CardPolicy()
 
     def __post_init__(self):
         if self.max_attempts < 1:

@@ -6,20 +6,21 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from deploy.engine import Serving
+from deploy.engine import Serving, serving_target
 from deploy.registry import (
     current_version,
     point_current,
     release_folder,
+    release_launch,
     versions_on_disk,
     withdraw,
     write_release,
 )
 from orchestrator.lineage import queries as lineage
 from orchestrator.lineage import session_scope
+from orchestrator.release.card import model_card
 from orchestrator.release.manifest import build_manifest
 from orchestrator.release.records import CandidateRecord, StageRecord
-from orchestrator.release.reports import model_card
 from orchestrator.release.snapshots import PolicySnapshot
 from validation import STAGES
 
@@ -72,10 +73,12 @@ def promote(
     quantization_run_id: int,
     policy: PolicySnapshot,
     serving: Serving,
+    attempt: str,
     figures: dict[str, Path] | None = None,
 ) -> Promotion:
     """Publish the run's output as the model's next version, served with `serving` (the policy's,
-    on the GPUs the footprint check chose), and record it under `policy`.
+    on the GPUs the footprint check chose) on the hardware its load stage ran on, and record it
+    under `policy` and `attempt` (the Dagster run).
     `figures`: PNG plots by name (quantization, long_context, load), copied into the release for its card.
 
     Order, so that a process killed at any point leaves the previous release current and intact and
@@ -88,10 +91,13 @@ def promote(
             chain = lineage.lineage_of(session, quantization_run_id)
             row = lineage.record_release(session, model, "promoted", chain.checkpoint.id, quantization_run_id, {})
             version = row.version
-            manifest = build_manifest(model, version, row.id, chain, policy)
-            card = model_card(manifest, tuple(sorted(figures or {})))
             output = Path(chain.run.output_path)
-            written = write_release(registry, model, version, output, manifest, card, serving, figures)
+            load = chain.stages.get("load")
+            target = serving_target(serving, (load.compute or {}).get("target") if load else None)
+            launch = release_launch(registry, model, version, output, serving, target)
+            manifest = build_manifest(model, version, row.id, chain, policy, launch, attempt)
+            card = model_card(manifest, tuple(sorted(figures or {})))
+            written = write_release(registry, model, version, output, manifest, card, launch, figures)
             row.manifest, row.path = manifest, str(written)
     except Exception:
         if written is not None:

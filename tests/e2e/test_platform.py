@@ -5,11 +5,18 @@ this host's vLLM cannot run 4-bit AWQ it is recorded as skipped everywhere, neve
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
+from huggingface_hub import ModelCard
 from sqlalchemy import func, select
 
 from deploy.capability import vllm_awq_capability
@@ -61,6 +68,7 @@ def policy(demo, work, quantization: dict) -> dict:
         },
         "target_gpu": {"name": "L4 24GB", "memory_gib": 24},
         "serving": {"max_model_len": 2048, "max_num_seqs": 8, "dtype": "bfloat16", "enforce_eager": True},
+        "card": {"license": "apache-2.0", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
     }
 
 
@@ -89,6 +97,45 @@ def materialize(root, folder_name: str, policy_name: str, instance) -> dg.Execut
         raise_on_error=False,
         resources={"platform": platform, "lineage": LineageDatabase(url=f"sqlite:///{root / 'lineage.db'}")},
     )
+
+
+def serves_as_the_card_says(release_dir: Path, card: str) -> None:
+    """The card's own two lines, run as they stand with only vLLM's Python put first on PATH: serve.sh
+    starts, the curl gets the model's answer. Then the engine dies, and its API server goes with it."""
+    script = card.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    serve_line, request = script.split("\n", 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    log = release_dir.parent.parent / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            serve_line, shell=True, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while subprocess.run(["curl", "-sf", "http://127.0.0.1:8000/health"], capture_output=True).returncode:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        reply = json.loads(subprocess.run(request, shell=True, capture_output=True, text=True, check=True).stdout)
+        assert reply["model"] == "demo-bot" and reply["choices"][0]["message"]["content"].strip()
+        engine_core = subprocess.run(
+            ["pgrep", "-g", str(server.pid), "-f", "EngineCore"], capture_output=True, text=True
+        )
+        os.kill(int(engine_core.stdout.split()[0]), signal.SIGKILL)
+        server.wait(60)  # exec: the script's process is the API server, and it shuts down (vLLM exits 0)
+        deadline = time.monotonic() + 15  # its helpers (multiprocessing's resource tracker) follow it
+        while (left := session_processes(server.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"processes left after the engine died: {left}"
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def session_processes(session: int) -> str:
+    return subprocess.run(["ps", "-o", "pid=,args=", "-s", str(session)], capture_output=True, text=True).stdout.strip()
 
 
 def count(session, model) -> int:
@@ -158,19 +205,24 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
         assert sorted(p.stem for p in (release_dir / "plots").glob("*.png")) == figures
         assert all(f"](plots/{name}.png)" in card for name in figures)
         assert all((release_dir / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in figures)
-        assert "--config vllm-config.yaml" in card and "gptqmodel" in card and "load_quantized" in card
+        assert f"sh {release_dir}/serve.sh --port 8000" in card and "gptqmodel" in card and "load_quantized" in card
+        hub_card = ModelCard.load(release_dir / "README.md")
+        assert (hub_card.data.license, hub_card.data.base_model) == (
+            "apache-2.0",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+        )
+        gated = {f"{s}.{n}" for s, r in manifest["validation"].items() for n in r["metrics"]}
+        assert {r.metric_name for r in hub_card.data.eval_results} == {name.split(".", 1)[1] for name in gated}
         steps = "AWQ scales + symmetric range search + rounded to nearest"
         auto = "(auto: 1024 calibration tokens, fewer than 32768)"  # the card says why GPTQ was off
-        assert f"group size 64, asymmetric, {steps} {auto}, calibrated" in card
+        assert f"group size 64, asymmetric, {steps} {auto}, written as `awq`, calibrated on 1024 tokens" in card
         assert load_runs or "| load | not run: skipped: " in card
         assert manifest["power_check"]["blind"] is True and "WARNING: the gates caught none of the 1 planted" in card
         rotary = "8 slowest rotary pairs (of 32) reflected in every self_attn.q_proj and self_attn.k_proj"
         assert f"| long_range_rotary | {rotary} | missed |" in card
         ppl = manifest["validation"]["perplexity"]["metrics"]["domain perplexity increase"]
         assert ppl["verdict"] == "pass" and f"| {ppl['verdict']} |" in card and len(ppl["interval"]) == 2
-        assert manifest["files"]["config.json"] and (release_dir / "README.md").read_text().startswith(
-            "# demo-bot v0001"
-        )
+        assert manifest["files"]["config.json"] and "\n# demo-bot v0001 (AWQ INT4)\n" in card
         launch = yaml.safe_load((release_dir / "vllm-config.yaml").read_text())
         assert (launch["quantization"], launch["model"]) == ("awq", str(release_dir))
         assert (launch["max-model-len"], launch["max-num-seqs"], launch["enforce-eager"]) == (2048, 8, True)
@@ -179,6 +231,10 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
             started = yaml.safe_load(next((root / "work").rglob("vllm-candidate.yaml")).read_text())
             own = ("model", "served-model-name")
             assert started | {k: launch[k] for k in own} == launch and started["served-model-name"] == "candidate"
+            script = next((root / "work").rglob("vllm-candidate.sh")).read_text()
+            assert script.replace("vllm-candidate.yaml", "vllm-config.yaml") == (release_dir / "serve.sh").read_text()
+            assert launch["kv-cache-memory-bytes"] == 2 * 2**30 and "gpu-memory-utilization" not in launch
+            serves_as_the_card_says(release_dir, card)
         assert current_version(root / "registry", "demo-bot") == "v0001"
 
         result = materialize(root, "デモ bot 2", "damaged", instance)
@@ -219,7 +275,10 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
     printed = cli("history", "--model", "demo-bot")[1]
     assert load_runs or "skipped: load" in printed
     assert "power check: BLIND, 0/1 planted damages caught" in printed and history[0]["power_check"]["blind"]
-    assert json.loads(cli("show", "v0001", "--model", "demo-bot")[1])["manifest"]["version"] == "v0001"
+    assert json.loads(cli("show", "v0001", "--model", "demo-bot", "--json")[1])["manifest"]["version"] == "v0001"
+    shown = cli("show", "v0001", "--model", "demo-bot")[1]
+    assert shown.startswith("demo-bot v0001: promoted, current") and f"sh {release_dir}/serve.sh" in shown
+    assert cli("diff", "v0001", "v0001", "--model", "demo-bot")[1].startswith("no differences between v0001 and v0001")
     diff = cli("diff", "v0001", "v0002", "--model", "demo-bot")[1]
     assert "settings.method" in diff and "rtn" in diff and "status" in diff
     code, _, stderr = cli("rollback", "demo-bot")
