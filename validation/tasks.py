@@ -9,10 +9,13 @@ A task is a JSONL file, one item a line:
       the prompt goes through the model's chat template, greedy decoding, then the match.
 """
 
+import bisect
+import itertools
 import json
 import math
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,10 +126,20 @@ def _encode_pair(tokenizer, prefix: list[int], context: str, continuation: str) 
     return prefix + context_ids, whole[len(context_ids) :]
 
 
+Progress = Callable[[int], None]  # told how many items were scored since it was last told
+
+
+def _no_progress(_: int) -> None:
+    pass
+
+
 @torch.no_grad()
-def token_loglikelihoods(model: nn.Module, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+def token_loglikelihoods(
+    model: nn.Module, pairs: list[tuple[list[int], list[int]]], batch_size: int, done: Progress = _no_progress
+) -> list[float]:
     """Sum of log p(continuation | context) for each pair of token lists; only the continuation's
-    positions get logits (logits_to_keep), so long contexts cost no vocabulary-sized activations."""
+    positions get logits (logits_to_keep), so long contexts cost no vocabulary-sized activations.
+    `done` hears the number of pairs scored so far after each batch."""
     device = next(model.parameters()).device
     results = []
     for i in range(0, len(pairs), batch_size):
@@ -144,21 +157,33 @@ def token_loglikelihoods(model: nn.Module, pairs: list[tuple[list[int], list[int
             first = len(ctx) - 1 - (width - keep)  # the continuation's first predicting position, in kept coordinates
             positions = torch.arange(first, first + len(cont))
             results.append(logprobs[row, positions, torch.tensor(cont)].sum().item())
+        done(len(results))
     return results
 
 
-def loglikelihoods(model: nn.Module, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> list[float]:
+def loglikelihoods(
+    model: nn.Module, tokenizer, pairs: list[tuple[str, str]], batch_size: int, done: Progress = _no_progress
+) -> list[float]:
     """Sum of log p(continuation | context) for each (context, continuation) string pair."""
     prefix = window_prefix(tokenizer)
     encoded = [_encode_pair(tokenizer, prefix, c, x) for c, x in pairs]
-    return token_loglikelihoods(model, encoded, batch_size)
+    return token_loglikelihoods(model, encoded, batch_size, done)
 
 
 def score_multiple_choice(
-    model: nn.Module, tokenizer, items: list[MultipleChoice], batch_size: int
+    model: nn.Module, tokenizer, items: list[MultipleChoice], batch_size: int, advance: Progress = _no_progress
 ) -> dict[str, list[int]]:
     pairs = [(item.context, TARGET_DELIMITER + choice) for item in items for choice in item.choices]
-    lls = iter(loglikelihoods(model, tokenizer, pairs, batch_size))
+    last_pair = list(itertools.accumulate(len(item.choices) for item in items))  # of each item, counted from 1
+    items_done = 0
+
+    def pairs_done(n: int) -> None:  # an item is scored once all its choices are
+        nonlocal items_done
+        now = bisect.bisect_right(last_pair, n)
+        advance(now - items_done)
+        items_done = now
+
+    lls = iter(loglikelihoods(model, tokenizer, pairs, batch_size, pairs_done))
     acc, acc_norm = [], []
     for item in items:
         ll = [next(lls) for _ in item.choices]
@@ -197,7 +222,12 @@ def left_padded(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def score_generation(
-    model: nn.Module, tokenizer, items: list[Generation], batch_size: int, max_new_tokens: int
+    model: nn.Module,
+    tokenizer,
+    items: list[Generation],
+    batch_size: int,
+    max_new_tokens: int,
+    advance: Progress = _no_progress,
 ) -> dict[str, list[int]]:
     device = next(model.parameters()).device
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
@@ -216,15 +246,19 @@ def score_generation(
             reply = _normalise(tokenizer.decode(tokens, skip_special_tokens=True))
             answers = [_normalise(a) for a in item.answers]
             correct.append(int(any(reply == a if item.match == "exact" else a in reply for a in answers)))
+        advance(len(chunk))
     return {"match": correct}
 
 
-def score(model: nn.Module, tokenizer, items: list[Item], settings: TaskSettings) -> dict[str, list[int]]:
-    """Per-item 0/1 correctness for every metric of the task (a task holds one kind of item)."""
+def score(
+    model: nn.Module, tokenizer, items: list[Item], settings: TaskSettings, advance: Progress = _no_progress
+) -> dict[str, list[int]]:
+    """Per-item 0/1 correctness for every metric of the task (a task holds one kind of item);
+    `advance` hears of each batch of items scored."""
     if all(isinstance(i, MultipleChoice) for i in items):
-        return score_multiple_choice(model, tokenizer, items, settings.batch_size)
+        return score_multiple_choice(model, tokenizer, items, settings.batch_size, advance)
     if all(isinstance(i, Generation) for i in items):
-        return score_generation(model, tokenizer, items, settings.batch_size, settings.max_new_tokens)
+        return score_generation(model, tokenizer, items, settings.batch_size, settings.max_new_tokens, advance)
     raise ValidationError("A task file mixes multiple-choice and generation items: split it into one file per kind.")
 
 
@@ -304,10 +338,9 @@ def run(
     tokenizer = load_tokenizer(candidate)
 
     def measure(model: nn.Module, role: str) -> dict[str, dict[str, list[int]]]:
-        return {
-            name: score(model, tokenizer, items, settings)
-            for name, (_, items) in tqdm(tasks.items(), desc=f"{role} tasks", leave=False)
-        }
+        total = sum(len(items) for _, items in tasks.values())
+        with tqdm(total=total, desc=f"{role} tasks", unit="item", leave=False) as bar:
+            return {name: score(model, tokenizer, items, settings, bar.update) for name, (_, items) in tasks.items()}
 
     scores = measure_both(baseline, candidate, measure, compute, known)
 

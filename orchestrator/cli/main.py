@@ -1,4 +1,5 @@
-"""awq-release: the command line. Dagster and the model stacks are imported inside the subcommands that use them."""
+"""awq-release: the command line. Dagster and the model stacks are imported inside the subcommands that
+use them, so that the history commands (history, show, diff, rollback) answer without loading either."""
 
 import argparse
 import dataclasses
@@ -11,13 +12,15 @@ from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Literal, Union, get_args, get_origin, get_type_hints
 
-from awq_core.compute import Compute
 from awq_release.errors import ReleaseError, ValidationError
 from deploy.staging import STAGING_IMAGE, SharedVolume
-from validation.result import PowerReport, format_interval, format_number
+from validation.result import PowerReport, format_interval, format_limit, format_number
 from validation.settings import StageName, ValidationSettings, load_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from awq_core.compute import Compute
     from orchestrator.cli.main_job import JobOutcome
 
 
@@ -57,8 +60,9 @@ def _compute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="auto (default), float32, bfloat16 or float16")
 
 
-def _compute(args: argparse.Namespace, config: Path | None = None) -> Compute:
+def _compute(args: argparse.Namespace, config: Path | None = None) -> "Compute":
     """The compute setting: the policy file's `compute:` section, overridden by --device/--dtype."""
+    from awq_core.compute import Compute
     from awq_release.settings import from_dict, read_mapping
 
     setting = (
@@ -154,7 +158,7 @@ def _print_stage(result) -> None:
         print(f"  {line}")
 
 
-def _power_check(args: argparse.Namespace, settings: ValidationSettings, compute: Compute) -> PowerReport:
+def _power_check(args: argparse.Namespace, settings: ValidationSettings, compute: "Compute") -> PowerReport:
     from validation.power import power_check
 
     if args.damage_layer:
@@ -202,12 +206,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if passed and trusted else 1
 
 
-def _platform():
-    """The lineage engine and registry folder the Dagster definitions use."""
-    from orchestrator.pipeline.resources import default_resources
+def _platform() -> "tuple[Engine, Path]":
+    """The lineage database (migrated) and the registry folder, as orchestrator.environment says and
+    the Dagster resources use them; read without importing Dagster."""
+    from orchestrator import environment
+    from orchestrator.lineage import upgrade
 
-    resources = default_resources()
-    return resources["lineage"].engine(), Path(resources["platform"].registry_dir)
+    return upgrade(environment.database_url()), environment.registry_dir()
 
 
 def _print_history(rows: list[dict]) -> None:
@@ -240,13 +245,13 @@ def _print_attempts(rows: list[dict]) -> None:
 
 
 def _print_gates(gates: dict[str, dict]) -> None:
-    """A release's gates: estimate, interval, threshold and verdict (history's records)."""
-    print(f"  {'':4} {'gate':60} {'estimate':>9} {'interval':>21} {'threshold':>9}  verdict")
+    """A release's gates: estimate, interval, threshold (a ceiling or a floor) and verdict (history's records)."""
+    print(f"  {'':4} {'gate':60} {'estimate':>9} {'interval':>21} {'threshold':>18}  verdict")
     for name, g in gates.items():
         interval = format_interval(tuple(g["interval"]) if g["interval"] else None)
         print(
             f"  {'ok  ' if g['passed'] else 'FAIL'} {name:60} {format_number(g['value']):>9} {interval:>21} "
-            f"{format_number(g['threshold']):>9}  {g['verdict']}"
+            f"{format_limit(g['threshold'], g['bound']):>18}  {g['verdict']}"
         )
 
 
@@ -264,7 +269,8 @@ def _print_outcomes(outcomes: "list[JobOutcome]", rows: list[dict]) -> None:
             f"run {outcome.run_id} for checkpoint {outcome.partition_key}: "
             f"{'succeeded' if outcome.success else 'FAILED'}"
         )
-        print("  time per step: " + ", ".join(f"{step} {s:.0f} s" for step, s in outcome.step_seconds.items()))
+        steps = [f"{step} {'not run' if s is None else f'{s:.0f} s'}" for step, s in outcome.step_seconds.items()]
+        print(f"  time: {outcome.seconds:.0f} s in all; per step: " + ", ".join(steps))
         if latest:
             print(
                 f"release {latest['model']} {latest['version']}: {latest['status']}"
@@ -280,7 +286,7 @@ def _print_outcomes(outcomes: "list[JobOutcome]", rows: list[dict]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from awq_core.compute import resolve
+    from awq_core.compute import Compute, resolve
     from awq_release.demo import demo_assets
     from orchestrator.cli.main_job import run_demo, run_platform, why_not_started
     from orchestrator.lineage.releases import attempt_history, history
@@ -291,7 +297,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_demo:
         outcomes, why = run_platform(log_level), "(the watched folder holds nothing new or retryable)"
     else:
-        print(f"compute: {resolve(Compute())}")  # the demo policy's setting: auto
+        print(f"compute: {resolve(Compute())}", file=sys.stderr)  # the demo policy's setting: auto
         assets = demo_assets()
         outcomes = run_demo(assets, log_level)
         why = f"at {assets.model_dir.name}: {why_not_started(assets)}" if not outcomes else ""
@@ -309,19 +315,68 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from orchestrator.lineage.releases import attempt_history, history
 
-    rows = history(_platform()[0], args.model)
+    engine, _ = _platform()
+    rows = history(engine, args.model)
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
     else:
         _print_history(rows)
-        _print_attempts(attempt_history(_platform()[0]))
+        _print_attempts(attempt_history(engine))
     return 0
 
 
+def _print_release(record: dict, current: str | None) -> None:
+    """One release as a person reads it: where it is and how to start it, what it was made from and
+    how, its gates, its power check and what happened to it."""
+    manifest = record["manifest"] or {}
+    state = record["status"] + (", current" if record["version"] == current else "")
+    print(f"{record['model']} {record['version']}: {state} (created {record['created_at'][:19]} UTC)")
+    facts = [("path", record["path"] or f"- ({record['reason']})")]
+    if serving := manifest.get("serving"):
+        facts.append(("serve", f"sh {record['path']}/serve.sh --port 8000   (target: {serving['target']})"))
+    if checkpoint := manifest.get("checkpoint"):
+        where = f", from {checkpoint['path']}" if checkpoint.get("path") else ""
+        facts.append(("checkpoint", f"{checkpoint['name']} (sha256 {checkpoint['content_hash'][:16]}…){where}"))
+    if calibration := manifest.get("calibration"):
+        facts.append(
+            (
+                "calibration",
+                f"{calibration['n_samples']} x {calibration['seqlen']} tokens from {len(calibration['sources'])} "
+                f"files (tokens sha256 {calibration['tokens_hash'][:16]}…)",
+            )
+        )
+    if settings := record["settings"]:
+        from orchestrator.release.reports import rounding_steps
+
+        layout = f"{settings.get('format', 'awq')}, group {settings['group_size']}"
+        facts.append(("quantization", f"{layout}, {rounding_steps(settings)}"))
+    if policy := manifest.get("policy"):
+        attempt = f", attempt {manifest['attempt']}" if manifest.get("attempt") else ""
+        facts.append(("policy", f"sha256 {policy['hash'][:16]}…{attempt}"))
+    for name, value in facts:
+        print(f"  {name:13} {value}")
+    print()
+    _print_gates(record["gates"])
+    for stage, outcome in record["stages"].items():
+        if outcome["status"] != "passed":
+            print(f"  {outcome['status'].upper()} {stage}: {'; '.join(outcome['reasons'])}")
+    _print_power_record(record["power_check"])
+    print("\nevents:")
+    for event in record["events"]:
+        print(f"  {event['at'][:19]}  {event['action']:12} {event['detail'] or ''}")
+    print(f"\nthe whole record: awq-release show {record['version']} --model {record['model']} --json")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    from deploy.registry import current_version
     from orchestrator.lineage.releases import show
 
-    print(json.dumps(show(_platform()[0], args.version, args.model), indent=1, default=str))
+    engine, registry = _platform()
+    record = show(engine, args.version, args.model)
+    if args.json:
+        print(json.dumps(record, indent=1, default=str))
+    else:
+        _print_release(record, current_version(registry, record["model"]))
     return 0
 
 
@@ -329,6 +384,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from orchestrator.lineage.releases import diff
 
     changes = diff(_platform()[0], args.a, args.b, args.model)
+    if not changes:
+        print(f"no differences between {args.a} and {args.b} in settings, gate figures or status")
+        return 0
     print(f"{'':60} {args.a:>14} {args.b:>14}")
     for key, (a, b) in changes.items():
         print(f"{key:60} {str(a):>14.14} {str(b):>14.14}")
@@ -363,7 +421,7 @@ def cmd_staging(args: argparse.Namespace) -> int:
         engine = yaml.safe_load(launch.read_text())
     elif (folder / "config.json").is_file():
         tp = args.tensor_parallel_size or policy.serving.tensor_parallel_size
-        engine = engine_args(folder, name, dataclasses.replace(policy.serving, tensor_parallel_size=tp))
+        engine = engine_args(folder, name, dataclasses.replace(policy.serving, tensor_parallel_size=tp), "gpu")
     else:
         raise ValidationError(f"{folder} holds neither vllm-config.yaml (a release) nor config.json (a candidate).")
     volume = SharedVolume(args.claim, args.mount_path)
@@ -371,6 +429,26 @@ def cmd_staging(args: argparse.Namespace) -> int:
     print(yaml.safe_dump_all(manifests, sort_keys=False), end="")
     print(f"# load.endpoint: {endpoint(name, args.namespace)}", file=sys.stderr)
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Become `dagster dev` on the platform's home. A process started in the background inherits
+    SIGINT ignored, and `dagster dev` gives SIGTERM whatever SIGINT does: it would ignore both, and
+    its daemon would tick on. SIGINT's default is restored before the exec, so SIGTERM stops it."""
+    import signal
+
+    from orchestrator.cli.main_job import prepare_home
+    from orchestrator.environment import platform_home
+
+    dagster_home = prepare_home(platform_home())
+    dagster = Path(sys.executable).parent / "dagster"
+    command = [str(dagster), "dev", "-m", "orchestrator.definitions", "-h", args.host, "-p", str(args.port)]
+    print(
+        f"Dagster UI at http://{args.host}:{args.port} (DAGSTER_HOME={dagster_home}); SIGTERM or Ctrl-C stops it",
+        file=sys.stderr,
+    )
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execve(dagster, command, os.environ | {"DAGSTER_HOME": str(dagster_home)})
 
 
 def cmd_fetch_demo(args: argparse.Namespace) -> int:
@@ -387,11 +465,16 @@ def cmd_fetch_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is also its --help description."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awq-release", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("quantize", help="AWQ-quantize a checkpoint into a 4-bit AWQ GEMM or compressed-tensors one")
+    p = command(sub, "quantize", "AWQ-quantize a checkpoint into a 4-bit AWQ GEMM or compressed-tensors one")
     p.add_argument("model_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument(
@@ -402,15 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("demo", help="quantize the embedded demo model and compare its perplexity with the original's")
+    p = command(sub, "demo", "quantize the embedded demo model and compare its perplexity with the original's")
     _quantize_args(p)
     _compute_args(p)
     p.set_defaults(n_samples=16)
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser(
-        "validate", help="compare a quantized candidate with its baseline; exit 0 passed, 1 a gate failed, 2 error"
+    p = command(
+        sub, "validate", "compare a quantized candidate with its baseline; exit 0 passed, 1 a gate failed, 2 error"
     )
     p.add_argument("baseline", type=Path)
     p.add_argument("candidate", type=Path)
@@ -434,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("run", help="the main job: release the demo checkpoint through the whole platform, in process")
+    p = command(sub, "run", "the main job: release the demo checkpoint through the whole platform, in process")
     p.add_argument("--verbose", action="store_true", help="every Dagster event (DEBUG), and every progress bar")
     p.add_argument(
         "--no-demo",
@@ -443,27 +526,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("history", help="releases, newest last")
+    p = command(
+        sub,
+        "history",
+        "every release (newest last) with its gates and power check, then every attempt and how it ended",
+    )
     p.add_argument("--model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("show", help="one release: manifest, settings, gates, events")
+    p = command(sub, "show", "one release: where it is and how to start it, its origin, gates, power check and events")
     p.add_argument("version")
     p.add_argument("--model")
+    p.add_argument("--json", action="store_true", help="the whole record: manifest, settings, gates, events")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("diff", help="settings and gate metrics of two releases side by side")
+    p = command(sub, "diff", "settings and gate metrics of two releases side by side")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--model")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("rollback", help="make the previous promoted release of MODEL current again")
+    p = command(sub, "rollback", "make the previous promoted release of MODEL current again")
     p.add_argument("model")
     p.set_defaults(func=cmd_rollback)
 
-    p = sub.add_parser("staging", help="Kubernetes manifests of a staging vLLM server of a release or a candidate")
+    p = command(sub, "staging", "Kubernetes manifests of a staging vLLM server of a release or a candidate")
     p.add_argument("model_dir", type=Path, help="a release (with vllm-config.yaml) or a candidate on the shared volume")
     p.add_argument("--name", help="the Deployment's and Service's name (default: the folder's)")
     p.add_argument("--namespace", default="awq-release")
@@ -475,7 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int, help="a candidate's GPUs (default: the policy's)")
     p.set_defaults(func=cmd_staging)
 
-    p = sub.add_parser("fetch-demo", help="fetch and convert the demo model and texts (done by scripts/setup.sh)")
+    p = command(
+        sub, "ui", "the Dagster UI, daemon and sensors on this platform (dagster dev), stopped by SIGTERM or Ctrl-C"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the interface the UI listens on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=3000, help="default: %(default)s")
+    p.set_defaults(func=cmd_ui)
+
+    p = command(sub, "fetch-demo", "fetch and convert the demo model and texts (done by scripts/setup.sh)")
     p.set_defaults(func=cmd_fetch_demo)
     return parser
 

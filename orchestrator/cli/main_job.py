@@ -21,6 +21,7 @@ from orchestrator.definitions import build_definitions
 from orchestrator.environment import platform_home
 from orchestrator.lineage.queries import attempt_statuses, end_attempt
 from orchestrator.pipeline.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
+from orchestrator.pipeline.metadata import did_not_run
 from orchestrator.pipeline.resources import default_resources
 from orchestrator.release.hashing import stat_signature
 from orchestrator.release.policy import max_attempts_in
@@ -33,12 +34,32 @@ class JobOutcome:
     partition_key: str
     success: bool
     run_id: str
-    step_seconds: dict[str, float]  # each step that ran, in the order it started
+    step_seconds: dict[str, float | None]  # every step of the job in order; None: it did not run
+    seconds: float  # the run's wall time, from its start to its end
 
 
-def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
-    stats = sorted(instance.get_run_step_stats(run_id), key=lambda s: s.start_time or 0.0)
-    return {s.step_key: s.end_time - s.start_time for s in stats if s.start_time and s.end_time}
+def step_seconds(instance: dg.DagsterInstance, run: dg.ExecuteInProcessResult, job: dg.JobDefinition) -> dict:
+    """Each step's time, in the job's order; None for a step that was skipped, never started, or
+    says it did not run (a power check the policy turned off)."""
+    stats = {s.step_key: s for s in instance.get_run_step_stats(run.run_id)}
+    idle = {
+        event.step_key
+        for event in run.all_events
+        if event.is_step_materialization and did_not_run(event.step_materialization_data.materialization.metadata)
+    }
+
+    def seconds(step: str) -> float | None:
+        s = stats.get(step)
+        if s is None or step in idle or s.status.value == "SKIPPED" or not (s.start_time and s.end_time):
+            return None
+        return s.end_time - s.start_time
+
+    return {node.name: seconds(node.name) for node in job.nodes_in_topological_order}
+
+
+def run_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
+    stats = instance.get_run_stats(run_id)
+    return (stats.end_time or 0.0) - (stats.start_time or 0.0)
 
 
 def console_logging(level: str) -> dict:
@@ -66,6 +87,7 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
         "validation": demo_validation_settings(assets),
         "target_gpu": {"name": "H100 80GB", "memory_gib": 80},
         "serving": DEMO_SERVING,
+        "card": {"license": "apache-2.0", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
@@ -109,7 +131,10 @@ def tick_and_run(
         if not run.success:
             failures = [e for e in run.all_events if e.is_step_failure] or [None]
             end_attempt(engine, run.run_id, "failed", failure_reason(failures[0]))
-        outcomes.append(JobOutcome(request.partition_key, run.success, run.run_id, step_seconds(instance, run.run_id)))
+        steps = step_seconds(instance, run, job)
+        outcomes.append(
+            JobOutcome(request.partition_key, run.success, run.run_id, steps, run_seconds(instance, run.run_id))
+        )
     return outcomes
 
 

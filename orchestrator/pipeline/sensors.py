@@ -42,14 +42,18 @@ def scan(
             log.info(f"skip {folder.name!r}: hidden folder (a copy in progress)")
             continue
         source = signatures[folder.name] = stat_signature(folder)
-        if last_seen.get(folder.name) != source:
-            log.info(f"skip {folder.name!r}: new or still changing; released once unchanged over two ticks")
-            continue
-        key = safe_name(folder.name)
+        # Settled first: a folder released (or refused) before is said to be so, not to be new.
         attempt = next_attempt(statuses_of(source), max_attempts)
         if isinstance(attempt, str):
             log.info(f"skip {folder.name!r}: {attempt}")
             continue
+        if folder.name not in last_seen:
+            log.info(f"skip {folder.name!r}: first seen; taken at the next tick if it is unchanged by then")
+            continue
+        if last_seen[folder.name] != source:
+            log.info(f"skip {folder.name!r}: changed since the last tick (still being written); taken once unchanged")
+            continue
+        key = safe_name(folder.name)
         run_key = f"{source}:{attempt}"
         if run_key in requested:
             log.info(f"skip {folder.name!r}: attempt {attempt} was requested already")

@@ -1,4 +1,5 @@
-"""`dagster dev -w workspace.yaml` starts; its GraphQL API lists the assets and launches a release run."""
+"""`awq-release ui` (dagster dev on the platform's home) starts; its GraphQL API lists the assets and
+launches a release run; its daemon releases a dropped checkpoint; SIGTERM stops all of it in seconds."""
 
 import json
 import os
@@ -50,31 +51,53 @@ def up(port: int) -> bool:
         return False
 
 
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def ignore_sigint() -> None:
+    """What a shell's background start (`cmd &`, nohup, an init script) gives the child."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextmanager
 def dagster_dev(env: dict, port: int, log_path: Path) -> Iterator[subprocess.Popen]:
-    """`dagster dev` (webserver, daemon, code server) until the block ends, then stopped with its
-    whole process group."""
-    dagster = Path(sys.executable).parent / "dagster"
+    """`awq-release ui` (webserver, daemon, code server) as the README starts it, in the background,
+    until the block ends; then SIGTERM to its process alone must stop it and every child within
+    STOP_S (its group is killed and the test fails otherwise)."""
+    awq_release = Path(sys.executable).parent / "awq-release"
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            [awq_release, "ui", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=ignore_sigint,
         )
+    try:
+        wait_until(lambda: up(port) or server.poll() is not None, 240, "dagster dev answered")
+        assert server.poll() is None, log_path.read_text()[-3000:]
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
         try:
-            wait_until(lambda: up(port) or server.poll() is not None, 240, "dagster dev answered")
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            yield server
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            server.wait(STOP_S)
+            wait_until(lambda: group_gone(server.pid), STOP_S, "every child of dagster dev ended")
+        except (subprocess.TimeoutExpired, AssertionError) as stuck:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+            raise AssertionError(
+                f"dagster dev ignored SIGTERM for {STOP_S} s:\n{log_path.read_text()[-2000:]}"
+            ) from stuck
+
+
+STOP_S = 15
 
 
 def test_dagster_dev_lists_assets_and_launches_a_release(tmp_path, monkeypatch):
@@ -194,4 +217,7 @@ def test_the_daemon_releases_a_dropped_checkpoint_exactly_once(tmp_path, tokeniz
                 assert runs_of(instance, "bot-again") == []
                 enqueued = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
                 assert enqueued.records, "the run went through the queued run coordinator"
-    assert subprocess.run(["pgrep", "-f", f"dagster dev -w workspace.yaml -h 127.0.0.1 -p {port}"]).returncode == 1
+    assert (
+        subprocess.run(["pgrep", "-f", f"dagster dev -m orchestrator.definitions -h 127.0.0.1 -p {port}"]).returncode
+        == 1
+    )

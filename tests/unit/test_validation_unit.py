@@ -58,7 +58,7 @@ def test_a_release_policys_serving_is_what_the_load_stage_starts(tmp_path, tiny_
     config.write_text("validation: {load: {port: 8123}}\nserving: {max_model_len: 1024, enforce_eager: true}\n")
     settings = load_settings(config).load
     assert (settings.port, settings.serving.max_model_len, settings.serving.enforce_eager) == (8123, 1024, True)
-    engine = engine_args(tiny_llama, "candidate", settings.serving)
+    engine = engine_args(tiny_llama, "candidate", settings.serving, "gpu")
     assert engine["max-model-len"] == 1024 and engine["enforce-eager"] is True and "quantization" not in engine
     config.write_text("validation: {}\nserving: {max_model_len: long}\n")
     with pytest.raises(ValidationError, match="serving.max_model_len: expected int"):
@@ -120,6 +120,9 @@ def test_multiple_choice_scores_match_a_direct_computation(tiny_llama):
         offset += len(item.choices)
         expected_acc.append(int(ll.index(max(ll)) == item.answer))
     assert tasks.score_multiple_choice(model, tokenizer, items, batch_size=3)["acc"] == expected_acc
+    advanced = []  # the tasks bar: whole items, as soon as all their choices are scored
+    tasks.score_multiple_choice(model, tokenizer, items, batch_size=2, advance=advanced.append)
+    assert advanced == [0, 1, 1]  # 5 choices in batches of 2: after 2 nothing whole, after 4 the first, then the second
 
 
 def test_stage_result_serialises_with_reasons():
