@@ -33,6 +33,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def _rounded(x: float | None) -> float | None:
+    """Six significant digits: the card's YAML is read by people; manifest.json keeps every digit."""
+    return None if x is None else float(f"{x:.6g}")
+
+
 def model_index(manifest: dict) -> list[dict]:
     """The gates' results as the Hub's model-index: one result per measured stage, a metric per
     gate holding the candidate's figure; the baseline, estimate, interval, threshold and verdict in
@@ -45,11 +50,11 @@ def model_index(manifest: dict) -> list[dict]:
             {
                 "type": _slug(name),
                 "name": name,
-                "value": m["candidate"],
+                "value": _rounded(m["candidate"]),
                 "args": {
-                    "baseline": m["baseline"],
-                    "estimate": m["value"],
-                    "interval": m["interval"],
+                    "baseline": _rounded(m["baseline"]),
+                    "estimate": _rounded(m["value"]),
+                    "interval": [_rounded(x) for x in m["interval"]] if m["interval"] else None,
                     "threshold": m["threshold"],
                     "bound": m["bound"],
                     "verdict": m["verdict"],
@@ -73,7 +78,7 @@ def front_matter(manifest: dict) -> dict:
         "base_model_relation": "quantized" if card["base_model"] else None,
         "pipeline_tag": "text-generation",
         "library_name": "transformers",
-        "tags": ["awq", "int4", "4-bit", "quantized", fmt, "vllm", "awq-release"],
+        "tags": list(dict.fromkeys(["awq", "int4", "4-bit", "quantized", fmt, "vllm", "awq-release"])),
         "model-index": model_index(manifest),
     }
     return {k: v for k, v in data.items() if v is not None}

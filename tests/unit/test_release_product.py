@@ -66,7 +66,7 @@ def test_serve_sh_starts_vllm_with_its_environment_and_the_config_beside_it(tmp_
 def manifest_of(tmp_path: Path, tiny_llama: Path, license: str | None = "apache-2.0") -> dict:
     gate = {
         "baseline": 10.0,
-        "candidate": 10.9,
+        "candidate": 10.9000004,
         "value": 0.09,
         "interval": [0.05, 0.12],
         "threshold": 0.2,
@@ -130,10 +130,14 @@ def test_the_card_parses_as_a_hugging_face_model_card_with_results_snippets_and_
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         "text-generation",
     )
-    assert {"awq", "int4", "4-bit"} <= set(data.tags) and data.to_dict()["base_model_relation"] == "quantized"
+    assert (
+        {"awq", "int4", "4-bit"} <= set(data.tags)
+        and len(set(data.tags)) == len(data.tags)
+        and data.to_dict()["base_model_relation"] == "quantized"
+    )
     results = {r.metric_name: r for r in data.eval_results}
     assert set(results) == {"domain perplexity increase", "c=1 output tokens/s"}  # a skipped stage has none
-    assert results["domain perplexity increase"].metric_value == 10.9
+    assert results["domain perplexity increase"].metric_value == 10.9  # six digits for people; all in manifest.json
     assert results["domain perplexity increase"].metric_args["interval"] == [0.05, 0.12]
     assert results["c=1 output tokens/s"].metric_args["bound"] == "floor"
     text = card.text
@@ -148,6 +152,7 @@ def test_the_card_parses_as_a_hugging_face_model_card_with_results_snippets_and_
     assert f"- source folder: `/data/checkpoints/support-bot-ft`\n- checkpoint content sha256: `{'ab' * 32}`" in text
     assert f"- release policy sha256: `{'56' * 32}`" in text and "- attempt (Dagster run): `3f1c0a5e-run`" in text
     assert "| tasks | not run: skipped: no task sets here |" in text
+    assert "Every gate below passed; tasks did not run here, which the policy allows" in text
     unlicensed = ModelCard(model_card(manifest_of(tmp_path, tiny_llama, license=None))).data
     assert unlicensed.license is None  # never a guessed licence
 
