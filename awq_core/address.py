@@ -15,11 +15,12 @@ CODE_PACKAGES = ("awq_core", "kernels")
 
 
 @functools.cache
-def code_fingerprint() -> str:
-    """sha256 over the quantizer's source files, names and bytes: any change to them is a new quantizer."""
+def code_fingerprint(packages: tuple[str, ...] = CODE_PACKAGES) -> str:
+    """sha256 over the packages' source files, names and bytes (by default the quantizer's): any
+    change to them is new code."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
-    for package in CODE_PACKAGES:
+    for package in packages:
         for path in sorted((root / package).rglob("*.py")):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]

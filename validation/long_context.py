@@ -24,6 +24,7 @@ from awq_core.checkpoint import load_tokenizer
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from validation.evidence import bootstrap_increases, percentile_interval
+from validation.memo import Known
 from validation.models import context_length, measure_both
 from validation.result import StageResult, gate
 from validation.settings import Evidence, LongContextSettings
@@ -119,7 +120,7 @@ def run(
     candidate: str | Path,
     settings: LongContextSettings = LongContextSettings(),
     compute: Resolved | None = None,
-    known: dict | None = None,
+    known: Known | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -145,13 +146,14 @@ def run(
             )
         probes[length] = [build_probe(tokenizer, d, length, settings.target_tokens, rng) for d in fitting]
 
-    def measure(model: nn.Module, role: str) -> dict[int, list[tuple[list[float], bool]]]:
-        return {
-            length: [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
+    def measure(model: nn.Module, role: str) -> dict[str, list[tuple[list[float], bool]]]:
+        return {  # keyed by the length as text, as figures are kept (validation.memo.plain)
+            str(length): [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
             for length in tqdm(lengths, desc=f"{role} long context", leave=False)
         }
 
-    results = measure_both(baseline, candidate, measure, compute, known)
+    measured, reused = measure_both(baseline, candidate, "long_context", settings, measure, compute, known)
+    results = {role: {n: by_length[str(n)] for n in lengths} for role, by_length in measured.items()}
     figures = {role: {n: summary(by_length[n]) for n in lengths} for role, by_length in results.items()}
     evidence = settings.evidence
     increases = {n: paired_increases(results["baseline"][n], results["candidate"][n], evidence) for n in lengths}
@@ -199,5 +201,11 @@ def run(
         "paired; retrieval: the point estimate",
     }
     return StageResult(
-        "long_context", metrics, warnings, details, time.perf_counter() - start, compute=compute.describe()
+        "long_context",
+        metrics,
+        warnings,
+        details,
+        time.perf_counter() - start,
+        compute=compute.describe(),
+        reused=reused,
     )

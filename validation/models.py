@@ -4,7 +4,7 @@ the compute device and in the compute dtype (awq_core.compute decides both)."""
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 from transformers import AutoModelForCausalLM
@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
 from awq_core.loader import load_quantized
+from validation.memo import Known, stage_scope
 
 Figures = TypeVar("Figures")
 
@@ -34,19 +35,24 @@ def context_length(model_dir: str | Path) -> int:
 def measure_both(
     baseline: str | Path,
     candidate: str | Path,
+    stage: str,
+    settings: Any,
     measure: Callable[[nn.Module, str], Figures],
     compute: Resolved,
-    known: dict[str, Figures] | None = None,
-) -> dict[str, Figures]:
-    """{"baseline": ..., "candidate": ...}: measure(model, role) for each, loaded one at a time. A
-    folder's figures already in `known` (keyed by its path) are reused, and new ones are added to it:
-    the power check measures the baseline once for all its damaged candidates."""
-    known = {} if known is None else known
-    figures = {}
+    known: Known | None = None,
+) -> tuple[dict[str, Figures], list[str]]:
+    """({"baseline": ..., "candidate": ...}, the roles whose figures were measured before):
+    measure(model, role) for each model `known` keeps nothing of at this stage's scope (validation.memo),
+    loaded one at a time. Figures come back as plain JSON data whether measured now or found."""
+    known = Known() if known is None else known
+    scope = stage_scope(settings, candidate, compute)
+    figures, reused = {}, []
+
+    def measured_now(path: str | Path, role: str) -> Callable[[], Figures]:
+        # The model lives only in this call: freed before the next one is loaded.
+        return lambda: measure(load_model(path, compute), role)
+
     for role, path in (("baseline", baseline), ("candidate", candidate)):
-        if str(path) not in known:
-            model = load_model(path, compute)
-            known[str(path)] = measure(model, role)
-            del model  # before the next one is loaded
-        figures[role] = known[str(path)]
-    return figures
+        figures[role], was_kept = known.measured(path, stage, scope, measured_now(path, role))
+        reused += [role] if was_kept else []
+    return figures, reused

@@ -14,6 +14,7 @@ from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from awq_release.texts import token_stream, window_prefix
 from validation.evidence import bootstrap_increases, increase, percentile_interval
+from validation.memo import Known
 from validation.models import measure_both
 from validation.result import Metric, StageResult, gate
 from validation.settings import PerplexitySettings
@@ -95,7 +96,7 @@ def run(
     candidate: str | Path,
     settings: PerplexitySettings = PerplexitySettings(),
     compute: Resolved | None = None,
-    known: dict | None = None,
+    known: Known | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -117,7 +118,7 @@ def run(
             for name, ids in streams.items()
         }
 
-    windows = measure_both(baseline, candidate, measure, compute, known)
+    windows, reused = measure_both(baseline, candidate, "perplexity", settings, measure, compute, known)
     metrics = [increase_gate(name, windows["baseline"][name], windows["candidate"][name], settings) for name in streams]
     details = {
         "tokens": {name: ids.numel() for name, ids in streams.items()},
@@ -126,6 +127,5 @@ def run(
         "stride": settings.stride,
         "interval": f"{settings.evidence.confidence:.0%} percentile bootstrap over windows, paired",
     }
-    return StageResult(
-        "perplexity", metrics, details=details, seconds=time.perf_counter() - start, compute=compute.describe()
-    )
+    seconds = time.perf_counter() - start
+    return StageResult("perplexity", metrics, [], details, seconds, compute=compute.describe(), reused=reused)

@@ -16,6 +16,9 @@ long_range_rotary      in every q and k projection, the rotary pairs that turn l
                        model's sense of distance is reversed. Only a long-context gate can see it.
 """
 
+import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -29,12 +32,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from awq_core.address import code_fingerprint
 from awq_core.architectures import Architecture, architecture_for, head_dim
 from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Compute, Resolved, resolve
 from awq_core.packing import pack_int4
 from awq_release.errors import ReleaseError, ValidationError
 from kernels.reference import unpack_int4
+from validation.memo import MEASURING_PACKAGES, Known, family_fingerprint, settings_fingerprint
 from validation.result import DamageOutcome, PowerReport
 from validation.settings import DamageName, PowerCheckSettings, QualityStage, ValidationSettings
 from validation.stages import STAGES
@@ -223,7 +228,7 @@ def plant(c: Candidate, transforms: dict[str, Transform], out: Path) -> None:
 
 
 def _judge(
-    baseline: Path, copy: Path, stage: str, settings: ValidationSettings, compute: Resolved, known: dict
+    baseline: Path, copy: Path, stage: str, settings: ValidationSettings, compute: Resolved, known: Known
 ) -> tuple[str, list[str]]:
     """What the stage made of a damaged copy, and its reasons:
     caught        a gate's interval lies beyond its threshold (or the stage failed outright);
@@ -239,20 +244,41 @@ def _judge(
     return ("caught" if caught else "inconclusive"), result.reasons
 
 
+def power_check_address(
+    baseline: str | Path, settings: ValidationSettings, quantization: str, compute: Resolved
+) -> str:
+    """What a power check's table depends on, as one hash: the quality stages' settings (and the files
+    they name), the damages, the base model's family (validation.memo.family_fingerprint), the
+    quantization settings (`quantization`: their fingerprint), the compute and the measuring code. A
+    fine-tune of the same base released under the same policy finds the table at this address."""
+    checked = dataclasses.replace(settings.power_check, run=True)  # whether it runs is not what it measures
+    parts = {
+        "stages": {stage: settings_fingerprint(getattr(settings, stage)) for stage in checked.stages},
+        "power_check": settings_fingerprint(checked),
+        "family": family_fingerprint(baseline),
+        "quantization": quantization,
+        "compute": f"{compute.device.type} {compute.dtype_name}",
+        "code": code_fingerprint(MEASURING_PACKAGES),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def power_check(
     baseline: str | Path,
     candidate: str | Path,
     settings: ValidationSettings,
     work_dir: str | Path,
     compute: Compute = Compute(),
+    known: Known | None = None,
 ) -> PowerReport:
     """Plant each damage of settings.power_check into a copy under work_dir, run the stages on it,
-    remove it. Each stage measures the baseline once for all copies."""
+    remove it. Each stage measures the baseline once for all copies, or not at all where `known`
+    keeps its figures (the release's own stages measured it)."""
     resolved = resolve(compute)
     checked = settings.power_check
     c = Candidate.open(candidate)
     plans = {name: DAMAGES[name].plan(c, checked) for name in checked.damages}  # bad layer names fail first
-    known: dict[str, dict] = {stage: {} for stage in checked.stages}
+    known = Known() if known is None else known
     outcomes = []
     for name, (description, transforms) in tqdm(plans.items(), desc="power check, damaged copies", unit="copy"):
         start = time.perf_counter()
@@ -260,7 +286,7 @@ def power_check(
         shutil.rmtree(copy, ignore_errors=True)
         try:
             plant(c, transforms, copy)
-            judged = {stage: _judge(Path(baseline), copy, stage, settings, resolved, known[stage]) for stage in known}
+            judged = {stage: _judge(Path(baseline), copy, stage, settings, resolved, known) for stage in checked.stages}
         finally:
             shutil.rmtree(copy, ignore_errors=True)
         outcomes.append(

@@ -104,6 +104,7 @@ class StageResult:
     error: str | None = None  # the stage could not measure (a server that never started): a failure
     skipped: str | None = None  # why the stage did not run, where the policy allows that: never a pass
     compute: dict | None = None  # where it ran, in what precision (awq_core.compute), or which engine
+    reused: list[str] = field(default_factory=list)  # roles whose figures were measured before (validation.memo)
 
     @property
     def passed(self) -> bool:

@@ -29,6 +29,7 @@ from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from awq_release.texts import window_prefix
 from validation.evidence import paired_mean
+from validation.memo import Known
 from validation.models import measure_both
 from validation.result import Inconclusive, Metric, StageResult, gate
 from validation.settings import TaskSettings, TaskSpec
@@ -328,7 +329,7 @@ def run(
     candidate: str | Path,
     settings: TaskSettings = TaskSettings(),
     compute: Resolved | None = None,
-    known: dict | None = None,
+    known: Known | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -342,7 +343,7 @@ def run(
         with tqdm(total=total, desc=f"{role} tasks", unit="item", leave=False) as bar:
             return {name: score(model, tokenizer, items, settings, bar.update) for name, (_, items) in tasks.items()}
 
-    scores = measure_both(baseline, candidate, measure, compute, known)
+    scores, reused = measure_both(baseline, candidate, "tasks", settings, measure, compute, known)
 
     metrics, warnings, details = [], [], {}
     if tokenizer.chat_template is None and any(isinstance(i, Generation) for _, items in tasks.values() for i in items):
@@ -361,4 +362,5 @@ def run(
             "metrics": per_metric,
             "per_item": {role: scores[role][name] for role in scores},
         }
-    return StageResult("tasks", metrics, warnings, details, time.perf_counter() - start, compute=compute.describe())
+    seconds = time.perf_counter() - start
+    return StageResult("tasks", metrics, warnings, details, seconds, compute=compute.describe(), reused=reused)

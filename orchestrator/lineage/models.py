@@ -120,6 +120,8 @@ class ValidationStage(Base):
     reasons: Mapped[list] = mapped_column(JSON)  # why it failed, or why it was skipped
     warnings: Mapped[list] = mapped_column(JSON)
     compute: Mapped[dict | None] = mapped_column(JSON)  # device and dtype, or the serving engine
+    # The roles (baseline, candidate) whose figures were measured before and found in measurements.
+    reused: Mapped[list | None] = mapped_column(JSON)
     report_path: Mapped[str] = mapped_column(Text)  # the stage's full JSON result
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -157,6 +159,24 @@ class PowerCheckOutcome(Base):
     verdicts: Mapped[dict] = mapped_column(JSON)  # stage -> caught | inconclusive | missed
     reasons: Mapped[dict] = mapped_column(JSON)  # stage -> why it rejected the damaged copy
     seconds: Mapped[float] = mapped_column(Float)
+    # What the outcome depends on (validation.power.power_check_address): a later run at the same
+    # address reuses it, as a row pointing at the one that was measured.
+    address: Mapped[str | None] = mapped_column(String(64), index=True)
+    reused_from_id: Mapped[int | None] = mapped_column(ForeignKey("power_check_outcomes.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Measurement(Base):
+    """What one validation stage measured of one model (its content hash), kept by the address of
+    everything the figures depend on (validation.memo): found there, they are never measured again."""
+
+    __tablename__ = "measurements"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), unique=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    model_hash: Mapped[str] = mapped_column(String(64), index=True)
+    figures: Mapped[dict] = mapped_column(JSON)  # per window, item or probe: what the stage's gates are computed from
+    run_id: Mapped[str | None] = mapped_column(String(64))  # the Dagster run that measured it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -18,6 +18,7 @@ from orchestrator.lineage.models import (
     Base,
     CalibrationSet,
     Checkpoint,
+    Measurement,
     PowerCheckOutcome,
     QuantizationRun,
     Release,
@@ -28,6 +29,7 @@ from orchestrator.lineage.models import (
     ValidationStage,
     utcnow,
 )
+from orchestrator.lineage.rows import power_report
 from validation.result import Metric, PowerReport, StageResult
 
 if TYPE_CHECKING:  # the history commands read the database without importing torch
@@ -45,6 +47,7 @@ class Lineage:
     policy: RunPolicy | None  # the quantization run's policy (None for runs before migration 0003)
     stages: dict[str, ValidationStage]  # the newest result of each stage
     power_check: list[PowerCheckOutcome]  # the newest power check's damages; [] where none ran
+    power_check_measured_on: str | None  # where the power check was reused: the candidate it was measured on
 
 
 # Writes, one transaction each.
@@ -211,8 +214,11 @@ def finished_quantization(engine: Engine, address: str) -> tuple[int, str, str] 
         return tuple(found) if found else None
 
 
-def record_reuse(engine: Engine, made_by: int, checkpoint_id: int, calibration_set_id: int, policy_id: int) -> int:
-    """A run that took the finished model run `made_by` quantized, unchanged: its figures, no time of its own."""
+def record_reuse(
+    engine: Engine, made_by: int, checkpoint_id: int, calibration_set_id: int, policy_id: int
+) -> tuple[int, str]:
+    """A run that took the finished model run `made_by` quantized, unchanged: its figures, no time of
+    its own. Returns the new run's id and the model's output hash."""
     with session_scope(engine) as session:
         made = session.get(QuantizationRun, made_by)
         row = QuantizationRun(
@@ -229,7 +235,7 @@ def record_reuse(engine: Engine, made_by: int, checkpoint_id: int, calibration_s
             address=made.address,
             reused_from_id=made.id,
         )
-        return _insert(session, row)
+        return _insert(session, row), made.output_hash
 
 
 def _metric_row(metric: Metric) -> ValidationMetric:
@@ -258,13 +264,16 @@ def record_stage(engine: Engine, quantization_run_id: int, result: StageResult, 
         report_path=report_path,
         seconds=result.seconds,
         compute=result.compute,
+        reused=result.reused,
         metrics=[_metric_row(m) for m in result.metrics],
     )
     with session_scope(engine) as session:
         return _insert(session, row)
 
 
-def record_power_check(engine: Engine, quantization_run_id: int, run_id: str, report: "PowerReport") -> list[int]:
+def record_power_check(
+    engine: Engine, quantization_run_id: int, run_id: str, report: "PowerReport", address: str | None = None
+) -> list[int]:
     """Every planted damage's outcome, in one transaction."""
     with session_scope(engine) as session:
         rows = [
@@ -277,12 +286,81 @@ def record_power_check(engine: Engine, quantization_run_id: int, run_id: str, re
                 verdicts=o.verdicts,
                 reasons=o.reasons,
                 seconds=o.seconds,
+                address=address,
             )
             for o in report.outcomes
         ]
         session.add_all(rows)
         session.flush()
         return [row.id for row in rows]
+
+
+def measured_power_check(engine: Engine, address: str) -> list[int]:
+    """The outcome ids of the newest power check measured (not reused) at this address; [] if none."""
+    with session_scope(engine) as session:
+        query = select(PowerCheckOutcome).where(
+            PowerCheckOutcome.address == address, PowerCheckOutcome.reused_from_id.is_(None)
+        )
+        rows = session.scalars(query.order_by(PowerCheckOutcome.id)).all()
+        return [row.id for row in rows if row.run_id == rows[-1].run_id] if rows else []
+
+
+def record_power_check_reuse(
+    engine: Engine, quantization_run_id: int, run_id: str, measured: list[int]
+) -> tuple[list[int], "PowerReport"]:
+    """The outcomes `measured` (ids), recorded again for another quantization run, each pointing at
+    its original: the new rows' ids, and the report they hold."""
+    with session_scope(engine) as session:
+        originals = [session.get(PowerCheckOutcome, i) for i in measured]
+        copies = [
+            PowerCheckOutcome(
+                quantization_run_id=quantization_run_id,
+                run_id=run_id,
+                damage=o.damage,
+                description=o.description,
+                meant_for=o.meant_for,
+                verdicts=o.verdicts,
+                reasons=o.reasons,
+                seconds=o.seconds,
+                address=o.address,
+                reused_from_id=o.id,
+            )
+            for o in originals
+        ]
+        session.add_all(copies)
+        session.flush()
+        return [row.id for row in copies], power_report(originals)
+
+
+def kept_figures(engine: Engine, address: str) -> dict | None:
+    with session_scope(engine) as session:
+        return session.scalars(select(Measurement.figures).where(Measurement.address == address)).first()
+
+
+def keep_figures(engine: Engine, address: str, stage: str, model_hash: str, figures: dict, run_id: str) -> None:
+    """Keep what a stage measured of one model; a step that kept the same address first stands."""
+    try:
+        with session_scope(engine) as session:
+            _insert(
+                session,
+                Measurement(address=address, stage=stage, model_hash=model_hash, figures=figures, run_id=run_id),
+            )
+    except IntegrityError:
+        pass  # the same figures, measured by a concurrent step
+
+
+@dataclass(frozen=True)
+class StoredFigures:
+    """validation.memo.FigureStore on the measurements table, for the steps of one Dagster run."""
+
+    engine: Engine
+    run_id: str
+
+    def get(self, address: str) -> dict | None:
+        return kept_figures(self.engine, address)
+
+    def put(self, address: str, stage: str, model_hash: str, figures: dict) -> None:
+        keep_figures(self.engine, address, stage, model_hash, figures, self.run_id)
 
 
 def record_rejection(engine: Engine, model: str, quantization_run_id: int, reason: str) -> str:
@@ -357,15 +435,39 @@ def latest_power_check(session: Session, quantization_run_id: int) -> list[Power
     return [row for row in rows if row.run_id == rows[-1].run_id] if rows else []
 
 
+def measured_on(session: Session, outcomes: list[PowerCheckOutcome]) -> str | None:
+    """Where reused outcomes were measured: the release (or quantization run) whose candidate was damaged."""
+    if not outcomes or outcomes[0].reused_from_id is None:
+        return None
+    run_id = session.get(PowerCheckOutcome, outcomes[0].reused_from_id).quantization_run_id
+    run = session.get(QuantizationRun, run_id)
+    name = session.get(Checkpoint, run.checkpoint_id).name
+    query = select(Release.model, Release.version).where(
+        Release.quantization_run_id.in_(_reuse_family(session, run)), Release.status.in_(("promoted", "rolled_back"))
+    )
+    released = [f"{model} {version}" for model, version in session.execute(query.order_by(Release.id))]
+    where = f"quantization run {run.id} of checkpoint {name}"
+    return f"release {released[0]} ({where})" if released else f"{where}, which was not released"
+
+
+def _reuse_family(session: Session, run: QuantizationRun) -> list[int]:
+    """The run that made this model and every run that reused it: one candidate, under several ids."""
+    made = run.reused_from_id or run.id
+    query = select(QuantizationRun.id).where((QuantizationRun.id == made) | (QuantizationRun.reused_from_id == made))
+    return list(session.scalars(query))
+
+
 def lineage_of(session: Session, quantization_run_id: int) -> Lineage:
     run = session.get(QuantizationRun, quantization_run_id)
+    power_check = latest_power_check(session, run.id)
     return Lineage(
         checkpoint=session.get(Checkpoint, run.checkpoint_id),
         calibration=session.get(CalibrationSet, run.calibration_set_id),
         run=run,
         policy=session.get(RunPolicy, run.policy_id) if run.policy_id else None,
         stages=latest_stages(session, run.id),
-        power_check=latest_power_check(session, run.id),
+        power_check=power_check,
+        power_check_measured_on=measured_on(session, power_check),
     )
 
 

@@ -43,7 +43,7 @@ def release_record(session: Session, release: Release) -> dict:
         "quantization_run_id": release.quantization_run_id,
         "gates": gate_metrics(session, release),
         "stages": stage_outcomes(session, release),
-        "power_check": power_check_record(power),
+        "power_check": power_check_record(power, lineage.measured_on(session, power)),
     }
 
 

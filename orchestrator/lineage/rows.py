@@ -18,9 +18,15 @@ def metric_record(m: ValidationMetric) -> dict:
     }
 
 
-def power_check_record(outcomes: list[PowerCheckOutcome]) -> dict | None:
-    """The recorded power check as validation.power.PowerReport.to_dict() gave it; None where none ran."""
+def power_report(outcomes: list[PowerCheckOutcome]) -> PowerReport:
+    """Recorded outcomes (one power check's, at least one) as validation.power gave them."""
+    damages = [DamageOutcome(o.damage, o.description, o.meant_for, o.verdicts, o.reasons, o.seconds) for o in outcomes]
+    return PowerReport(list(outcomes[0].verdicts), damages)
+
+
+def power_check_record(outcomes: list[PowerCheckOutcome], measured_on: str | None = None) -> dict | None:
+    """The recorded power check as validation.power.PowerReport.to_dict() gave it, and where it was
+    measured if it was reused (Lineage.power_check_measured_on); None where none ran."""
     if not outcomes:
         return None
-    damages = [DamageOutcome(o.damage, o.description, o.meant_for, o.verdicts, o.reasons, o.seconds) for o in outcomes]
-    return PowerReport(list(outcomes[0].verdicts), damages).to_dict()
+    return power_report(outcomes).to_dict() | {"measured_on": measured_on}

@@ -25,13 +25,16 @@ from awq_core.quantizer import REPORT_NAME
 from deploy.engine import Serving
 from deploy.registry import safe_name
 from orchestrator.lineage.queries import (
+    StoredFigures,
     end_attempt,
     finished_quantization,
     known_content_hash,
+    measured_power_check,
     note_content,
     promoted_versions,
     record_calibration,
     record_power_check,
+    record_power_check_reuse,
     record_quantization,
     record_rejection,
     record_reuse,
@@ -69,7 +72,9 @@ from orchestrator.release.records import (
 from orchestrator.release.reports import rounding_steps
 from orchestrator.release.snapshots import PolicySnapshot, run_policy
 from validation import STAGES, StageResult, run_stage
+from validation.memo import Known
 from validation.power import power_check as run_power_check
+from validation.power import power_check_address
 
 GROUP = "release"
 
@@ -162,7 +167,7 @@ def awq_model(
     out_dir = platform.work(key) / f"awq-{address[:16]}"
     made_by = reusable_quantization(engine, address, out_dir) if policy.reuse else None
     if made_by is not None:
-        run_id = record_reuse(engine, made_by, ckpt.id, calibration_set.id, snapshot.id)
+        run_id, made_hash = record_reuse(engine, made_by, ckpt.id, calibration_set.id, snapshot.id)
         report = QuantReport(**json.loads((out_dir / REPORT_NAME).read_text()))
         context.log.info(f"quantization reused: run {made_by} made {out_dir.name} from the same inputs")
     else:
@@ -183,11 +188,10 @@ def awq_model(
             f"quantized in {report.seconds:.0f} s on {report.compute['device']} {report.compute['dtype']}: "
             f"{rounding_steps(report.config)}"
         )
-        run_id = record_quantization(
-            engine, ckpt.id, calibration_set.id, snapshot.id, report, output_hash(out_dir), address
-        )
+        made_hash = output_hash(out_dir)
+        run_id = record_quantization(engine, ckpt.id, calibration_set.id, snapshot.id, report, made_hash, address)
     plot = plots.layer_errors(report.block_mse, platform.work(key) / "plots" / f"layer_errors-{run_id}.png")
-    record = CandidateRecord(run_id, ckpt, str(out_dir), str(plot))
+    record = CandidateRecord(run_id, ckpt, str(out_dir), made_hash, str(plot))
     metadata = quantization_metadata(record, report, config.group_size)
     if made_by is not None:
         metadata["reused_from_run"] = made_by
@@ -245,7 +249,8 @@ def validation_asset(
             staging=staging_of(policy),
         )
         settings = dataclasses.replace(policy.validation, load=load)
-        result = run_stage(stage, awq_model.checkpoint.model_dir, awq_model.model_dir, settings, policy.compute)
+        known = known_figures(lineage, context.run_id, awq_model) if policy.reuse else None
+        result = run_stage(stage, awq_model.checkpoint.model_dir, awq_model.model_dir, settings, policy.compute, known)
         report = write_report(result, platform.work(key) / "validation" / f"{stage}-{awq_model.id}.json")
         plot = stage_plot(result, report.parent / f"{stage}-{awq_model.id}")
         engine = lineage.engine()
@@ -253,7 +258,8 @@ def validation_asset(
         if result.status == "skipped":
             context.log.warning(f"{stage} skipped, as the policy allows: {result.skipped}")
         else:
-            context.log.info(f"{stage}: {result.status} in {result.seconds:.0f} s")
+            reused = f" ({' and '.join(result.reused)} figures measured before)" if result.reused else ""
+            context.log.info(f"{stage}: {result.status} in {result.seconds:.0f} s{reused}")
         if result.status == "failed":
             reason = f"{stage} gate failed: " + "; ".join(result.reasons)
             version = record_rejection(engine, model_name(policy, key), awq_model.id, reason)
@@ -271,24 +277,42 @@ def validation_asset(
     return stage_asset
 
 
+def known_figures(lineage: LineageDatabase, run_id: str, awq_model: CandidateRecord) -> Known:
+    """The figures the lineage database keeps, for the baseline and the candidate by their content hashes."""
+    ckpt = awq_model.checkpoint
+    models = {ckpt.model_dir: ckpt.content_hash, awq_model.model_dir: awq_model.output_hash}
+    return Known(StoredFigures(lineage.engine(), run_id), models)
+
+
 def power_check(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, awq_model: CandidateRecord
 ) -> dg.MaterializeResult[PowerCheckRecord]:
     """Plant known damage into copies of the candidate and run the quality stages on each: could these
-    gates have caught anything? Runs after they passed, where the policy's validation.power_check.run says."""
-    key, policy = context.partition_key, policy_of(context, platform, lineage).policy
+    gates have caught anything? Runs after they passed, where the policy's validation.power_check.run
+    says. Its table is reused from the newest check at the same address (validation.power): the same
+    validation and quantization settings on a fine-tune of the same base model."""
+    key, snapshot, engine = context.partition_key, policy_of(context, platform, lineage), lineage.engine()
+    policy = snapshot.policy
     if not policy.validation.power_check.run:
         record = PowerCheckRecord(awq_model.id, (), 0, 0)
         return dg.MaterializeResult(value=record, metadata=not_run("validation.power_check.run is false"))
-    report = run_power_check(
-        awq_model.checkpoint.model_dir, awq_model.model_dir, policy.validation, platform.work(key), policy.compute
-    )
-    ids = record_power_check(lineage.engine(), awq_model.id, context.run_id, report)
+    baseline = awq_model.checkpoint.model_dir
+    compute = resolve(policy.compute)
+    address = power_check_address(baseline, policy.validation, policy.quantization.fingerprint(), compute)
+    measured = measured_power_check(engine, address) if policy.reuse else []
+    if measured:
+        ids, report = record_power_check_reuse(engine, awq_model.id, context.run_id, measured)
+        context.log.info(f"power check reused: outcomes {measured} were measured at the same address")
+    else:
+        known = known_figures(lineage, context.run_id, awq_model) if policy.reuse else None
+        work = platform.work(key)
+        report = run_power_check(baseline, awq_model.model_dir, policy.validation, work, policy.compute, known)
+        ids = record_power_check(engine, awq_model.id, context.run_id, report, address)
     if report.blind:
         context.log.warning(f"The gates caught none of the {len(ids)} planted damages: the release will say so.")
     record = PowerCheckRecord(awq_model.id, tuple(ids), report.caught, len(ids))
     context.log.info(f"power check: the gates caught {report.caught} of {len(ids)} planted damages")
-    return dg.MaterializeResult(value=record, metadata=power_check_metadata(report))
+    return dg.MaterializeResult(value=record, metadata=power_check_metadata(report, measured))
 
 
 VALIDATION_NAMES = [f"{stage}_validation" for stage in STAGES]

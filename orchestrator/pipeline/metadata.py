@@ -112,6 +112,8 @@ def stage_metadata(result: StageResult, stage_id: int, report_path: Path, plot: 
         "validation_stage_id": stage_id,
         "seconds": round(result.seconds, 1),
         "compute": dg.MetadataValue.json(result.compute or {}),
+        # The models whose figures an earlier run or step measured (validation.memo): not measured again.
+        "figures_reused": ", ".join(result.reused) or "none",
         "reasons": dg.MetadataValue.json(result.reasons),
         "metrics": dg.MetadataValue.md(metrics_table(result.metrics)),
         "report": dg.MetadataValue.path(str(report_path)),
@@ -120,7 +122,8 @@ def stage_metadata(result: StageResult, stage_id: int, report_path: Path, plot: 
     }
 
 
-def power_check_metadata(report: PowerReport) -> dict:
+def power_check_metadata(report: PowerReport, reused_outcomes: list[int]) -> dict:
+    """`reused_outcomes`: the recorded outcomes this check took instead of planting damage again."""
     power = report.to_dict()
     return {
         "caught": power["caught"],
@@ -128,7 +131,8 @@ def power_check_metadata(report: PowerReport) -> dict:
         "blind": power["blind"],
         "summary": power_summary(power),
         "table": dg.MetadataValue.md(power_table(power)),
-        "seconds": round(sum(o.seconds for o in report.outcomes), 1),
+        "reused_outcomes": dg.MetadataValue.json(reused_outcomes),
+        "seconds": 0.0 if reused_outcomes else round(sum(o.seconds for o in report.outcomes), 1),
     }
 
 

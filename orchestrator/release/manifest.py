@@ -100,7 +100,7 @@ def build_manifest(
         },
         "files": {p.name: file_hash(p) for p in sorted(output.iterdir()) if p.is_file()},
         "validation": {stage: _validation(row) for stage, row in chain.stages.items()},
-        "power_check": power_check_record(chain.power_check),
+        "power_check": power_check_record(chain.power_check, chain.power_check_measured_on),
         "serving": launch,
         "card": card_facts(policy.policy.card, checkpoint.base_model, output),
         "policy": {"id": policy.id, "hash": policy.hash, "text": policy.text},

@@ -91,7 +91,9 @@ class ReleasePolicy:
     serving: Serving = Serving()  # vLLM's engine arguments: the load stage starts them, the release ships them
     base_models: dict[str, Path] | None = None  # LoRA adapters: base model name -> local folder
     max_attempts: int = 3  # a folder whose attempts failed (or were killed) this often is not retried
-    # A model quantized before from the same inputs (awq_core.address) is reused; false makes it again.
+    # Finished work at the same address is reused: a model quantized from the same inputs
+    # (awq_core.address), a stage's figures of the same model (validation.memo), a power check of
+    # the same settings and base model (validation.power). false measures and makes everything again.
     reuse: bool = True
     card: CardPolicy = CardPolicy()
 

@@ -30,6 +30,7 @@ class CandidateRecord:
     id: int  # quantization_runs row
     checkpoint: CheckpointRecord  # the baseline every stage compares against
     model_dir: str  # the quantized checkpoint
+    output_hash: str  # its tensors, config and side files: the candidate's identity in every stage's address
     plot: str | None = None  # PNG of the quantization error per block, for the UI and the model card
 
 

@@ -40,15 +40,22 @@ def power_table(power: dict) -> str:
 def power_summary(power: dict | None) -> str:
     if power is None:
         return "Power check: not run (the policy's validation.power_check.run is false)."
+    measured_on = power.get("measured_on")  # absent in manifests written before reuse
+    where = (
+        f" Measured on {measured_on}: this release shares its validation settings, quantization settings and "
+        "base model (config and tokenizer), so it was not run again."
+        if measured_on
+        else ""
+    )
     if power["blind"]:
         return (
             f"**WARNING: the gates caught none of the {power['planted']} planted damages.** They cannot be trusted "
-            "to reject a broken model: add items, texts or lengths, or tighten thresholds."
+            f"to reject a broken model: add items, texts or lengths, or tighten thresholds.{where}"
         )
     verdicts = [set(d["verdicts"].values()) for d in power["damages"]]
     weak = sum("inconclusive" in v and "caught" not in v for v in verdicts)  # rejected on weak evidence alone
     caveat = f"; {weak} of them only on inconclusive evidence" if weak else ""
-    return f"Power check: the gates caught {power['caught']} of {power['planted']} planted damages{caveat}."
+    return f"Power check: the gates caught {power['caught']} of {power['planted']} planted damages{caveat}.{where}"
 
 
 def rounding_steps(settings: dict) -> str:

@@ -1,8 +1,9 @@
 """Real faults, each a process killed with SIGKILL where it hurts most, and what the next run makes
 of it: a quantization killed midway is retried and resumes at its first unfinished block, releasing
 exactly what a run that was never killed would have; a run killed after quantization reuses the
-finished model instead of quantizing again; a promotion killed midway leaves the previous
-release current and intact, and the next run brings registry and database back into agreement."""
+finished model and the figures of the stages that had finished instead of measuring them again; a
+promotion killed midway leaves the previous release current and intact, and the next run brings
+registry and database back into agreement."""
 
 import json
 import os
@@ -26,7 +27,7 @@ from deploy.engine import Serving
 from deploy.registry import current_version, versions_on_disk
 from orchestrator.lineage import queries as lineage
 from orchestrator.lineage import session_scope, upgrade
-from orchestrator.lineage.models import CalibrationSet, Checkpoint, QuantizationRun
+from orchestrator.lineage.models import CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
 from orchestrator.pipeline.assets import calibration_set, checkpoint
 from orchestrator.pipeline.attempts import settle_attempts
 from orchestrator.pipeline.partitions import CHECKPOINTS
@@ -36,6 +37,7 @@ from orchestrator.release.promotion import promote, reconcile
 from orchestrator.release.snapshots import PolicySnapshot
 from tests.conftest import make_tiny_model, platform_under, postgres_cluster, tiny_policy
 from tests.fake_openai import FakeOpenAI
+from validation import STAGES
 
 CLI = str(Path(sys.executable).parent / "awq-release")
 
@@ -141,9 +143,17 @@ def test_a_run_killed_after_quantization_is_retried_without_quantizing_again(pla
         output = second.communicate(timeout=900)[0].decode()
         assert second.returncode == 0, output[-3000:]
     assert "quantization reused: run 1 made" in output and "AWQ blocks" not in output  # no block quantized again
+    assert re.search(r"perplexity: passed in \d+ s \(baseline and candidate figures measured before\)", output)
     with session_scope(upgrade(f"sqlite:///{home / 'lineage.db'}")) as session:
         runs = session.scalars(select(QuantizationRun).order_by(QuantizationRun.id)).all()
         assert [(r.id, r.reused_from_id) for r in runs] == [(1, None), (2, 1)]
+        stages = session.scalars(select(ValidationStage).order_by(ValidationStage.id)).all()
+        # the stages that had finished before the kill found their figures; the others were measured
+        first = [row for row in stages if row.quantization_run_id == 1]
+        finished = [row.stage for row in first]
+        assert "perplexity" in finished and "tasks" not in finished and all(row.reused == [] for row in first)
+        retried = {row.stage: row.reused for row in stages if row.quantization_run_id == 2}
+        assert retried == {stage: ["baseline", "candidate"] if stage in finished else [] for stage in STAGES}
     assert {p.name: p.read_bytes() for p in quantized.iterdir()} == made
     release = home / "registry" / "tiny-bot" / "current"
     shards = [name for name in made if name.endswith(".safetensors")]
