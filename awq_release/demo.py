@@ -265,7 +265,9 @@ def demo_validation_settings(assets: DemoAssets) -> dict:
                 {"path": str(assets.tasks["capitals_chat"]), "max_drop": 0.50},
             ],
             "max_drop": 0.30,
-            "max_drop_critical": 0.20,
+            # element_symbols has about a hundred items, so its interval is wide: a 0.20 ceiling rejected, as
+            # inconclusive, demo candidates whose estimated drop was well inside it (fp32 compute on AVX2 CPUs).
+            "max_drop_critical": 0.25,
         },
         "long_context": {
             "texts": domain,

@@ -2,8 +2,9 @@
 
 Each stage module has one entry point, `run(baseline_dir, candidate_dir, settings, compute) -> StageResult`;
 the models run where awq_core.compute decides (the load stage leaves that to vLLM). The quality stages
-also take `known`, figures of models they measured before (validation.models.measure_both), which is
-how the power check (validation.power) measures its baseline once for every damaged copy.
+also take `known` (validation.memo.Known): figures of models measured before, kept by the address of
+all they depend on, which a retry, a later release and the power check (validation.power) find
+instead of measuring a model again.
 
 The public names load on first use: the results and settings (pure data, which the lineage database
 and the history commands read) import no model stack.

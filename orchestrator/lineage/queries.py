@@ -271,28 +271,44 @@ def record_stage(engine: Engine, quantization_run_id: int, result: StageResult, 
         return _insert(session, row)
 
 
+def _outcome_rows(
+    quantization_run_id: int,
+    run_id: str,
+    report: "PowerReport",
+    address: str | None,
+    reused_from: list[int] | None = None,
+) -> list[PowerCheckOutcome]:
+    """A power check's outcomes as rows; `reused_from`: the outcome each one copies, where it was reused."""
+    originals = reused_from or [None] * len(report.outcomes)
+    return [
+        PowerCheckOutcome(
+            quantization_run_id=quantization_run_id,
+            run_id=run_id,
+            damage=o.damage,
+            description=o.description,
+            meant_for=o.meant_for,
+            verdicts=o.verdicts,
+            reasons=o.reasons,
+            seconds=o.seconds,
+            address=address,
+            reused_from_id=original,
+        )
+        for o, original in zip(report.outcomes, originals, strict=True)
+    ]
+
+
+def _insert_all(session: Session, rows: list[Base]) -> list[int]:
+    session.add_all(rows)
+    session.flush()
+    return [row.id for row in rows]
+
+
 def record_power_check(
     engine: Engine, quantization_run_id: int, run_id: str, report: "PowerReport", address: str | None = None
 ) -> list[int]:
     """Every planted damage's outcome, in one transaction."""
     with session_scope(engine) as session:
-        rows = [
-            PowerCheckOutcome(
-                quantization_run_id=quantization_run_id,
-                run_id=run_id,
-                damage=o.damage,
-                description=o.description,
-                meant_for=o.meant_for,
-                verdicts=o.verdicts,
-                reasons=o.reasons,
-                seconds=o.seconds,
-                address=address,
-            )
-            for o in report.outcomes
-        ]
-        session.add_all(rows)
-        session.flush()
-        return [row.id for row in rows]
+        return _insert_all(session, _outcome_rows(quantization_run_id, run_id, report, address))
 
 
 def measured_power_check(engine: Engine, address: str) -> list[int]:
@@ -312,24 +328,9 @@ def record_power_check_reuse(
     its original: the new rows' ids, and the report they hold."""
     with session_scope(engine) as session:
         originals = [session.get(PowerCheckOutcome, i) for i in measured]
-        copies = [
-            PowerCheckOutcome(
-                quantization_run_id=quantization_run_id,
-                run_id=run_id,
-                damage=o.damage,
-                description=o.description,
-                meant_for=o.meant_for,
-                verdicts=o.verdicts,
-                reasons=o.reasons,
-                seconds=o.seconds,
-                address=o.address,
-                reused_from_id=o.id,
-            )
-            for o in originals
-        ]
-        session.add_all(copies)
-        session.flush()
-        return [row.id for row in copies], power_report(originals)
+        report = power_report(originals)
+        rows = _outcome_rows(quantization_run_id, run_id, report, originals[0].address, measured)
+        return _insert_all(session, rows), report
 
 
 def kept_figures(engine: Engine, address: str) -> dict | None:
