@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use local folders only; read when huggingface_hub is imported
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -24,6 +25,27 @@ from orchestrator.lineage import session_scope  # noqa: E402
 from orchestrator.lineage.models import CalibrationSet, Checkpoint, QuantizationRun  # noqa: E402
 from orchestrator.pipeline.resources import Platform  # noqa: E402
 from tests.offline import prose, train_tokenizer, write_tasks  # noqa: E402
+
+CLI = str(Path(sys.executable).parent / "awq-release")  # the real console script
+
+
+def quantize_args(model_dir: Path, out_dir: Path, calib: list[Path], *extra: str) -> list[str]:
+    """`awq-release quantize` of a tiny model, fast: group 32, 4 x 64 calibration tokens."""
+    return [
+        "quantize",
+        str(model_dir),
+        str(out_dir),
+        "--calib",
+        *map(str, calib),
+        "--group-size",
+        "32",
+        "--n-samples",
+        "4",
+        "--seqlen",
+        "64",
+        *extra,
+    ]
+
 
 MODEL_TYPES = {
     "LlamaForCausalLM": "llama",

@@ -35,11 +35,9 @@ from orchestrator.pipeline.resources import LineageDatabase
 from orchestrator.release.policy import ReleasePolicy
 from orchestrator.release.promotion import promote, reconcile
 from orchestrator.release.snapshots import PolicySnapshot
-from tests.conftest import make_tiny_model, platform_under, postgres_cluster, tiny_policy
+from tests.conftest import CLI, make_tiny_model, platform_under, postgres_cluster, tiny_policy
 from tests.fake_openai import FakeOpenAI
 from validation import STAGES
-
-CLI = str(Path(sys.executable).parent / "awq-release")
 
 
 @pytest.fixture

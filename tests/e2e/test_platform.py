@@ -254,7 +254,7 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
     assert sorted(p.name for p in (root / "registry" / "demo-bot" / "releases").iterdir()) == ["v0001"]
 
     # The history commands read the same database (in this process: the console script's imports
-    # would cost each call ten seconds; test_bad_input runs the console script itself).
+    # would cost each call ten seconds; test_console_scripts runs the console script itself).
     monkeypatch.setenv("AWQ_RELEASE_DATABASE_URL", f"sqlite:///{root / 'lineage.db'}")
     monkeypatch.setenv("AWQ_RELEASE_REGISTRY", str(root / "registry"))
 

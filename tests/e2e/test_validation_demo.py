@@ -70,7 +70,7 @@ def validate(
     baseline: Path, candidate: Path, stages: list[str], policy: dict, tmp_path: Path, *extra: str, serving=SERVING
 ) -> tuple[int, dict, str]:
     """`awq-release validate ... --json` in this process, where torch and the stages are imported once
-    (the console script's own start is test_bad_input's): its exit code, report and stderr."""
+    (the console script's own start is test_console_scripts'): its exit code, report and stderr."""
     config = tmp_path / "policy.yaml"
     config.write_text(yaml.safe_dump({"validation": policy, "serving": serving}))
     args = [

@@ -6,7 +6,6 @@ import json
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,26 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from orchestrator.cli.main import main
-from tests.conftest import make_tiny_model
-
-CLI = str(Path(sys.executable).parent / "awq-release")
-
-
-def quantize_args(model_dir: Path, out_dir: Path, calib: list[Path], *extra: str) -> list[str]:
-    return [
-        "quantize",
-        str(model_dir),
-        str(out_dir),
-        "--calib",
-        *map(str, calib),
-        "--group-size",
-        "32",
-        "--n-samples",
-        "4",
-        "--seqlen",
-        "64",
-        *extra,
-    ]
+from tests.conftest import make_tiny_model, quantize_args
 
 
 def run_quantize(model_dir: Path, out_dir: Path, calib: list[Path], *extra: str) -> subprocess.CompletedProcess:
@@ -58,19 +38,6 @@ def assert_refused(result: subprocess.CompletedProcess, out_dir: Path, *phrases:
 @pytest.fixture
 def model_copy(tmp_path, tiny_llama) -> Path:
     return Path(shutil.copytree(tiny_llama, tmp_path / "model"))
-
-
-def test_cli_quantizes_and_prints_json(tmp_path, tiny_llama, calib_file):
-    args = [CLI, *quantize_args(tiny_llama, tmp_path / "out", [calib_file], "--json")]  # the real console script
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary["out_dir"] == str(tmp_path / "out") and summary["seconds"] > 0 and summary["peak_rss_mb"] > 0
-    assert Path(summary["report_path"]).is_file() and summary["config"]["calibration"] == {
-        "n_samples": 4,
-        "seqlen": 64,
-        "fingerprint": summary["config"]["calibration"]["fingerprint"],
-    }
 
 
 def test_group_size_that_does_not_divide_a_layer(tmp_path, tokenizer_dir, calib_file):

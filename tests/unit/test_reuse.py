@@ -1,14 +1,13 @@
 """Finished work is never done twice: a quantized model is addressed by what it was made from and
 reused by a retry, recorded as reused; any changed input, or a changed output, makes it afresh. The
-address holds because the quantizer is deterministic: two processes make the same bytes."""
+address holds because the quantizer is deterministic: two processes make the same bytes
+(tests/integration/test_console_scripts.py)."""
 
-import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
-from safetensors.torch import load_file
 from sqlalchemy import select
 
 import orchestrator.pipeline.assets as assets_module
@@ -18,7 +17,6 @@ from orchestrator.pipeline.assets import awq_model, calibration_set, checkpoint,
 from orchestrator.pipeline.partitions import CHECKPOINTS
 from orchestrator.pipeline.resources import LineageDatabase
 from tests.conftest import FAST, make_tiny_model, platform_under
-from tests.unit.test_bad_input import CLI, quantize_args
 
 STEPS = [checkpoint, calibration_set, dg.asset(name="awq_model", partitions_def=CHECKPOINTS)(awq_model)]
 
@@ -87,19 +85,3 @@ def test_a_changed_input_or_output_is_made_afresh(platform_home, calib_file, cha
     assert remade.reused_from_id is None and remade.seconds > 0
     assert (remade.address != made.address) == (change == "settings")
     assert remade.output_hash == output_hash(Path(remade.output_path))
-
-
-def test_two_processes_make_the_same_bytes(tmp_path, tiny_llama, calib_file):
-    """The same checkpoint, tokens and settings in two fresh processes: every tensor bit for bit, and
-    the same output hash (the report's timings are not part of it)."""
-    outputs = [tmp_path / "first", tmp_path / "second"]
-    for out in outputs:
-        result = subprocess.run([CLI, *quantize_args(tiny_llama, out, [calib_file])], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
-    shards = sorted(p.name for p in outputs[0].glob("*.safetensors"))
-    assert shards and shards == sorted(p.name for p in outputs[1].glob("*.safetensors"))
-    for name in shards:
-        first, second = (load_file(out / name) for out in outputs)
-        assert first.keys() == second.keys()
-        assert all(first[k].dtype == second[k].dtype and first[k].equal(second[k]) for k in first), name
-    assert output_hash(outputs[0]) == output_hash(outputs[1])
