@@ -107,7 +107,8 @@ def reuse_by_run(home: Path) -> list[dict]:
 
 def step_seconds(home: Path) -> list[dict[str, float]]:
     """Each Dagster run's step times, oldest run first."""
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home / "dagster_home"))) as instance:
+    os.environ["DAGSTER_HOME"] = str(home / "dagster_home")  # the instance the passes ran on
+    with dg.DagsterInstance.get() as instance:
         runs = sorted(instance.get_runs(), key=lambda r: instance.get_run_stats(r.run_id).start_time or 0)
         return [
             {
