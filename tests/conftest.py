@@ -259,6 +259,15 @@ def tiny_llama(tmp_path_factory, tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def rtn_candidate(tmp_path_factory, tiny_llama, calib_file) -> Path:
+    """tiny_llama quantized to nearest (fast), in the AWQ GEMM layout: a candidate for the stages."""
+    calib = build_calibration(AutoTokenizer.from_pretrained(tiny_llama), [calib_file], n_samples=4, seqlen=128)
+    out = tmp_path_factory.mktemp("rtn") / "awq"
+    quantize(tiny_llama, out, calib, QuantConfig(method="rtn"), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory, tokenizer_dir) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "gemma", tokenizer_dir, "Gemma3ForCausalLM")
 

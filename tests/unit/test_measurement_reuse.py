@@ -12,8 +12,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from awq_core import QuantConfig, build_calibration, quantize
-from awq_core.checkpoint import load_tokenizer
+from awq_core import QuantConfig
 from awq_core.compute import resolve
 from awq_release.settings import from_dict
 from orchestrator.lineage import session_scope
@@ -33,12 +32,9 @@ from validation.settings import ValidationSettings
 FINE_TUNES = ("tiny", "tuned")  # two fine-tunes of one base: the same config and tokenizer, other weights
 
 
-@pytest.fixture(scope="module")
-def candidate(tmp_path_factory, tiny_llama, calib_file) -> Path:
-    calib = build_calibration(load_tokenizer(tiny_llama), [calib_file], n_samples=4, seqlen=128)
-    out = tmp_path_factory.mktemp("reuse") / "awq"
-    quantize(tiny_llama, out, calib, QuantConfig(method="rtn"), progress=False)
-    return out
+@pytest.fixture
+def candidate(rtn_candidate) -> Path:
+    return rtn_candidate
 
 
 def settings_for(text: Path, task: Path) -> ValidationSettings:

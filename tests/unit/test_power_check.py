@@ -9,8 +9,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from awq_core import QuantConfig, build_calibration, quantize
-from awq_core.checkpoint import load_tokenizer
 from awq_release.errors import ValidationError
 from awq_release.settings import from_dict
 from kernels.reference import unpack_int4
@@ -21,12 +19,9 @@ from validation.power import DAMAGES, Candidate, plant, power_check, slow_rotary
 from validation.settings import DamageName, PowerCheckSettings, ValidationSettings
 
 
-@pytest.fixture(scope="module")
-def candidate(tmp_path_factory, tiny_llama, calib_file) -> Path:
-    calib = build_calibration(load_tokenizer(tiny_llama), [calib_file], n_samples=4, seqlen=128)
-    out = tmp_path_factory.mktemp("power") / "awq"
-    quantize(tiny_llama, out, calib, QuantConfig(method="rtn"), progress=False)
-    return out
+@pytest.fixture
+def candidate(rtn_candidate) -> Path:
+    return rtn_candidate
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
