@@ -46,6 +46,11 @@ class Resolved:
         """The dtype as settings spell it: "float32", "bfloat16", "float16"."""
         return str(self.dtype).removeprefix("torch.")
 
+    @property
+    def address_part(self) -> str:
+        """The compute as every result's address spells it: the device kind and dtype, "cpu float32"."""
+        return f"{self.device.type} {self.dtype_name}"
+
     def describe(self) -> dict:
         """For reports, manifests and metadata: {"device": "cpu", "dtype": "float32", "why": ...}."""
         return {"device": str(self.device), "dtype": self.dtype_name, "why": self.why}

@@ -119,7 +119,7 @@ def stage_scope(settings: Any, candidate: str | Path, compute: Resolved) -> str:
     parts = {
         "settings": settings_fingerprint(settings),
         "candidate_side_files": side_files_fingerprint(candidate),
-        "compute": f"{compute.device.type} {compute.dtype_name}",
+        "compute": compute.address_part,
         "code": code_fingerprint(MEASURING_PACKAGES),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

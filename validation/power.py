@@ -257,7 +257,7 @@ def power_check_address(
         "power_check": settings_fingerprint(checked),
         "family": family_fingerprint(baseline),
         "quantization": quantization,
-        "compute": f"{compute.device.type} {compute.dtype_name}",
+        "compute": compute.address_part,
         "code": code_fingerprint(MEASURING_PACKAGES),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

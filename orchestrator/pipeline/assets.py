@@ -161,9 +161,7 @@ def awq_model(
     config = policy.quantization
     ckpt = calibration_set.checkpoint
     compute = resolve(policy.compute)
-    address = quantization_address(
-        ckpt.content_hash, calibration_set.tokens_hash, config, f"{compute.device.type} {compute.dtype_name}"
-    )
+    address = quantization_address(ckpt.content_hash, calibration_set.tokens_hash, config, compute.address_part)
     out_dir = platform.work(key) / f"awq-{address[:16]}"
     made_by = reusable_quantization(engine, address, out_dir) if policy.reuse else None
     if made_by is not None:
@@ -291,8 +289,7 @@ def power_check(
     gates have caught anything? Runs after they passed, where the policy's validation.power_check.run
     says. Its table is reused from the newest check at the same address (validation.power): the same
     validation and quantization settings on a fine-tune of the same base model."""
-    key, snapshot, engine = context.partition_key, policy_of(context, platform, lineage), lineage.engine()
-    policy = snapshot.policy
+    key, policy, engine = context.partition_key, policy_of(context, platform, lineage).policy, lineage.engine()
     if not policy.validation.power_check.run:
         record = PowerCheckRecord(awq_model.id, (), 0, 0)
         return dg.MaterializeResult(value=record, metadata=not_run("validation.power_check.run is false"))
