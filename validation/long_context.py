@@ -25,8 +25,8 @@ from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from validation.evidence import bootstrap_increases, percentile_interval
 from validation.memo import Known
-from validation.models import context_length, measure_both
-from validation.result import StageResult, gate
+from validation.models import Units, context_length, measure_both, stopped_early
+from validation.result import Metric, StageResult, gate
 from validation.settings import Evidence, LongContextSettings
 
 DEFAULT_LENGTHS = (512, 2048, 4096, 8192)
@@ -115,12 +115,71 @@ def paired_increases(
     return bootstrap_increases(diffs, tokens, evidence.resamples)
 
 
+def length_gate(
+    length: int,
+    baseline: list[tuple[list[float], bool]],
+    candidate: list[tuple[list[float], bool]],
+    settings: LongContextSettings,
+) -> Metric:
+    """The candidate's perplexity degradation at one length, over its probes' scored tokens."""
+    base, cand = summary(baseline)["perplexity"], summary(candidate)["perplexity"]
+    return gate(
+        f"perplexity increase at {length} tokens",
+        base,
+        cand,
+        cand / base - 1,
+        settings.max_degradation,
+        interval=percentile_interval(
+            paired_increases(baseline, candidate, settings.evidence), settings.evidence.confidence
+        ),
+        inconclusive=settings.evidence.inconclusive,
+    )
+
+
+def range_gates(
+    results: dict[str, dict[int, list[tuple[list[float], bool]]]],
+    degradation: dict[int, float],
+    settings: LongContextSettings,
+) -> list[Metric]:
+    """The gates over every length: the degradation's growth from the shortest to the longest, and
+    the retrievals lost. results: role -> length -> its probes' (token NLLs, retrieved)."""
+    lengths = sorted(degradation)
+    evidence, shortest, longest = settings.evidence, lengths[0], lengths[-1]
+    growth = paired_increases(results["baseline"][longest], results["candidate"][longest], evidence) - (
+        paired_increases(results["baseline"][shortest], results["candidate"][shortest], evidence)
+    )
+    probes = [found for n in lengths for _, found in results["baseline"][n]]
+    retrieved = {
+        role: sum(found for n in lengths for _, found in by_length[n]) / len(probes)
+        for role, by_length in results.items()
+    }
+    return [
+        gate(
+            f"degradation growth {shortest} -> {longest} tokens",
+            degradation[shortest],
+            degradation[longest],
+            degradation[longest] - degradation[shortest],
+            settings.max_growth,
+            interval=percentile_interval(growth, evidence.confidence),
+            inconclusive=evidence.inconclusive,
+        ),
+        gate(
+            "retrieval accuracy lost",
+            retrieved["baseline"],
+            retrieved["candidate"],
+            retrieved["baseline"] - retrieved["candidate"],
+            settings.max_retrieval_drop,
+        ),
+    ]
+
+
 def run(
     baseline: str | Path,
     candidate: str | Path,
     settings: LongContextSettings = LongContextSettings(),
     compute: Resolved | None = None,
     known: Known | None = None,
+    until_failed: bool = False,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -146,59 +205,30 @@ def run(
             )
         probes[length] = [build_probe(tokenizer, d, length, settings.target_tokens, rng) for d in fitting]
 
-    def measure(model: nn.Module, role: str) -> dict[str, list[tuple[list[float], bool]]]:
-        return {  # keyed by the length as text, as figures are kept (validation.memo.plain)
-            str(length): [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
-            for length in tqdm(lengths, desc=f"{role} long context", leave=False)
-        }
+    def measure(model: nn.Module, role: str) -> Units:
+        for length in tqdm(lengths, desc=f"{role} long context", leave=False):  # the shortest, cheapest first
+            # keyed by the length as text, as figures are kept (validation.memo.plain)
+            yield str(length), [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
 
-    measured, reused = measure_both(baseline, candidate, "long_context", settings, measure, compute, known)
-    results = {role: {n: by_length[str(n)] for n in lengths} for role, by_length in measured.items()}
-    figures = {role: {n: summary(by_length[n]) for n in lengths} for role, by_length in results.items()}
-    evidence = settings.evidence
-    increases = {n: paired_increases(results["baseline"][n], results["candidate"][n], evidence) for n in lengths}
-    degradation = {n: figures["candidate"][n]["perplexity"] / figures["baseline"][n]["perplexity"] - 1 for n in lengths}
-    metrics = [
-        gate(
-            f"perplexity increase at {n} tokens",
-            figures["baseline"][n]["perplexity"],
-            figures["candidate"][n]["perplexity"],
-            degradation[n],
-            settings.max_degradation,
-            interval=percentile_interval(increases[n], evidence.confidence),
-            inconclusive=evidence.inconclusive,
-        )
-        for n in lengths
-    ]
-    shortest, longest = lengths[0], lengths[-1]
-    metrics.append(
-        gate(
-            f"degradation growth {shortest} -> {longest} tokens",
-            degradation[shortest],
-            degradation[longest],
-            degradation[longest] - degradation[shortest],
-            settings.max_growth,
-            interval=percentile_interval(increases[longest] - increases[shortest], evidence.confidence),
-            inconclusive=evidence.inconclusive,
-        )
+    def failed(length: str, base: list, cand: list) -> bool:
+        return length_gate(int(length), base, cand, settings).verdict == "fail"
+
+    measured, reused = measure_both(
+        baseline, candidate, "long_context", settings, measure, compute, known, failed if until_failed else None
     )
-    total = sum(f["probes"] for f in figures["baseline"].values())
-    retrieved = {role: sum(f["retrieved"] for f in figures[role].values()) / total for role in figures}
-    metrics.append(
-        gate(
-            "retrieval accuracy lost",
-            retrieved["baseline"],
-            retrieved["candidate"],
-            retrieved["baseline"] - retrieved["candidate"],
-            settings.max_retrieval_drop,
-        )
-    )
+    done = [int(n) for n in measured["candidate"]]  # every length, unless until_failed stopped at a failed one
+    warnings += stopped_early([str(n) for n in done], lengths)
+    results = {role: {n: by_length[str(n)] for n in done} for role, by_length in measured.items()}
+    metrics = [length_gate(n, results["baseline"][n], results["candidate"][n], settings) for n in done]
+    degradation = {n: metric.value for n, metric in zip(done, metrics, strict=True)}
+    if done == lengths:  # the gates over all lengths
+        metrics += range_gates(results, degradation, settings)
     details = {
         "lengths": lengths,
-        "by_length": figures,
+        "by_length": {role: {n: summary(by_length[n]) for n in done} for role, by_length in results.items()},
         "degradation": degradation,
-        "interval": f"{evidence.confidence:.0%} percentile bootstrap over blocks of {BLOCK_TOKENS} scored tokens, "
-        "paired; retrieval: the point estimate",
+        "interval": f"{settings.evidence.confidence:.0%} percentile bootstrap over blocks of {BLOCK_TOKENS} scored "
+        "tokens, paired; retrieval: the point estimate",
     }
     return StageResult(
         "long_context",

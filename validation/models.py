@@ -2,9 +2,10 @@
 the compute device and in the compute dtype (awq_core.compute decides both)."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import nn
 from transformers import AutoModelForCausalLM
@@ -12,9 +13,7 @@ from transformers import AutoModelForCausalLM
 from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
 from awq_core.loader import load_quantized
-from validation.memo import Known, stage_scope
-
-Figures = TypeVar("Figures")
+from validation.memo import Known, plain, stage_scope
 
 
 def load_model(model_dir: str | Path, compute: Resolved | None = None) -> nn.Module:
@@ -32,27 +31,58 @@ def context_length(model_dir: str | Path) -> int:
     return int(json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings", 2048))
 
 
+# A stage's figures of one model come unit by unit (a task, a text, a context length): each unit's
+# gates depend on that unit alone.
+Units = Iterator[tuple[str, Any]]
+# (unit, the baseline's figures of it, the candidate's) -> whether that unit's gate failed outright.
+Failed = Callable[[str, Any, Any], bool]
+
+
 def measure_both(
     baseline: str | Path,
     candidate: str | Path,
     stage: str,
     settings: Any,
-    measure: Callable[[nn.Module, str], Figures],
+    measure: Callable[[nn.Module, str], Units],
     compute: Resolved,
     known: Known | None = None,
-) -> tuple[dict[str, Figures], list[str]]:
-    """({"baseline": ..., "candidate": ...}, the roles whose figures were measured before):
-    measure(model, role) for each model `known` keeps nothing of at this stage's scope (validation.memo),
-    loaded one at a time. Figures come back as plain JSON data whether measured now or found."""
+    failed: Failed | None = None,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """({"baseline": {unit: ...}, "candidate": {unit: ...}}, the roles whose figures were measured
+    before): measure(model, role) for each model `known` keeps nothing of at this stage's scope
+    (validation.memo), loaded one at a time. Figures come back as plain JSON data whether measured
+    now or found.
+
+    With `failed` (the power check), the candidate is measured only up to its first unit whose gate
+    failed outright: the stage's verdict is then settled, since a unit's gates depend on that unit
+    alone. Its figures, partial, are kept nowhere."""
     known = Known() if known is None else known
     scope = stage_scope(settings, candidate, compute)
-    figures, reused = {}, []
 
-    def measured_now(path: str | Path, role: str) -> Callable[[], Figures]:
+    def measured_now(path: str | Path, role: str) -> Callable[[], dict[str, Any]]:
         # The model lives only in this call: freed before the next one is loaded.
-        return lambda: measure(load_model(path, compute), role)
+        return lambda: dict(measure(load_model(path, compute), role))
 
-    for role, path in (("baseline", baseline), ("candidate", candidate)):
-        figures[role], was_kept = known.measured(path, stage, scope, measured_now(path, role))
-        reused += [role] if was_kept else []
+    figures, was_kept = known.measured(baseline, stage, scope, measured_now(baseline, "baseline"))
+    figures, reused = {"baseline": figures}, ["baseline"] if was_kept else []
+    if failed is None:
+        figures["candidate"], was_kept = known.measured(candidate, stage, scope, measured_now(candidate, "candidate"))
+        return figures, reused + (["candidate"] if was_kept else [])
+    figures["candidate"] = {}
+    with closing(measure(load_model(candidate, compute), "candidate")) as units:
+        for unit, measured in units:
+            figures["candidate"][unit] = plain(measured)
+            if failed(unit, figures["baseline"][unit], figures["candidate"][unit]):
+                break
     return figures, reused
+
+
+def stopped_early(measured: list[str], units: Iterable) -> list[str]:
+    """The warning of a stage that measured the candidate only up to its first failed unit."""
+    units = [str(u) for u in units]
+    if len(measured) == len(units):
+        return []
+    return [
+        f"measured up to its first failed gate ({measured[-1]}: {len(measured)} of {len(units)}); "
+        f"{', '.join(units[len(measured) :])} not measured, as the verdict did not depend on them"
+    ]

@@ -15,7 +15,7 @@ from awq_release.errors import ValidationError
 from awq_release.texts import token_stream, window_prefix
 from validation.evidence import bootstrap_increases, increase, percentile_interval
 from validation.memo import Known
-from validation.models import measure_both
+from validation.models import Units, measure_both, stopped_early
 from validation.result import Metric, StageResult, gate
 from validation.settings import PerplexitySettings
 
@@ -97,6 +97,7 @@ def run(
     settings: PerplexitySettings = PerplexitySettings(),
     compute: Resolved | None = None,
     known: Known | None = None,
+    until_failed: bool = False,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -112,14 +113,23 @@ def run(
     streams = {name: token_stream(tokenizer, list(files))[: settings.max_tokens] for name, files in sources.items()}
     prefix = window_prefix(tokenizer)
 
-    def measure(model: nn.Module, role: str) -> dict[str, list[tuple[float, int]]]:
-        return {
-            name: window_nlls(model, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl", prefix=prefix)
-            for name, ids in streams.items()
-        }
+    def measure(model: nn.Module, role: str) -> Units:
+        for name, ids in streams.items():
+            yield (
+                name,
+                window_nlls(model, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl", prefix=prefix),
+            )
 
-    windows, reused = measure_both(baseline, candidate, "perplexity", settings, measure, compute, known)
-    metrics = [increase_gate(name, windows["baseline"][name], windows["candidate"][name], settings) for name in streams]
+    def failed(name: str, base: list, cand: list) -> bool:
+        return increase_gate(name, base, cand, settings).verdict == "fail"
+
+    windows, reused = measure_both(
+        baseline, candidate, "perplexity", settings, measure, compute, known, failed if until_failed else None
+    )
+    measured = list(windows["candidate"])  # every text, unless until_failed stopped at a failed one
+    metrics = [
+        increase_gate(name, windows["baseline"][name], windows["candidate"][name], settings) for name in measured
+    ]
     details = {
         "tokens": {name: ids.numel() for name, ids in streams.items()},
         "windows": {name: len(w) for name, w in windows["baseline"].items()},
@@ -128,4 +138,12 @@ def run(
         "interval": f"{settings.evidence.confidence:.0%} percentile bootstrap over windows, paired",
     }
     seconds = time.perf_counter() - start
-    return StageResult("perplexity", metrics, [], details, seconds, compute=compute.describe(), reused=reused)
+    return StageResult(
+        "perplexity",
+        metrics,
+        stopped_early(measured, streams),
+        details,
+        seconds,
+        compute=compute.describe(),
+        reused=reused,
+    )

@@ -2,6 +2,9 @@
 
 It plants known damage into copies of the AWQ candidate, runs the quality stages on each copy
 against the same baseline (measured once per stage), and reports which stage caught which damage.
+A stage measures a copy only up to its first failed gate: a unit's gates (a task, a text, a context
+length) depend on that unit alone, so the rest could not change the verdict "caught", and a copy
+that breaks the model costs a fraction of a stage.
 A damage rewrites only the shards holding the tensors it changes; the copy's other files are hard
 links to the candidate's.
 
@@ -235,7 +238,7 @@ def _judge(
     inconclusive  only inconclusive gates rejected it, as the policy makes them: a rejection on weak evidence;
     missed        the copy passed."""
     try:
-        result = STAGES[stage](baseline, copy, getattr(settings, stage), compute, known)
+        result = STAGES[stage](baseline, copy, getattr(settings, stage), compute, known, until_failed=True)
     except ReleaseError as e:
         return "caught", [f"the stage failed: {e}"]
     if result.status != "failed":

@@ -30,7 +30,7 @@ from awq_release.errors import ValidationError
 from awq_release.texts import window_prefix
 from validation.evidence import paired_mean
 from validation.memo import Known
-from validation.models import measure_both
+from validation.models import Units, measure_both, stopped_early
 from validation.result import Inconclusive, Metric, StageResult, gate
 from validation.settings import TaskSettings, TaskSpec
 
@@ -330,6 +330,7 @@ def run(
     settings: TaskSettings = TaskSettings(),
     compute: Resolved | None = None,
     known: Known | None = None,
+    until_failed: bool = False,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
@@ -338,21 +339,29 @@ def run(
     tasks = {Path(spec.path).stem: (spec, load_task(spec.path)[: settings.limit]) for spec in settings.tasks}
     tokenizer = load_tokenizer(candidate)
 
-    def measure(model: nn.Module, role: str) -> dict[str, dict[str, list[int]]]:
+    def measure(model: nn.Module, role: str) -> Units:
         total = sum(len(items) for _, items in tasks.values())
         with tqdm(total=total, desc=f"{role} tasks", unit="item", leave=False) as bar:
-            return {name: score(model, tokenizer, items, settings, bar.update) for name, (_, items) in tasks.items()}
+            for name, (_, items) in tasks.items():
+                yield name, score(model, tokenizer, items, settings, bar.update)
 
-    scores, reused = measure_both(baseline, candidate, "tasks", settings, measure, compute, known)
+    def drops(base: dict[str, list[int]], cand: dict[str, list[int]]) -> dict[str, dict]:
+        return {m: paired_drop(base[m], cand[m], settings.evidence.confidence) for m in base}
 
-    metrics, warnings, details = [], [], {}
+    def failed(name: str, base: dict, cand: dict) -> bool:
+        return task_gate(name, tasks[name][0], drops(base, cand), settings)[0].verdict == "fail"
+
+    scores, reused = measure_both(
+        baseline, candidate, "tasks", settings, measure, compute, known, failed if until_failed else None
+    )
+
+    measured = list(scores["candidate"])  # every task, unless until_failed stopped at a failed one
+    metrics, warnings, details = [], stopped_early(measured, tasks), {}
     if tokenizer.chat_template is None and any(isinstance(i, Generation) for _, items in tasks.values() for i in items):
         warnings.append("the tokenizer has no chat template: generation prompts went to both models as plain text")
-    for name, (spec, items) in tasks.items():
-        per_metric = {
-            m: paired_drop(scores["baseline"][name][m], scores["candidate"][name][m], settings.evidence.confidence)
-            for m in scores["baseline"][name]
-        }
+    for name in measured:
+        spec, items = tasks[name]
+        per_metric = drops(scores["baseline"][name], scores["candidate"][name])
         metric, warning = task_gate(name, spec, per_metric, settings)
         metrics.append(metric)
         warnings += [warning] if warning else []

@@ -1,6 +1,7 @@
 """The power check's planted damage on a tiny AWQ model: each damage changes exactly its tensors, the
 copy loads and computes differently, the stages run on every copy with the baseline measured once."""
 
+import dataclasses
 import json
 import typing
 from pathlib import Path
@@ -17,6 +18,7 @@ from validation import models
 from validation.models import load_model
 from validation.power import DAMAGES, Candidate, plant, power_check, slow_rotary_pairs
 from validation.settings import DamageName, PowerCheckSettings, ValidationSettings
+from validation.stages import STAGES
 
 
 @pytest.fixture
@@ -105,3 +107,42 @@ def test_power_check_runs_each_stage_on_each_copy_with_one_baseline(
     assert report.to_dict()["planted"] == 2 and report.blind == (report.caught == 0)
     assert loads.count(tiny_llama) == 3  # once per stage, not once per stage and damage
     assert not list((tmp_path / "work").iterdir())  # every copy removed
+
+
+def gates_that_always_fail(calib_file: Path, task: Path) -> ValidationSettings:
+    """Two units per stage, and thresholds no model meets (below what a policy file may say): each
+    stage's first unit fails outright."""
+    texts = [str(calib_file)]
+    task.with_name("again.jsonl").write_text(task.read_text())
+    data = tiny_policy(calib_file, task, "http://127.0.0.1:9")["validation"]
+    data["perplexity"] |= {"general_texts": texts}
+    data["tasks"]["tasks"] += [{"path": str(task.with_name("again.jsonl"))}]
+    data["long_context"] |= {"lengths": [192, 256]}
+    s = from_dict(ValidationSettings, data)
+    return dataclasses.replace(
+        s,
+        perplexity=dataclasses.replace(s.perplexity, max_increase=-0.99),
+        tasks=dataclasses.replace(s.tasks, max_drop=-1.0),
+        long_context=dataclasses.replace(s.long_context, max_degradation=-0.99),
+    )
+
+
+@pytest.mark.parametrize(
+    "stage, first_unit, rest",
+    [("perplexity", "domain", "general"), ("tasks", "quiz", "again"), ("long_context", "192", "256")],
+)
+def test_a_stage_measures_a_copy_only_up_to_its_first_failed_gate(
+    tmp_path, candidate, tiny_llama, calib_file, stage, first_unit, rest
+):
+    task = tmp_path / "quiz.jsonl"
+    task.write_text(
+        "".join(json.dumps({"question": f"{i} + 1 =", "choices": ["1", "2"], "answer": 0}) + "\n" for i in range(8))
+    )
+    settings = gates_that_always_fail(calib_file, task)
+    whole = STAGES[stage](tiny_llama, candidate, getattr(settings, stage))
+    early = STAGES[stage](tiny_llama, candidate, getattr(settings, stage), until_failed=True)
+
+    assert whole.metrics[0].verdict == "fail" and early.status == "failed"
+    assert early.metrics == whole.metrics[:1]  # the same gate from the same figures, to the last bit
+    assert len(whole.metrics) > 1
+    assert f"measured up to its first failed gate ({first_unit}: 1 of 2); {rest} not measured" in early.warnings[0]
