@@ -295,11 +295,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         transformers_logging.disable_progress_bar()
     log_level = "DEBUG" if args.verbose else "INFO"
     if args.no_demo:
-        outcomes, why = run_platform(log_level), "(the watched folder holds nothing new or retryable)"
+        outcomes, why = run_platform(log_level, args.recompute), "(the watched folder holds nothing new or retryable)"
     else:
         print(f"compute: {resolve(Compute())}", file=sys.stderr)  # the demo policy's setting: auto
         assets = demo_assets()
-        outcomes = run_demo(assets, log_level)
+        outcomes = run_demo(assets, log_level, args.recompute)
         why = f"at {assets.model_dir.name}: {why_not_started(assets)}" if not outcomes else ""
     engine, _ = _platform()
     rows = history(engine)
@@ -523,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-demo",
         action="store_true",
         help="release what the watched folder holds under its own policy, without placing the demo there",
+    )
+    p.add_argument(
+        "--recompute",
+        action="store_true",
+        help="quantize and measure everything again: this pass reuses no finished work (as the policy's reuse: false)",
     )
     p.set_defaults(func=cmd_run)
 

@@ -20,6 +20,7 @@ from awq_release.errors import ReleaseError
 from orchestrator.definitions import build_definitions
 from orchestrator.environment import platform_home
 from orchestrator.lineage.queries import attempt_statuses, end_attempt
+from orchestrator.pipeline.assets import RECOMPUTE_TAG
 from orchestrator.pipeline.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
 from orchestrator.pipeline.metadata import did_not_run
 from orchestrator.pipeline.resources import default_resources
@@ -95,11 +96,16 @@ def write_release_policy(assets: DemoAssets, path: Path) -> Path:
 
 
 def tick_and_run(
-    instance: dg.DagsterInstance, resources: dict, max_ticks: int = 3, log_level: str = "INFO"
+    instance: dg.DagsterInstance,
+    resources: dict,
+    max_ticks: int = 3,
+    log_level: str = "INFO",
+    recompute: bool = False,
 ) -> list[JobOutcome]:
     """Tick the sensor until it requests runs (a checkpoint is taken once unchanged over two ticks),
     add the partitions it asks for, then execute in this process each run whose run key (the folder's
-    stat signature and attempt number) has no run yet, as the daemon would, and record how it failed."""
+    stat signature and attempt number) has no run yet, as the daemon would, and record how it failed.
+    recompute: those runs reuse no finished work (RECOMPUTE_TAG)."""
     defs = build_definitions()
     sensor = defs.resolve_sensor_def("checkpoint_sensor")
     cursor, requests = None, []
@@ -120,6 +126,7 @@ def tick_and_run(
     outcomes = []
     for request in requests:
         tags = request.tags | {"dagster/run_key": request.run_key, LAUNCHER_TAG: "in_process"}
+        tags |= {RECOMPUTE_TAG: "true"} if recompute else {}
         run = job.execute_in_process(
             run_config=console_logging(log_level),
             instance=instance,
@@ -159,7 +166,7 @@ def run_lock(path: Path) -> Iterator[None]:
         yield
 
 
-def run_platform(log_level: str = "INFO") -> list[JobOutcome]:
+def run_platform(log_level: str = "INFO", recompute: bool = False) -> list[JobOutcome]:
     """One pass of the platform over its watched folder, in this process: what the daemon would
     start, after marking runs an earlier pass left unfinished (it was killed) as failed."""
     home = platform_home()
@@ -169,10 +176,10 @@ def run_platform(log_level: str = "INFO") -> list[JobOutcome]:
         engine = resources["lineage"].engine()
         reap_killed_runs(instance, engine)
         settle_attempts(instance, engine)
-        return tick_and_run(instance, resources, log_level=log_level)
+        return tick_and_run(instance, resources, log_level=log_level, recompute=recompute)
 
 
-def run_demo(assets: DemoAssets, log_level: str = "INFO") -> list[JobOutcome]:
+def run_demo(assets: DemoAssets, log_level: str = "INFO", recompute: bool = False) -> list[JobOutcome]:
     platform = default_resources()["platform"]
     write_release_policy(assets, Path(platform.policy_path))
     target = Path(platform.checkpoints_dir) / assets.model_dir.name
@@ -181,4 +188,4 @@ def run_demo(assets: DemoAssets, log_level: str = "INFO") -> list[JobOutcome]:
         # hidden while copying: the sensor skips it
         shutil.copytree(assets.model_dir, target.with_name(f".{target.name}.copying"))
         target.with_name(f".{target.name}.copying").rename(target)
-    return run_platform(log_level)
+    return run_platform(log_level, recompute)

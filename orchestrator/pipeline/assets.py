@@ -94,6 +94,16 @@ def policy_of(context: dg.AssetExecutionContext, platform: Platform, lineage: Li
     return run_policy(lineage.engine(), context.run_id, platform.policy_path)
 
 
+# A run tagged so (`awq-release run --recompute`, or a tag set at launch in the UI) reuses nothing,
+# whatever its policy's `reuse` says: the switch for one run, the policy's for every run.
+RECOMPUTE_TAG = "awq_release/recompute"
+
+
+def reuses(context: dg.AssetExecutionContext, policy: ReleasePolicy) -> bool:
+    """Whether this run may take finished work from the lineage database instead of doing it again."""
+    return policy.reuse and context.run.tags.get(RECOMPUTE_TAG) != "true"
+
+
 def model_name(policy: ReleasePolicy, key: str) -> str:
     return policy.model_name or key
 
@@ -163,7 +173,7 @@ def awq_model(
     compute = resolve(policy.compute)
     address = quantization_address(ckpt.content_hash, calibration_set.tokens_hash, config, compute.address_part)
     out_dir = platform.work(key) / f"awq-{address[:16]}"
-    made_by = reusable_quantization(engine, address, out_dir) if policy.reuse else None
+    made_by = reusable_quantization(engine, address, out_dir) if reuses(context, policy) else None
     if made_by is not None:
         run_id, made_hash = record_reuse(engine, made_by, ckpt.id, calibration_set.id, snapshot.id)
         report = QuantReport(**json.loads((out_dir / REPORT_NAME).read_text()))
@@ -247,7 +257,7 @@ def validation_asset(
             staging=staging_of(policy),
         )
         settings = dataclasses.replace(policy.validation, load=load)
-        known = known_figures(lineage, context.run_id, awq_model) if policy.reuse else None
+        known = known_figures(lineage, context.run_id, awq_model) if reuses(context, policy) else None
         result = run_stage(stage, awq_model.checkpoint.model_dir, awq_model.model_dir, settings, policy.compute, known)
         report = write_report(result, platform.work(key) / "validation" / f"{stage}-{awq_model.id}.json")
         plot = stage_plot(result, report.parent / f"{stage}-{awq_model.id}")
@@ -296,12 +306,12 @@ def power_check(
     baseline = awq_model.checkpoint.model_dir
     compute = resolve(policy.compute)
     address = power_check_address(baseline, policy.validation, policy.quantization.fingerprint(), compute)
-    measured = measured_power_check(engine, address) if policy.reuse else []
+    measured = measured_power_check(engine, address) if reuses(context, policy) else []
     if measured:
         ids, report = record_power_check_reuse(engine, awq_model.id, context.run_id, measured)
         context.log.info(f"power check reused: outcomes {measured} were measured at the same address")
     else:
-        known = known_figures(lineage, context.run_id, awq_model) if policy.reuse else None
+        known = known_figures(lineage, context.run_id, awq_model) if reuses(context, policy) else None
         work = platform.work(key)
         report = run_power_check(baseline, awq_model.model_dir, policy.validation, work, policy.compute, known)
         ids = record_power_check(engine, awq_model.id, context.run_id, report, address)

@@ -19,7 +19,7 @@ from orchestrator.lineage import session_scope
 from orchestrator.lineage.models import Measurement, PowerCheckOutcome
 from orchestrator.lineage.queries import lineage_of
 from orchestrator.lineage.rows import power_check_record
-from orchestrator.pipeline.assets import awq_model, calibration_set, checkpoint, power_check
+from orchestrator.pipeline.assets import RECOMPUTE_TAG, awq_model, calibration_set, checkpoint, power_check
 from orchestrator.pipeline.partitions import CHECKPOINTS
 from orchestrator.pipeline.resources import LineageDatabase
 from orchestrator.release.reports import power_summary
@@ -97,7 +97,7 @@ def test_the_power_check_is_addressed_by_settings_and_base_not_by_the_fine_tunes
     assert address() not in changed and len(set(changed)) == 3
 
 
-def release_steps(home: Path, key: str) -> dg.ExecuteInProcessResult:
+def release_steps(home: Path, key: str, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
     steps = [
         checkpoint,
         calibration_set,
@@ -107,7 +107,7 @@ def release_steps(home: Path, key: str) -> dg.ExecuteInProcessResult:
     resources = {"platform": platform_under(home), "lineage": LineageDatabase(url=f"sqlite:///{home / 'lineage.db'}")}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(CHECKPOINTS.name, [key])
-        return dg.materialize(steps, partition_key=key, instance=instance, resources=resources)
+        return dg.materialize(steps, partition_key=key, instance=instance, resources=resources, tags=tags)
 
 
 def test_a_fine_tune_of_the_same_base_reuses_the_power_check_and_says_where(
@@ -135,3 +135,22 @@ def test_a_fine_tune_of_the_same_base_reuses_the_power_check_and_says_where(
         assert chain.power_check_measured_on == "quantization run 1 of checkpoint tiny, which was not released"
         summary = power_summary(power_check_record(chain.power_check, chain.power_check_measured_on))
     assert "Measured on quantization run 1 of checkpoint tiny" in summary and "not run again" in summary
+
+
+def test_a_run_tagged_recompute_reuses_nothing(tmp_path, tokenizer_dir, calib_file, task_files):
+    """`awq-release run --recompute` tags its runs so: the same checkpoint is quantized and checked again."""
+    make_tiny_model(tmp_path / "checkpoints" / "tiny", tokenizer_dir)
+    policy = tiny_policy(calib_file, task_files["world_capitals"], "http://127.0.0.1:9")
+    policy["validation"]["power_check"] = {"run": True, "damages": ["zeroed_mlp"], "stages": ["perplexity"]}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+
+    release_steps(tmp_path, "tiny")
+    reused = release_steps(tmp_path, "tiny")
+    again = release_steps(tmp_path, "tiny", {RECOMPUTE_TAG: "true"})
+    assert reused.asset_materializations_for_node("awq_model")[0].metadata["reused_from_run"].value == 1
+    assert reused.asset_materializations_for_node("power_check")[0].metadata["reused_outcomes"].value == [1]
+    assert "reused_from_run" not in again.asset_materializations_for_node("awq_model")[0].metadata
+    assert again.asset_materializations_for_node("power_check")[0].metadata["reused_outcomes"].value == []
+    with session_scope(LineageDatabase(url=f"sqlite:///{tmp_path / 'lineage.db'}").engine()) as session:
+        outcomes = session.scalars(select(PowerCheckOutcome).order_by(PowerCheckOutcome.id)).all()
+        assert [(o.quantization_run_id, o.reused_from_id) for o in outcomes] == [(1, None), (2, 1), (3, None)]
