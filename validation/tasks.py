@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,13 +29,14 @@ from awq_core.checkpoint import load_tokenizer
 from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from awq_release.texts import window_prefix
-from validation.evidence import paired_mean
+from validation.evidence import paired_mean, z_score
 from validation.memo import Known
 from validation.models import Units, measure_both, stopped_early
 from validation.result import Inconclusive, Metric, StageResult, gate
 from validation.settings import TaskSettings, TaskSpec
 
 TARGET_DELIMITER = " "
+UNTIL_FAILED_BATCHES = 2  # batches of items a candidate measured until_failed is scored in between looks
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,28 @@ def paired_drop(baseline: list[int], candidate: list[int], confidence: float = 0
     }
 
 
+def kindest_completion(baseline: list[int], partial: list[int], confidence: float) -> list[int]:
+    """The candidate's `partial` first scores, completed over the remaining items so that the drop's
+    interval has the lowest bound any completion gives: if that one fails its gate, every one does,
+    the full measurement included. A completion scores k1 of the remaining items the baseline got
+    right and k0 of those it got wrong (only the counts move the interval), so every (k1, k0) is tried."""
+    rest = baseline[len(partial) :]
+    right = [i for i, b in enumerate(rest) if b]
+    wrong = [i for i, b in enumerate(rest) if not b]
+    known = [b - c for b, c in zip(baseline, partial, strict=False)]
+    k1, k0 = np.meshgrid(np.arange(len(right) + 1), np.arange(len(wrong) + 1), indexing="ij")
+    plus, minus = known.count(1) + len(right) - k1, known.count(-1) + k0  # diffs of +1 and -1
+    n = len(baseline)
+    mean = (plus - minus) / n
+    variance = np.maximum(plus + minus - n * mean**2, 0) / max(n - 1, 1)
+    low = mean - z_score(confidence) * np.sqrt(variance / n)
+    best_k1, best_k0 = np.unravel_index(np.argmin(low), low.shape)
+    completion = [0] * len(rest)
+    for i in right[:best_k1] + wrong[:best_k0]:
+        completion[i] = 1
+    return list(partial) + completion
+
+
 def threshold_of(spec: TaskSpec, settings: TaskSettings) -> tuple[float, Inconclusive]:
     """A task's own threshold and inconclusive rule, else the critical or the general ones."""
     threshold = (
@@ -340,13 +364,23 @@ def run(
     tokenizer = load_tokenizer(candidate)
 
     def measure(model: nn.Module, role: str) -> Units:
+        # Until a gate fails, the candidate is scored a few batches at a time: after each, its task's
+        # figures so far, so that a task already certain to fail is not scored to its end.
+        chunk = UNTIL_FAILED_BATCHES * settings.batch_size if until_failed and role == "candidate" else None
         total = sum(len(items) for _, items in tasks.values())
         with tqdm(total=total, desc=f"{role} tasks", unit="item", leave=False) as bar:
             for name, (_, items) in tasks.items():
-                yield name, score(model, tokenizer, items, settings, bar.update)
+                scores: dict[str, list[int]] = {}
+                step = chunk or max(len(items), 1)
+                for i in range(0, len(items), step):
+                    part = score(model, tokenizer, items[i : i + step], settings, bar.update)
+                    scores = {m: scores.get(m, []) + got for m, got in part.items()}
+                    yield name, scores
 
     def drops(base: dict[str, list[int]], cand: dict[str, list[int]]) -> dict[str, dict]:
-        return {m: paired_drop(base[m], cand[m], settings.evidence.confidence) for m in base}
+        """Each metric's drop; a task scored in part, at the kindest completion of the rest."""
+        confidence = settings.evidence.confidence
+        return {m: paired_drop(base[m], kindest_completion(base[m], cand[m], confidence), confidence) for m in base}
 
     def failed(name: str, base: dict, cand: dict) -> bool:
         return task_gate(name, tasks[name][0], drops(base, cand), settings)[0].verdict == "fail"
@@ -362,6 +396,12 @@ def run(
     for name in measured:
         spec, items = tasks[name]
         per_metric = drops(scores["baseline"][name], scores["candidate"][name])
+        scored = len(next(iter(scores["candidate"][name].values())))
+        if scored < len(items):
+            warnings.append(
+                f"{name}: {scored} of {len(items)} items scored; its gate is the smallest drop any scores of the "
+                "others could give, and it failed"
+            )
         metric, warning = task_gate(name, spec, per_metric, settings)
         metrics.append(metric)
         warnings += [warning] if warning else []

@@ -2,7 +2,9 @@
 copy loads and computes differently, the stages run on every copy with the baseline measured once."""
 
 import dataclasses
+import itertools
 import json
+import random
 import typing
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from awq_release.errors import ValidationError
 from awq_release.settings import from_dict
 from kernels.reference import unpack_int4
 from tests.conftest import tiny_policy
-from validation import models
+from validation import models, tasks
 from validation.models import load_model
 from validation.power import DAMAGES, Candidate, plant, power_check, slow_rotary_pairs
 from validation.settings import DamageName, PowerCheckSettings, ValidationSettings
@@ -146,3 +148,32 @@ def test_a_stage_measures_a_copy_only_up_to_its_first_failed_gate(
     assert early.metrics == whole.metrics[:1]  # the same gate from the same figures, to the last bit
     assert len(whole.metrics) > 1
     assert f"measured up to its first failed gate ({first_unit}: 1 of 2); {rest} not measured" in early.warnings[0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_kindest_completion_puts_the_lowest_bound_on_the_drop(seed):
+    """Against every way the remaining items could score, on small random tasks."""
+    rng = random.Random(seed)
+    n, scored = rng.randint(2, 9), rng.randint(0, 5)
+    baseline = [rng.randint(0, 1) for _ in range(n)]
+    partial = [rng.randint(0, 1) for _ in range(min(scored, n))]
+    kindest = tasks.kindest_completion(baseline, partial, 0.95)
+    every = [partial + list(rest) for rest in itertools.product((0, 1), repeat=n - len(partial))]
+    assert kindest[: len(partial)] == partial and kindest in every
+    low = min(tasks.paired_drop(baseline, c)["ci_low"] for c in every)
+    assert tasks.paired_drop(baseline, kindest)["ci_low"] == pytest.approx(low, abs=1e-12)
+
+
+def test_a_task_certain_to_fail_is_not_scored_to_its_end(tmp_path, candidate, tiny_llama, calib_file):
+    """64 copies of one question: both models answer each alike, so after the first 32 (two batches of
+    16) no scores of the rest could keep the drop within a ceiling of -100%."""
+    task = tmp_path / "quiz.jsonl"
+    task.write_text((json.dumps({"question": "1 + 1 =", "choices": ["2", "3"], "answer": 0}) + "\n") * 64)
+    data = tiny_policy(calib_file, task, "http://127.0.0.1:9")["validation"]
+    settings = dataclasses.replace(from_dict(ValidationSettings, data).tasks, max_drop=-1.0)
+    whole = STAGES["tasks"](tiny_llama, candidate, settings)
+    early = STAGES["tasks"](tiny_llama, candidate, settings, until_failed=True)
+
+    assert whole.metrics[0].verdict == early.metrics[0].verdict == "fail"
+    assert len(early.details["quiz"]["per_item"]["candidate"]["acc"]) == 32
+    assert "quiz: 32 of 64 items scored; its gate is the smallest drop" in " ".join(early.warnings)
