@@ -109,14 +109,14 @@ def footprint(ckpt: CheckpointFolder, policy: ReleasePolicy) -> dict:
     }
 
 
-def _hash_and_check(ckpt: CheckpointFolder, source: Path, known_hash: str | None) -> str:
-    """The source's content hash and the weights' finite check, in one read of the weights where
-    the source is the checkpoint itself; no hashing at all where an earlier attempt hashed it."""
-    if known_hash is not None or source != ckpt.dir:  # known, or a LoRA adapter: not the weights checked
+def _hash_and_check(ckpt: CheckpointFolder, known_hash: str | None) -> str:
+    """The checkpoint's content hash and the weights' finite check, in one read of the weights; no
+    hashing at all where an earlier attempt hashed it."""
+    if known_hash is not None:
         ckpt.check_finite()
-        return known_hash or content_hash(source)
+        return known_hash
     check = ckpt.finite_check()
-    digest = content_hash(source, check)
+    digest = content_hash(ckpt.dir, check)
     if not check.done():  # a weight file outside the hashed names: check it the plain way
         ckpt.check_finite()
     return digest
@@ -125,8 +125,8 @@ def _hash_and_check(ckpt: CheckpointFolder, source: Path, known_hash: str | None
 def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy, known_hash: str | None = None) -> Ingested:
     """Everything a checkpoint must pass before the platform spends time on it. `known_hash`: the
     content hash an earlier attempt computed for this very folder (same stat signature)."""
-    source, adapter_path, base_model = folder, None, None
-    check_folder(folder)  # an adapter folder too: it is hashed, and its tokenizer may be copied
+    adapter_path, base_model = None, None
+    check_folder(folder)  # an adapter folder too: its files are read, and its tokenizer may be copied
     if (folder / ADAPTER_CONFIG).is_file():
         adapter_path = str(folder)
         folder, base_model = _merge_adapter(folder, work_dir / "merged", policy)
@@ -140,7 +140,9 @@ def ingest(folder: Path, work_dir: Path, policy: ReleasePolicy, known_hash: str 
             f"({policy.target_gpu.name}), as many as tensor parallelism can use on one node: lower "
             "max_model_len or max_num_seqs, or give target_gpu a larger GPU or more GPUs per node (per_node)."
         )
-    digest = _hash_and_check(ckpt, source, known_hash)
+    # A LoRA adapter is known by the model merged from it and its base: the adapter's folder alone
+    # (and its stat signature, which `known_hash` is found by) says nothing of a changed base folder.
+    digest = _hash_and_check(ckpt, known_hash if adapter_path is None else None)
     return Ingested(
         model_dir=folder,
         content_hash=digest,

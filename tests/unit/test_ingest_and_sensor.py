@@ -142,6 +142,27 @@ def test_lora_adapter_is_merged_into_its_base(tmp_path, tiny_llama, lora_adapter
     assert (found.model_dir / "tokenizer.json").is_file()
 
 
+def test_a_lora_adapters_identity_covers_its_base(tmp_path, tiny_llama, lora_adapter, tokenizer_dir):
+    """The same adapter on the same base is the same checkpoint (its quantization and figures found
+    again); on a base folder whose weights changed under the same name it is another one."""
+    policy = ReleasePolicy(base_models={"tiny-base": tiny_llama})
+    first, again = (ingest(lora_adapter, tmp_path / name, policy) for name in ("first", "again"))
+    retrained = make_tiny_model(tmp_path / "retrained", tokenizer_dir, seed=1)  # same shapes, other weights
+    other = ingest(lora_adapter, tmp_path / "other", ReleasePolicy(base_models={"tiny-base": retrained}))
+    known = ingest(lora_adapter, tmp_path / "known", policy, known_hash=first.content_hash)
+    assert first.content_hash == again.content_hash == known.content_hash
+    assert other.content_hash != first.content_hash
+    other_known = ingest(
+        lora_adapter,
+        tmp_path / "other-known",
+        ReleasePolicy(base_models={"tiny-base": retrained}),
+        known_hash=first.content_hash,
+    )
+    assert (
+        other_known.content_hash == other.content_hash
+    )  # an earlier attempt's hash of the adapter folder is not taken
+
+
 def test_lora_adapter_for_another_base_is_refused(tmp_path, tokenizer_dir, lora_adapter):
     other = make_tiny_model(tmp_path / "other", tokenizer_dir, hidden=96)  # its projections have other shapes
     with pytest.raises(CheckpointError, match="which the policy does not name"):
