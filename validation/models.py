@@ -63,8 +63,8 @@ def measure_both(
         # The model lives only in this call: freed before the next one is loaded.
         return lambda: dict(measure(load_model(path, compute), role))
 
-    figures, was_kept = known.measured(baseline, stage, scope, measured_now(baseline, "baseline"))
-    figures, reused = {"baseline": figures}, ["baseline"] if was_kept else []
+    base_figures, was_kept = known.measured(baseline, stage, scope, measured_now(baseline, "baseline"))
+    figures, reused = {"baseline": base_figures}, ["baseline"] if was_kept else []
     if failed is None:
         figures["candidate"], was_kept = known.measured(candidate, stage, scope, measured_now(candidate, "candidate"))
         return figures, reused + (["candidate"] if was_kept else [])
