@@ -35,3 +35,47 @@ class FakeOpenAI(ThreadedApp):
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
         return app
+
+
+class FakeScoringEngine(ThreadedApp):
+    """vLLM's /v1/completions as the quality stages call it (validation.scoring.ServedScorer), answered
+    by real models through transformers, one request at a time: each served name's model folder in
+    `models`, loaded on `compute` (awq_core.compute.Resolved; default: this host's choice).
+    prompt_logprobs and token_ids come back in vLLM's JSON shape; `drop_logprobs` answers without
+    them, as a server that does not return them would."""
+
+    def __init__(self, models: dict[str, str], compute=None, drop_logprobs: bool = False):
+        super().__init__()
+        self.models, self.compute, self.drop_logprobs, self.requests = models, compute, drop_logprobs, 0
+        self._scorers: dict = {}
+
+    def _scorer(self, name: str):
+        from validation.models import load_model
+        from validation.scoring import ModelScorer, end_of_sequence_ids
+
+        if name not in self._scorers:
+            eos = end_of_sequence_ids(self.models[name])
+            self._scorers[name] = ModelScorer(load_model(self.models[name], self.compute), eos, min(eos, default=0))
+        return self._scorers[name]
+
+    async def _completions(self, request: web.Request) -> web.Response:
+        from validation.scoring import Request
+
+        body = await request.json()
+        self.requests += 1
+        ids, scored = body["prompt"], "prompt_logprobs" in body
+        asked = Request(tuple(ids), 1 if scored else len(ids), body["max_tokens"])
+        reply = self._scorer(body["model"]).score([asked], batch_size=1)[0]
+        scored_tokens = zip(ids[1:], reply.logprobs, strict=True)
+        positions = [None] + [
+            {str(token): {"logprob": lp, "rank": 1, "decoded_token": ""}} for token, lp in scored_tokens
+        ]
+        choice = {"index": 0, "text": "", "token_ids": reply.generated}
+        if scored and not self.drop_logprobs:
+            choice["prompt_logprobs"] = positions
+        return web.json_response({"choices": [choice]})
+
+    def application(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._completions)
+        return app

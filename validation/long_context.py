@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -25,8 +24,9 @@ from awq_core.compute import Resolved, resolve
 from awq_release.errors import ValidationError
 from validation.evidence import bootstrap_increases, percentile_interval
 from validation.memo import Known
-from validation.models import Units, context_length, measure_both, stopped_early
+from validation.models import Units, measure_both, stopped_early
 from validation.result import Metric, StageResult, gate
+from validation.scoring import Engines, Request, Scorer, as_scorer, context_length
 from validation.settings import Evidence, LongContextSettings
 
 DEFAULT_LENGTHS = (512, 2048, 4096, 8192)
@@ -74,21 +74,18 @@ def build_probe(tokenizer, document: list[int], length: int, target_tokens: int,
     return Probe(torch.tensor(fact + body + question), code, (end - target_tokens, end))
 
 
-@torch.no_grad()
-def evaluate_probe(model: nn.Module, tokenizer, probe: Probe) -> tuple[list[float], bool]:
-    """One prefill: the NLL of each target token, then greedy decoding of the answer from the cache."""
-    device = next(model.parameters()).device
-    start, end = probe.target
-    keep = probe.ids.numel() - start + 1  # logits from the position that predicts ids[start]
-    out = model(probe.ids[None].to(device), use_cache=True, logits_to_keep=keep)
-    logits = out.logits[0].float()  # (keep, V); row j predicts ids[start + j]
-    nll = F.cross_entropy(logits[: end - start], probe.ids[start:end].to(device), reduction="none").tolist()
-    answer, past, next_token = [], out.past_key_values, logits[-1].argmax()
-    for _ in range(ANSWER_TOKENS):
-        answer.append(int(next_token))
-        step = model(next_token.view(1, 1), past_key_values=past, use_cache=True)
-        past, next_token = step.past_key_values, step.logits[0, -1].argmax()
-    return nll, probe.code in tokenizer.decode(answer)
+def probe_requests(probes: list[Probe]) -> list[Request]:
+    """One request a probe: the scored tokens' log-probabilities and the greedy answer, in one prefill."""
+    return [Request(tuple(probe.ids.tolist()), probe.target[0], ANSWER_TOKENS) for probe in probes]
+
+
+def evaluate_probes(model: nn.Module | Scorer, tokenizer, probes: list[Probe]) -> list[tuple[list[float], bool]]:
+    """(the NLL of each target token, whether the answer holds the code) of each probe."""
+    scored = as_scorer(model).score(probe_requests(probes), batch_size=1)
+    return [
+        ([-lp for lp in s.logprobs[: probe.target[1] - probe.target[0]]], probe.code in tokenizer.decode(s.generated))
+        for probe, s in zip(probes, scored, strict=True)
+    ]
 
 
 def summary(results: list[tuple[list[float], bool]]) -> dict:
@@ -180,9 +177,11 @@ def run(
     compute: Resolved | None = None,
     known: Known | None = None,
     until_failed: bool = False,
+    engines: Engines | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
+    engines = engines or Engines("transformers", compute)
     if not settings.texts:
         raise ValidationError(
             "The long_context stage has no documents: set long_context.texts to long texts of your domain."
@@ -205,16 +204,24 @@ def run(
             )
         probes[length] = [build_probe(tokenizer, d, length, settings.target_tokens, rng) for d in fitting]
 
-    def measure(model: nn.Module, role: str) -> Units:
+    def measure(scorer: Scorer, role: str) -> Units:
         for length in tqdm(lengths, desc=f"{role} long context", leave=False):  # the shortest, cheapest first
             # keyed by the length as text, as figures are kept (validation.memo.plain)
-            yield str(length), [evaluate_probe(model, tokenizer, probe) for probe in probes[length]]
+            yield str(length), evaluate_probes(scorer, tokenizer, probes[length])
 
     def failed(length: str, base: list, cand: list) -> bool:
         return length_gate(int(length), base, cand, settings).verdict == "fail"
 
     measured, reused = measure_both(
-        baseline, candidate, "long_context", settings, measure, compute, known, failed if until_failed else None
+        baseline,
+        candidate,
+        "long_context",
+        settings,
+        measure,
+        compute,
+        known,
+        failed if until_failed else None,
+        engines,
     )
     done = [int(n) for n in measured["candidate"]]  # every length, unless until_failed stopped at a failed one
     warnings += stopped_early([str(n) for n in done], lengths)
@@ -236,6 +243,6 @@ def run(
         warnings,
         details,
         time.perf_counter() - start,
-        compute=compute.describe(),
+        compute=engines.describe(),
         reused=reused,
     )

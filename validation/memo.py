@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from awq_core.address import code_fingerprint
-from awq_core.compute import Resolved
 
 # The packages whose code decides a stage's figures: the loader and kernels the candidate runs
 # through, the stages, and the texts' tokenization.
@@ -114,12 +113,13 @@ def side_files_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def stage_scope(settings: Any, candidate: str | Path, compute: Resolved) -> str:
-    """Everything but the model that a stage's figures of one model depend on, as one hash."""
+def stage_scope(settings: Any, candidate: str | Path, engine: str) -> str:
+    """Everything but the model that a stage's figures of one model depend on, as one hash. `engine`:
+    what scored it, with its compute (validation.scoring.Engines.address_part)."""
     parts = {
         "settings": settings_fingerprint(settings),
         "candidate_side_files": side_files_fingerprint(candidate),
-        "compute": compute.address_part,
+        "compute": engine,
         "code": code_fingerprint(MEASURING_PACKAGES),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

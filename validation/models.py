@@ -1,5 +1,6 @@
 """Load the baseline (dense) and the candidate (AWQ, through awq_core's loader) the same way, on
-the compute device and in the compute dtype (awq_core.compute decides both)."""
+the compute device and in the compute dtype (awq_core.compute decides both), or score both through
+the engine the policy chose (validation.scoring)."""
 
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +15,7 @@ from awq_core.checkpoint import CheckpointFolder
 from awq_core.compute import Resolved, resolve
 from awq_core.loader import load_quantized
 from validation.memo import Known, plain, stage_scope
+from validation.scoring import Engines, Scorer
 
 
 def load_model(model_dir: str | Path, compute: Resolved | None = None) -> nn.Module:
@@ -25,10 +27,6 @@ def load_model(model_dir: str | Path, compute: Resolved | None = None) -> nn.Mod
         return load_quantized(model_dir, compute)
     dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute.dtype, trust_remote_code=False)
     return dense.to(compute.device).eval()
-
-
-def context_length(model_dir: str | Path) -> int:
-    return int(json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings", 2048))
 
 
 # A stage's figures of one model come unit by unit (a task, a text, a context length): each unit's
@@ -43,25 +41,30 @@ def measure_both(
     candidate: str | Path,
     stage: str,
     settings: Any,
-    measure: Callable[[nn.Module, str], Units],
+    measure: Callable[[Scorer, str], Units],
     compute: Resolved,
     known: Known | None = None,
     failed: Failed | None = None,
+    engines: Engines | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """({"baseline": {unit: ...}, "candidate": {unit: ...}}, the roles whose figures were measured
-    before): measure(model, role) for each model `known` keeps nothing of at this stage's scope
-    (validation.memo), loaded one at a time. Figures come back as plain JSON data whether measured
-    now or found.
+    before): measure(scorer, role) for each model `known` keeps nothing of at this stage's scope
+    (validation.memo), through `engines` (default: transformers, each model loaded in turn and freed
+    before the next). Figures come back as plain JSON data whether measured now or found.
 
     With `failed` (the power check), the candidate is measured only up to its first unit whose gate
     failed outright: the stage's verdict is then settled, since a unit's gates depend on that unit
     alone. Its figures, partial, are kept nowhere."""
     known = Known() if known is None else known
-    scope = stage_scope(settings, candidate, compute)
+    engines = engines or Engines("transformers", compute)
+    scope = stage_scope(settings, candidate, engines.address_part())
+
+    def scorer(path: str | Path, role: str) -> Scorer:
+        return engines.scorer(path, role, lambda: load_model(path, compute))
 
     def measured_now(path: str | Path, role: str) -> Callable[[], dict[str, Any]]:
-        # The model lives only in this call: freed before the next one is loaded.
-        return lambda: dict(measure(load_model(path, compute), role))
+        # A transformers model lives only in this call: freed before the next one is loaded.
+        return lambda: dict(measure(scorer(path, role), role))
 
     base_figures, was_kept = known.measured(baseline, stage, scope, measured_now(baseline, "baseline"))
     figures, reused = {"baseline": base_figures}, ["baseline"] if was_kept else []
@@ -69,7 +72,7 @@ def measure_both(
         figures["candidate"], was_kept = known.measured(candidate, stage, scope, measured_now(candidate, "candidate"))
         return figures, reused + (["candidate"] if was_kept else [])
     figures["candidate"] = {}
-    with closing(measure(load_model(candidate, compute), "candidate")) as units:
+    with closing(measure(scorer(candidate, "candidate"), "candidate")) as units:
         for unit, measured in units:
             figures["candidate"][unit] = plain(measured)
             if failed(unit, figures["baseline"][unit], figures["candidate"][unit]):

@@ -4,8 +4,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -17,12 +15,29 @@ from validation.evidence import bootstrap_increases, increase, percentile_interv
 from validation.memo import Known
 from validation.models import Units, measure_both, stopped_early
 from validation.result import Metric, StageResult, gate
+from validation.scoring import Engines, Request, Scorer, as_scorer
 from validation.settings import PerplexitySettings
 
 
-@torch.no_grad()
+def window_requests(ids: Tensor, seqlen: int, stride: int, prefix: list[int] | None = None) -> list[Request]:
+    """Windows of `seqlen` (`prefix`, the tokenizer's window prefix, then text) over ids (T,), starting
+    every `stride` tokens of text; the first window scores all its text it can, later ones only
+    their last `stride` tokens, each with >= seqlen - stride of context, so every token is scored once."""
+    head = prefix or []
+    width = seqlen - len(head)  # text tokens per window
+    if ids.numel() < width:
+        raise ValidationError(
+            f"{ids.numel()} tokens are fewer than one window of {seqlen}: give more text or a shorter window."
+        )
+    text = ids.tolist()
+    return [
+        Request(tuple(head + text[s : s + width]), 1 if s == 0 else seqlen - stride)
+        for s in range(0, ids.numel() - width + 1, stride)
+    ]
+
+
 def window_nlls(
-    model: nn.Module,
+    model: nn.Module | Scorer,
     ids: Tensor,
     seqlen: int = 512,
     stride: int = 256,
@@ -30,35 +45,11 @@ def window_nlls(
     desc: str | None = None,
     prefix: list[int] | None = None,
 ) -> list[tuple[float, int]]:
-    """(summed NLL, tokens) of each window over ids (T,). Windows of `seqlen` (`prefix`, the
-    tokenizer's window prefix, then text) start every `stride` tokens of text; the first window
-    scores all its text it can, later ones only their last `stride` tokens, each with >= seqlen -
-    stride of context, so every token is scored once."""
-    head = torch.tensor(prefix or [], dtype=ids.dtype)
-    width = seqlen - len(head)  # text tokens per window
-    if ids.numel() < width:
-        raise ValidationError(
-            f"{ids.numel()} tokens are fewer than one window of {seqlen}: give more text or a shorter window."
-        )
-    starts = list(range(0, ids.numel() - width + 1, stride))
-    device = next(model.parameters()).device
-    windows = []
-    for i in tqdm(range(0, len(starts), batch_size), desc=desc, disable=desc is None, leave=False):
-        batch = torch.stack([torch.cat([head, ids[s : s + width]]) for s in starts[i : i + batch_size]]).to(device)
-        # Only the first window scores every token; the others need logits for their last `stride`
-        # tokens alone, which saves most of the vocabulary-sized projection and softmax.
-        keep = 0 if starts[i] == 0 else stride + 1  # 0: every position
-        logits = model(batch, logits_to_keep=keep).logits[:, :-1]  # (B, P, V) predicts the last P tokens
-        targets = batch[:, -logits.shape[1] :].clone()  # (B, P)
-        if starts[i] == 0:
-            for row, start in enumerate(starts[i : i + batch_size]):
-                if start > 0:
-                    targets[row, : seqlen - 1 - stride] = -100  # scored by the previous window
-        nll = F.cross_entropy(
-            logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-        )  # (B, P), 0 where ignored
-        windows += zip(nll.sum(dim=1).tolist(), (targets != -100).sum(dim=1).tolist(), strict=True)
-    return windows
+    """(summed NLL, tokens) of each window over ids (T,), windows as window_requests makes them."""
+    requests = window_requests(ids, seqlen, stride, prefix)
+    with tqdm(total=len(requests), desc=desc, disable=desc is None, leave=False) as bar:
+        scored = as_scorer(model).score(requests, batch_size, bar.update)
+    return [(-sum(s.logprobs), len(s.logprobs)) for s in scored]
 
 
 def pooled_perplexity(windows: list[tuple[float, int]]) -> float:
@@ -67,7 +58,7 @@ def pooled_perplexity(windows: list[tuple[float, int]]) -> float:
 
 
 def perplexity(
-    model: nn.Module, ids: Tensor, seqlen: int = 512, stride: int = 256, prefix: list[int] | None = None
+    model: nn.Module | Scorer, ids: Tensor, seqlen: int = 512, stride: int = 256, prefix: list[int] | None = None
 ) -> float:
     """exp(mean NLL) over ids (T,), windows as in window_nlls."""
     return pooled_perplexity(window_nlls(model, ids, seqlen, stride, prefix=prefix))
@@ -98,9 +89,11 @@ def run(
     compute: Resolved | None = None,
     known: Known | None = None,
     until_failed: bool = False,
+    engines: Engines | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
+    engines = engines or Engines("transformers", compute)
     sources = {
         name: files for name, files in (("domain", settings.domain_texts), ("general", settings.general_texts)) if files
     }
@@ -113,18 +106,18 @@ def run(
     streams = {name: token_stream(tokenizer, list(files))[: settings.max_tokens] for name, files in sources.items()}
     prefix = window_prefix(tokenizer)
 
-    def measure(model: nn.Module, role: str) -> Units:
+    def measure(scorer: Scorer, role: str) -> Units:
         for name, ids in streams.items():
             yield (
                 name,
-                window_nlls(model, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl", prefix=prefix),
+                window_nlls(scorer, ids, settings.seqlen, settings.stride, desc=f"{role} {name} ppl", prefix=prefix),
             )
 
     def failed(name: str, base: list, cand: list) -> bool:
         return increase_gate(name, base, cand, settings).verdict == "fail"
 
     windows, reused = measure_both(
-        baseline, candidate, "perplexity", settings, measure, compute, known, failed if until_failed else None
+        baseline, candidate, "perplexity", settings, measure, compute, known, failed if until_failed else None, engines
     )
     measured = list(windows["candidate"])  # every text, unless until_failed stopped at a failed one
     metrics = [
@@ -144,6 +137,6 @@ def run(
         stopped_early(measured, streams),
         details,
         seconds,
-        compute=compute.describe(),
+        compute=engines.describe(),
         reused=reused,
     )

@@ -44,8 +44,9 @@ from awq_release.errors import ReleaseError, ValidationError
 from kernels.reference import unpack_int4
 from validation.memo import MEASURING_PACKAGES, Known, family_fingerprint, settings_fingerprint
 from validation.result import DamageOutcome, PowerReport
+from validation.scoring import Engines
 from validation.settings import DamageName, PowerCheckSettings, QualityStage, ValidationSettings
-from validation.stages import STAGES
+from validation.stages import STAGES, scoring_engines
 
 Transform = Callable[[Tensor], Tensor]
 KEPT_LEVELS = 4
@@ -231,14 +232,16 @@ def plant(c: Candidate, transforms: dict[str, Transform], out: Path) -> None:
 
 
 def _judge(
-    baseline: Path, copy: Path, stage: str, settings: ValidationSettings, compute: Resolved, known: Known
+    baseline: Path, copy: Path, stage: str, settings: ValidationSettings, engines: Engines, known: Known
 ) -> tuple[str, list[str]]:
     """What the stage made of a damaged copy, and its reasons:
     caught        a gate's interval lies beyond its threshold (or the stage failed outright);
     inconclusive  only inconclusive gates rejected it, as the policy makes them: a rejection on weak evidence;
     missed        the copy passed."""
     try:
-        result = STAGES[stage](baseline, copy, getattr(settings, stage), compute, known, until_failed=True)
+        result = STAGES[stage](
+            baseline, copy, getattr(settings, stage), engines.compute, known, until_failed=True, engines=engines
+        )
     except ReleaseError as e:
         return "caught", [f"the stage failed: {e}"]
     if result.status != "failed":
@@ -260,7 +263,7 @@ def power_check_address(
         "power_check": settings_fingerprint(checked),
         "family": family_fingerprint(baseline),
         "quantization": quantization,
-        "compute": compute.address_part,
+        "compute": scoring_engines(settings, compute).address_part(),
         "code": code_fingerprint(MEASURING_PACKAGES),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -289,7 +292,11 @@ def power_check(
         shutil.rmtree(copy, ignore_errors=True)
         try:
             plant(c, transforms, copy)
-            judged = {stage: _judge(Path(baseline), copy, stage, settings, resolved, known) for stage in checked.stages}
+            # The copy's engine serves every stage of it, and stops before the next copy is made.
+            with scoring_engines(settings, resolved) as engines:
+                judged = {
+                    stage: _judge(Path(baseline), copy, stage, settings, engines, known) for stage in checked.stages
+                }
         finally:
             shutil.rmtree(copy, ignore_errors=True)
         outcomes.append(

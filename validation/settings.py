@@ -130,6 +130,10 @@ class PowerCheckSettings:
 
 @dataclass(frozen=True)
 class ValidationSettings:
+    # What scores the quality stages' models (validation.scoring): transformers on the compute device,
+    # vLLM with the release's serving arguments (tensor parallel as served), or auto: vLLM where the
+    # model is served on several GPUs or the work runs on a GPU, transformers on a CPU.
+    engine: Literal["auto", "transformers", "vllm"] = "auto"
     perplexity: PerplexitySettings = PerplexitySettings()
     tasks: TaskSettings = TaskSettings()
     long_context: LongContextSettings = LongContextSettings()

@@ -15,14 +15,11 @@ import json
 import math
 import string
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from awq_core.checkpoint import load_tokenizer
@@ -33,6 +30,7 @@ from validation.evidence import paired_mean, z_score
 from validation.memo import Known
 from validation.models import Units, measure_both, stopped_early
 from validation.result import Inconclusive, Metric, StageResult, gate
+from validation.scoring import Engines, Progress, Request, Scorer, as_scorer, no_progress
 from validation.settings import TaskSettings, TaskSpec
 
 TARGET_DELIMITER = " "
@@ -129,60 +127,28 @@ def _encode_pair(tokenizer, prefix: list[int], context: str, continuation: str) 
     return prefix + context_ids, whole[len(context_ids) :]
 
 
-Progress = Callable[[int], None]  # told how many items were scored since it was last told
-
-
-def _no_progress(_: int) -> None:
-    pass
-
-
-@torch.no_grad()
-def token_loglikelihoods(
-    model: nn.Module, pairs: list[tuple[list[int], list[int]]], batch_size: int, done: Progress = _no_progress
-) -> list[float]:
-    """Sum of log p(continuation | context) for each pair of token lists; only the continuation's
-    positions get logits (logits_to_keep), so long contexts cost no vocabulary-sized activations.
-    `done` hears the number of pairs scored so far after each batch."""
-    device = next(model.parameters()).device
-    results = []
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i : i + batch_size]
-        inputs = [(ctx + cont)[:-1] for ctx, cont in chunk]
-        width = max(map(len, inputs))
-        ids = torch.zeros(len(inputs), width, dtype=torch.long)
-        mask = torch.zeros(len(inputs), width, dtype=torch.long)
-        for row, seq in enumerate(inputs):  # right padding: real tokens keep their positions
-            ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-        keep = width - min(len(ctx) for ctx, _ in chunk) + 1  # from the earliest continuation position on
-        logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits  # (B, keep, V)
-        logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
-        for row, (ctx, cont) in enumerate(chunk):
-            first = len(ctx) - 1 - (width - keep)  # the continuation's first predicting position, in kept coordinates
-            positions = torch.arange(first, first + len(cont))
-            results.append(logprobs[row, positions, torch.tensor(cont)].sum().item())
-        done(len(results))
-    return results
-
-
 def loglikelihoods(
-    model: nn.Module, tokenizer, pairs: list[tuple[str, str]], batch_size: int, done: Progress = _no_progress
+    model: nn.Module | Scorer, tokenizer, pairs: list[tuple[str, str]], batch_size: int, done: Progress = no_progress
 ) -> list[float]:
-    """Sum of log p(continuation | context) for each (context, continuation) string pair."""
+    """Sum of log p(continuation | context) for each (context, continuation) string pair; `done`
+    hears of each batch of pairs scored."""
     prefix = window_prefix(tokenizer)
     encoded = [_encode_pair(tokenizer, prefix, c, x) for c, x in pairs]
-    return token_loglikelihoods(model, encoded, batch_size, done)
+    requests = [Request(tuple(ctx + cont), len(ctx)) for ctx, cont in encoded]
+    return [sum(s.logprobs) for s in as_scorer(model).score(requests, batch_size, done)]
 
 
 def score_multiple_choice(
-    model: nn.Module, tokenizer, items: list[MultipleChoice], batch_size: int, advance: Progress = _no_progress
+    model: nn.Module | Scorer, tokenizer, items: list[MultipleChoice], batch_size: int, advance: Progress = no_progress
 ) -> dict[str, list[int]]:
     pairs = [(item.context, TARGET_DELIMITER + choice) for item in items for choice in item.choices]
     last_pair = list(itertools.accumulate(len(item.choices) for item in items))  # of each item, counted from 1
-    items_done = 0
+    pairs_scored = items_done = 0
 
     def pairs_done(n: int) -> None:  # an item is scored once all its choices are
-        nonlocal items_done
-        now = bisect.bisect_right(last_pair, n)
+        nonlocal pairs_scored, items_done
+        pairs_scored += n
+        now = bisect.bisect_right(last_pair, pairs_scored)
         advance(now - items_done)
         items_done = now
 
@@ -211,50 +177,27 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def left_padded(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Token rows -> ids and attention mask (B, L), padded on the left so that generation continues
-    every row from the right edge. The mask, not the pad id, keeps padding out of attention, so any
-    id will do where the tokenizer has no pad token."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, seq in enumerate(rows):
-        ids[row, width - len(seq) :], mask[row, width - len(seq) :] = torch.tensor(seq), 1
-    return ids, mask
-
-
-@torch.no_grad()
 def score_generation(
-    model: nn.Module,
+    model: nn.Module | Scorer,
     tokenizer,
     items: list[Generation],
     batch_size: int,
     max_new_tokens: int,
-    advance: Progress = _no_progress,
+    advance: Progress = no_progress,
 ) -> dict[str, list[int]]:
-    device = next(model.parameters()).device
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    requests = [
+        Request(tuple(ids), len(ids), max_new_tokens) for ids in (prompt_ids(tokenizer, i.prompt) for i in items)
+    ]
     correct = []
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        ids, mask = left_padded([prompt_ids(tokenizer, item.prompt) for item in chunk], pad_id)
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-        )
-        for item, tokens in zip(chunk, out[:, ids.shape[1] :], strict=True):
-            reply = _normalise(tokenizer.decode(tokens, skip_special_tokens=True))
-            answers = [_normalise(a) for a in item.answers]
-            correct.append(int(any(reply == a if item.match == "exact" else a in reply for a in answers)))
-        advance(len(chunk))
+    for item, scored in zip(items, as_scorer(model).score(requests, batch_size, advance), strict=True):
+        reply = _normalise(tokenizer.decode(scored.generated, skip_special_tokens=True))
+        answers = [_normalise(a) for a in item.answers]
+        correct.append(int(any(reply == a if item.match == "exact" else a in reply for a in answers)))
     return {"match": correct}
 
 
 def score(
-    model: nn.Module, tokenizer, items: list[Item], settings: TaskSettings, advance: Progress = _no_progress
+    model: nn.Module | Scorer, tokenizer, items: list[Item], settings: TaskSettings, advance: Progress = no_progress
 ) -> dict[str, list[int]]:
     """Per-item 0/1 correctness for every metric of the task (a task holds one kind of item);
     `advance` hears of each batch of items scored."""
@@ -355,15 +298,17 @@ def run(
     compute: Resolved | None = None,
     known: Known | None = None,
     until_failed: bool = False,
+    engines: Engines | None = None,
 ) -> StageResult:
     start = time.perf_counter()
     compute = compute or resolve()
+    engines = engines or Engines("transformers", compute)
     if not settings.tasks:
         raise ValidationError("The tasks stage has no task sets: list JSONL files under tasks.tasks.")
     tasks = {Path(spec.path).stem: (spec, load_task(spec.path)[: settings.limit]) for spec in settings.tasks}
     tokenizer = load_tokenizer(candidate)
 
-    def measure(model: nn.Module, role: str) -> Units:
+    def measure(scorer: Scorer, role: str) -> Units:
         # Until a gate fails, the candidate is scored a few batches at a time: after each, its task's
         # figures so far, so that a task already certain to fail is not scored to its end.
         chunk = UNTIL_FAILED_BATCHES * settings.batch_size if until_failed and role == "candidate" else None
@@ -373,7 +318,7 @@ def run(
                 scores: dict[str, list[int]] = {}
                 step = chunk or max(len(items), 1)
                 for i in range(0, len(items), step):
-                    part = score(model, tokenizer, items[i : i + step], settings, bar.update)
+                    part = score(scorer, tokenizer, items[i : i + step], settings, bar.update)
                     scores = {m: scores.get(m, []) + got for m, got in part.items()}
                     yield name, scores
 
@@ -386,7 +331,7 @@ def run(
         return task_gate(name, tasks[name][0], drops(base, cand), settings)[0].verdict == "fail"
 
     scores, reused = measure_both(
-        baseline, candidate, "tasks", settings, measure, compute, known, failed if until_failed else None
+        baseline, candidate, "tasks", settings, measure, compute, known, failed if until_failed else None, engines
     )
 
     measured = list(scores["candidate"])  # every task, unless until_failed stopped at a failed one
@@ -412,4 +357,4 @@ def run(
             "per_item": {role: scores[role][name] for role in scores},
         }
     seconds = time.perf_counter() - start
-    return StageResult("tasks", metrics, warnings, details, seconds, compute=compute.describe(), reused=reused)
+    return StageResult("tasks", metrics, warnings, details, seconds, compute=engines.describe(), reused=reused)

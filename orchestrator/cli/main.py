@@ -179,7 +179,8 @@ def _print_power(report: PowerReport) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from validation.stages import STAGES, run_stage
+    from awq_core.compute import resolve
+    from validation.stages import STAGES, run_stage, scoring_engines
 
     if not args.stage and not args.power_check:
         raise ValidationError("Name the stages to run (--stage NAME, or --stage all), --power-check, or both.")
@@ -187,10 +188,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     compute = _compute(args, args.config)
     names = list(STAGES) if "all" in (args.stage or []) else list(dict.fromkeys(args.stage or []))
     results = {}
-    for name in names:
-        results[name] = run_stage(name, args.baseline, args.candidate, settings, compute)
-        if not args.json:
-            _print_stage(results[name])
+    with scoring_engines(settings, resolve(compute)) as engines:  # each model's engine serves every stage
+        for name in names:
+            results[name] = run_stage(name, args.baseline, args.candidate, settings, compute, engines=engines)
+            if not args.json:
+                _print_stage(results[name])
     power = _power_check(args, settings, compute) if args.power_check else None
     if power and not args.json:
         _print_power(power)

@@ -108,9 +108,11 @@ def tick_and_run(
     recompute: those runs reuse no finished work (RECOMPUTE_TAG)."""
     defs = build_definitions()
     sensor = defs.resolve_sensor_def("checkpoint_sensor")
+    # The sensor's own resources only: the runs' engines (ScoringEngines) are opened by each run.
+    watching = {key: resources[key] for key in sensor.required_resource_keys}
     cursor, requests = None, []
     for _ in range(max_ticks):
-        result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+        result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=watching))
         cursor = result.cursor
         for request in result.dynamic_partitions_requests:
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))

@@ -56,7 +56,7 @@ from orchestrator.pipeline.metadata import (
 )
 from orchestrator.pipeline.partitions import CHECKPOINTS, SOURCE_TAG
 from orchestrator.pipeline.placement import GPU_POOL, gpu_op_tags, load_op_tags, staging_of
-from orchestrator.pipeline.resources import LineageDatabase, Platform
+from orchestrator.pipeline.resources import LineageDatabase, Platform, ScoringEngines
 from orchestrator.release import plots
 from orchestrator.release.hashing import content_hash, file_hash, stat_signature
 from orchestrator.release.ingest import ingest
@@ -245,7 +245,11 @@ def validation_asset(
         dagster_type=StageRecord,  # with a check beside it, the return annotation cannot carry the type
     )
     def stage_asset(
-        context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, awq_model: CandidateRecord
+        context: dg.AssetExecutionContext,
+        platform: Platform,
+        lineage: LineageDatabase,
+        scoring: ScoringEngines,
+        awq_model: CandidateRecord,
     ) -> dg.MaterializeResult:
         key, policy = context.partition_key, policy_of(context, platform, lineage).policy
         # The load stage starts the engine arguments the release will ship, on the target GPU nodes where
@@ -258,7 +262,10 @@ def validation_asset(
         )
         settings = dataclasses.replace(policy.validation, load=load)
         known = known_figures(lineage, context.run_id, awq_model) if reuses(context, policy) else None
-        result = run_stage(stage, awq_model.checkpoint.model_dir, awq_model.model_dir, settings, policy.compute, known)
+        engines = scoring.engines(settings, resolve(policy.compute))  # shared with the other quality stages
+        result = run_stage(
+            stage, awq_model.checkpoint.model_dir, awq_model.model_dir, settings, policy.compute, known, engines
+        )
         report = write_report(result, platform.work(key) / "validation" / f"{stage}-{awq_model.id}.json")
         plot = stage_plot(result, report.parent / f"{stage}-{awq_model.id}")
         engine = lineage.engine()

@@ -31,7 +31,7 @@ from orchestrator.lineage.models import CalibrationSet, Checkpoint, Quantization
 from orchestrator.pipeline.assets import calibration_set, checkpoint
 from orchestrator.pipeline.attempts import settle_attempts
 from orchestrator.pipeline.partitions import CHECKPOINTS
-from orchestrator.pipeline.resources import LineageDatabase
+from orchestrator.pipeline.resources import LineageDatabase, ScoringEngines
 from orchestrator.release.policy import ReleasePolicy
 from orchestrator.release.promotion import promote, reconcile
 from orchestrator.release.snapshots import PolicySnapshot
@@ -315,7 +315,7 @@ def test_database_lost_mid_run_fails_clearly_and_records_nothing_half(tmp_path, 
                 [checkpoint, calibration_set],
                 partition_key="tiny",
                 instance=instance,
-                resources={"platform": platform, "lineage": resource},
+                resources={"platform": platform, "lineage": resource, "scoring": ScoringEngines()},
                 raise_on_error=False,
             )
             assert not result.success

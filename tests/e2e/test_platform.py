@@ -26,7 +26,7 @@ from orchestrator.lineage import models as db
 from orchestrator.lineage import session_scope
 from orchestrator.pipeline.assets import release_assets
 from orchestrator.pipeline.partitions import CHECKPOINTS
-from orchestrator.pipeline.resources import LineageDatabase, Platform
+from orchestrator.pipeline.resources import LineageDatabase, Platform, ScoringEngines
 from orchestrator.release.policy import ReleasePolicy
 
 
@@ -95,7 +95,11 @@ def materialize(root, folder_name: str, policy_name: str, instance) -> dg.Execut
         partition_key=key,
         instance=instance,
         raise_on_error=False,
-        resources={"platform": platform, "lineage": LineageDatabase(url=f"sqlite:///{root / 'lineage.db'}")},
+        resources={
+            "platform": platform,
+            "lineage": LineageDatabase(url=f"sqlite:///{root / 'lineage.db'}"),
+            "scoring": ScoringEngines(),
+        },
     )
 
 

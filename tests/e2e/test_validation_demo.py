@@ -127,6 +127,35 @@ def test_long_context_stage(demo, demo_quantized, policy, tmp_path):
     assert code == 2 and "[16384] exceed the model's 8192 positions" in stderr
 
 
+@pytest.mark.vllm
+def test_the_quality_stages_score_through_vllm_as_through_transformers(demo, demo_quantized, policy, tmp_path):
+    """validation.engine: vllm scores both models through vLLM servers started with the release's
+    serving arguments, one per model for all three stages, on the same windows, items and probes:
+    the same verdicts, each model's perplexity within 1%, and nearly every task item scored alike."""
+    stages = ["perplexity", "tasks", "long_context"]
+    served_policy = policy | {"engine": "vllm", "load": policy["load"] | {"log_dir": str(tmp_path / "logs")}}
+    reports = {}
+    for engine, settings in (("transformers", policy), ("vllm", served_policy)):
+        code, reports[engine], stderr = validate(demo.model_dir, demo_quantized / "awq", stages, settings, tmp_path)
+        assert code == 0, stderr + json.dumps({k: v["reasons"] for k, v in reports[engine].get("stages", {}).items()})
+    ours, served = (reports[e]["stages"] for e in ("transformers", "vllm"))
+    assert {stage["compute"]["engine"] for stage in served.values()} == {"vllm"}
+    assert sorted(p.name for p in (tmp_path / "logs").glob("vllm-scoring-*.log")) == [
+        "vllm-scoring-baseline.log",
+        "vllm-scoring-candidate.log",
+    ]
+    for stage in stages:
+        for theirs, mine in zip(served[stage]["metrics"], ours[stage]["metrics"], strict=True):
+            assert theirs["name"] == mine["name"] and theirs["verdict"] == mine["verdict"], theirs["name"]
+            if "perplexity" in mine["name"] and "growth" not in mine["name"]:
+                assert theirs["baseline"] == pytest.approx(mine["baseline"], rel=0.01), mine["name"]
+                assert theirs["candidate"] == pytest.approx(mine["candidate"], rel=0.01), mine["name"]
+    capitals = {e: reports[e]["stages"]["tasks"]["details"]["world_capitals"]["per_item"] for e in reports}
+    for role in ("baseline", "candidate"):
+        served_acc, our_acc = capitals["vllm"][role]["acc"], capitals["transformers"][role]["acc"]
+        assert sum(a == b for a, b in zip(served_acc, our_acc, strict=True)) / len(our_acc) >= 0.95, role
+
+
 def test_power_check_shows_which_stage_catches_which_damage(demo, demo_quantized, policy, tmp_path):
     """Every planted damage against the demo's gates (trimmed to a minute): the gross ones are caught
     everywhere, the long-range one by the long-context gate alone, and gates that catch nothing say so."""

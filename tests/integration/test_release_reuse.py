@@ -14,7 +14,7 @@ from orchestrator.lineage.queries import lineage_of
 from orchestrator.lineage.rows import power_check_record
 from orchestrator.pipeline.assets import RECOMPUTE_TAG, awq_model, calibration_set, checkpoint, power_check
 from orchestrator.pipeline.partitions import CHECKPOINTS
-from orchestrator.pipeline.resources import LineageDatabase
+from orchestrator.pipeline.resources import LineageDatabase, ScoringEngines
 from orchestrator.release.reports import power_summary
 from tests.conftest import make_tiny_model, platform_under, tiny_policy
 
@@ -28,7 +28,11 @@ def release_steps(home: Path, key: str, tags: dict[str, str] | None = None) -> d
         dg.asset(name="awq_model", partitions_def=CHECKPOINTS)(awq_model),
         dg.asset(name="power_check", partitions_def=CHECKPOINTS)(power_check),
     ]
-    resources = {"platform": platform_under(home), "lineage": LineageDatabase(url=f"sqlite:///{home / 'lineage.db'}")}
+    resources = {
+        "platform": platform_under(home),
+        "lineage": LineageDatabase(url=f"sqlite:///{home / 'lineage.db'}"),
+        "scoring": ScoringEngines(),
+    }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(CHECKPOINTS.name, [key])
         return dg.materialize(steps, partition_key=key, instance=instance, resources=resources, tags=tags)
