@@ -287,3 +287,30 @@ def test_honest_checkpoint_is_promoted_and_damaged_one_rejected(platform_root, d
     assert "settings.method" in diff and "rtn" in diff and "status" in diff
     code, _, stderr = cli("rollback", "demo-bot")
     assert code == 2 and "nothing earlier to roll back to" in stderr
+
+
+@pytest.mark.vllm
+def test_a_release_validated_through_vllm_is_promoted(tmp_path, demo):
+    """validation.engine: vllm: the quality stages score both models through vLLM servers started with
+    the release's engine arguments, and the release records that its gates judged the served numerics."""
+    (tmp_path / "work").mkdir()
+    served = policy(demo, tmp_path / "work", {})
+    served["validation"] |= {"engine": "vllm", "power_check": {"run": False}}
+    (tmp_path / "served.yaml").write_text(yaml.safe_dump(served))
+    shutil.copytree(demo.model_dir, tmp_path / "checkpoints" / "demo-bot")
+    with dg.instance_for_test() as instance:
+        result = materialize(tmp_path, "demo-bot", "served", instance)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    release_dir = tmp_path / "registry" / "demo-bot" / "releases" / "v0001"
+    manifest = json.loads((release_dir / "manifest.json").read_text())
+    for stage in ("perplexity", "tasks", "long_context"):
+        compute = manifest["validation"][stage]["compute"]
+        assert (compute["engine"], compute["target"], compute["dtype"]) == ("vllm", "cpu", "bfloat16"), stage
+        assert manifest["validation"][stage]["status"] == "passed"
+    # one server per model for the three stages, started as the release's serve.sh starts it
+    logs = sorted(p.name for p in (tmp_path / "work").rglob("vllm-scoring-*.sh"))
+    assert logs == ["vllm-scoring-baseline.sh", "vllm-scoring-candidate.sh"]
+    started = yaml.safe_load(next((tmp_path / "work").rglob("vllm-scoring-candidate.yaml")).read_text())
+    launch = yaml.safe_load((release_dir / "vllm-config.yaml").read_text())
+    assert started["quantization"] == launch["quantization"] == "awq" and started["dtype"] == launch["dtype"]
+    assert current_version(tmp_path / "registry", "demo-bot") == "v0001"
