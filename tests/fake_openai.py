@@ -66,13 +66,11 @@ class FakeScoringEngine(ThreadedApp):
         ids, scored = body["prompt"], "prompt_logprobs" in body
         asked = Request(tuple(ids), 1 if scored else len(ids), body["max_tokens"])
         reply = self._scorer(body["model"]).score([asked], batch_size=1)[0]
-        scored_tokens = zip(ids[1:], reply.logprobs, strict=True)
-        positions = [None] + [
-            {str(token): {"logprob": lp, "rank": 1, "decoded_token": ""}} for token, lp in scored_tokens
-        ]
         choice = {"index": 0, "text": "", "token_ids": reply.generated}
         if scored and not self.drop_logprobs:
-            choice["prompt_logprobs"] = positions
+            scored_tokens = zip(ids[1:], reply.logprobs, strict=True)
+            entries = [{str(token): {"logprob": lp, "rank": 1, "decoded_token": ""}} for token, lp in scored_tokens]
+            choice["prompt_logprobs"] = [None] + entries
         return web.json_response({"choices": [choice]})
 
     def application(self) -> web.Application:

@@ -31,7 +31,7 @@ def window_requests(ids: Tensor, seqlen: int, stride: int, prefix: list[int] | N
         )
     text = ids.tolist()
     return [
-        Request(tuple(head + text[s : s + width]), 1 if s == 0 else seqlen - stride)
+        Request(tuple(head + text[s : s + width]), 1 if s == 0 else max(seqlen - stride, 1))
         for s in range(0, ids.numel() - width + 1, stride)
     ]
 
