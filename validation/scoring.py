@@ -154,6 +154,11 @@ def scored_and_replied(model: nn.Module, request: Request, eos: frozenset[int]) 
     return Scored(scored, reply)
 
 
+def kind(request: Request) -> tuple[bool, bool]:
+    """(whether it asks for log-probabilities, whether it asks for a reply)"""
+    return request.scored_from < len(request.ids), request.new_tokens > 0
+
+
 @dataclass
 class ModelScorer:
     model: nn.Module
@@ -168,7 +173,7 @@ class ModelScorer:
         i = 0
         while i < len(requests):
             first = requests[i]
-            scores, replies = first.scored_from < len(first.ids), first.new_tokens > 0
+            scores, replies = kind(first)
             if scores and replies:
                 results.append(scored_and_replied(self.model, first, self.eos))
                 i += 1
@@ -184,10 +189,6 @@ class ModelScorer:
                 results += [Scored([], reply) for reply in greedy_replies(self.model, batch, self.pad_id, self.eos)]
             done(len(batch))
         return results
-
-
-def kind(request: Request) -> tuple[bool, bool]:
-    return request.scored_from < len(request.ids), request.new_tokens > 0
 
 
 def as_scorer(model: "nn.Module | Scorer") -> Scorer:
