@@ -43,20 +43,19 @@ def measure_both(
     settings: Any,
     measure: Callable[[Scorer, str], Units],
     compute: Resolved,
-    known: Known | None = None,
-    failed: Failed | None = None,
-    engines: Engines | None = None,
+    known: Known | None,
+    failed: Failed | None,
+    engines: Engines,
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """({"baseline": {unit: ...}, "candidate": {unit: ...}}, the roles whose figures were measured
     before): measure(scorer, role) for each model `known` keeps nothing of at this stage's scope
-    (validation.memo), through `engines` (default: transformers, each model loaded in turn and freed
+    (validation.memo), through `engines` (for transformers, each model loaded in turn and freed
     before the next). Figures come back as plain JSON data whether measured now or found.
 
     With `failed` (the power check), the candidate is measured only up to its first unit whose gate
     failed outright: the stage's verdict is then settled, since a unit's gates depend on that unit
     alone. Its figures, partial, are kept nowhere."""
     known = Known() if known is None else known
-    engines = engines or Engines("transformers", compute)
     scope = stage_scope(settings, candidate, engines.address_part())
 
     def scorer(path: str | Path, role: str) -> Scorer:

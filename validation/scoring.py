@@ -100,12 +100,13 @@ def prompt_logprobs(model: nn.Module, batch: Sequence[Request]) -> list[list[flo
         ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
     keep = width - min(r.scored_from for r in batch) + 1
     logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits  # (B, keep, V)
-    logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # picked on the device: only the scored values leave it
     results = []
     for row, r in enumerate(batch):
         first = r.scored_from - 1 - (width - keep)  # the position predicting ids[scored_from], in kept coordinates
-        positions = torch.arange(first, first + len(r.ids) - r.scored_from)
-        results.append(logprobs[row, positions, torch.tensor(r.ids[r.scored_from :])].tolist())
+        positions = torch.arange(first, first + len(r.ids) - r.scored_from, device=device)
+        targets = torch.tensor(r.ids[r.scored_from :], device=device)
+        results.append(logprobs[row, positions, targets].tolist())
     return results
 
 
