@@ -51,6 +51,13 @@ class Resolved:
         """The compute as every result's address spells it: the device kind and dtype, "cpu float32"."""
         return f"{self.device.type} {self.dtype_name}"
 
+    @property
+    def device_label(self) -> str:
+        """The device and, for a GPU, its model: "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"."""
+        if self.device.type != "cuda":
+            return str(self.device)
+        return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+
     def describe(self) -> dict:
         """For reports, manifests and metadata: {"device": "cpu", "dtype": "float32", "why": ...}."""
         return {"device": str(self.device), "dtype": self.dtype_name, "why": self.why}

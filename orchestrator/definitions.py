@@ -32,3 +32,9 @@ def build_definitions(placement: ReleasePolicy | None = None) -> dg.Definitions:
 @dg.definitions
 def defs() -> dg.Definitions:
     return build_definitions()
+
+
+def release_job_definition() -> dg.JobDefinition:
+    """The release job with its resources: what `dg.reconstructable` points a run's other processes
+    (Celery workers) at, so each of them builds the same job from its own environment."""
+    return build_definitions().resolve_job_def("release_job")

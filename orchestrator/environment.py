@@ -2,13 +2,14 @@
 
 AWQ_RELEASE_HOME (./.platform) holds the defaults of the others: checkpoints/ (watched),
 registry/, work/, policy.yaml and lineage.db. A cluster sets each one where its volumes and
-database are, and AWQ_RELEASE_EXECUTOR=k8s for a pod per step.
+database are; AWQ_RELEASE_EXECUTOR=celery (steps as Celery tasks on the Redis broker at
+AWQ_RELEASE_BROKER_URL) or k8s (a pod per step) for steps beyond this process.
 """
 
 import os
 from pathlib import Path
 
-EXECUTORS = ("in_process", "k8s")
+EXECUTORS = ("in_process", "celery", "k8s")
 
 
 def platform_home() -> Path:
@@ -39,10 +40,21 @@ def database_url() -> str:
 
 
 def executor_name() -> str:
-    """in_process (default) or k8s ($AWQ_RELEASE_EXECUTOR); placement checks the choice."""
+    """in_process (default), celery or k8s ($AWQ_RELEASE_EXECUTOR); placement checks the choice."""
     return os.environ.get("AWQ_RELEASE_EXECUTOR", "in_process")
 
 
 def sensor_interval_s() -> int:
     """Seconds between checkpoint-sensor ticks ($AWQ_RELEASE_SENSOR_INTERVAL_S)."""
     return int(os.environ.get("AWQ_RELEASE_SENSOR_INTERVAL_S", "30"))
+
+
+def broker_url() -> str:
+    """The Celery executor's Redis: its steps' queue, their results and their claims ($AWQ_RELEASE_BROKER_URL)."""
+    return os.environ.get("AWQ_RELEASE_BROKER_URL", "redis://127.0.0.1:6379/0")
+
+
+def heartbeat_s() -> float:
+    """Seconds between a Celery step's heartbeats; a step silent for three of them lost its worker
+    ($AWQ_RELEASE_HEARTBEAT_S)."""
+    return float(os.environ.get("AWQ_RELEASE_HEARTBEAT_S", "10"))

@@ -453,6 +453,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execve(dagster, command, os.environ | {"DAGSTER_HOME": str(dagster_home)})
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    try:
+        from orchestrator.distributed.worker import start_worker
+    except ImportError as e:
+        raise ReleaseError(
+            "`awq-release worker` needs dagster-celery: install the project with its `celery` extra."
+        ) from e
+    start_worker(args.queues, args.concurrency, args.name)
+    return 0
+
+
 def cmd_fetch_demo(args: argparse.Namespace) -> int:
     from awq_release.demo import cache_dir, demo_assets, gemma_model_dir, write_demo_policy
 
@@ -576,6 +587,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="the interface the UI listens on (default: %(default)s)")
     p.add_argument("--port", type=int, default=3000, help="default: %(default)s")
     p.set_defaults(func=cmd_ui)
+
+    p = command(
+        sub,
+        "worker",
+        "run the release job's steps of a queue on this machine, for runs under AWQ_RELEASE_EXECUTOR=celery",
+    )
+    p.add_argument(
+        "--queues",
+        nargs="+",
+        choices=("gpu", "cpu"),
+        default=["gpu", "cpu"],
+        help="gpu: quantization and model evaluation; cpu: ingest, calibration, release (default: both)",
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="steps at once (default: %(default)s; one per GPU on a gpu queue)"
+    )
+    p.add_argument("--name", help="this worker's name, unique on its host (default: awq-QUEUES)")
+    p.set_defaults(func=cmd_worker)
 
     p = command(sub, "fetch-demo", "fetch and convert the demo model and texts (done by scripts/setup.sh)")
     p.set_defaults(func=cmd_fetch_demo)

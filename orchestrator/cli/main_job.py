@@ -5,6 +5,7 @@ does the same with a daemon ticking the sensor.
 """
 
 import fcntl
+import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,8 +18,8 @@ import yaml
 
 from awq_release.demo import DEMO_SERVING, DemoAssets, demo_validation_settings
 from awq_release.errors import ReleaseError
-from orchestrator.definitions import build_definitions
-from orchestrator.environment import platform_home
+from orchestrator.definitions import build_definitions, release_job_definition
+from orchestrator.environment import executor_name, platform_home
 from orchestrator.lineage.queries import attempt_statuses, end_attempt
 from orchestrator.pipeline.assets import RECOMPUTE_TAG
 from orchestrator.pipeline.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
@@ -39,13 +40,15 @@ class JobOutcome:
     seconds: float  # the run's wall time, from its start to its end
 
 
-def step_seconds(instance: dg.DagsterInstance, run: dg.ExecuteInProcessResult, job: dg.JobDefinition) -> dict:
+def step_seconds(
+    instance: dg.DagsterInstance, run_id: str, events: list[dg.DagsterEvent], job: dg.JobDefinition
+) -> dict:
     """Each step's time, in the job's order; None for a step that was skipped, never started, or
     says it did not run (a power check the policy turned off)."""
-    stats = {s.step_key: s for s in instance.get_run_step_stats(run.run_id)}
+    stats = {s.step_key: s for s in instance.get_run_step_stats(run_id)}
     idle = {
         event.step_key
-        for event in run.all_events
+        for event in events
         if event.is_step_materialization and did_not_run(event.step_materialization_data.materialization.metadata)
     }
 
@@ -125,26 +128,57 @@ def tick_and_run(
             break
     job = defs.resolve_job_def("release_job")
     engine = resources["lineage"].engine()
-    outcomes = []
-    for request in requests:
+
+    def outcome(request: dg.RunRequest, run_id: str, success: bool) -> JobOutcome:
+        events = [entry.dagster_event for entry in instance.all_logs(run_id) if entry.dagster_event]
+        if not success:
+            failures = [e for e in events if e.is_step_failure] or [None]
+            end_attempt(engine, run_id, "failed", failure_reason(failures[0]))
+        steps = step_seconds(instance, run_id, events, job)
+        return JobOutcome(request.partition_key, success, run_id, steps, run_seconds(instance, run_id))
+
+    def tags_of(request: dg.RunRequest) -> dict:
         tags = request.tags | {"dagster/run_key": request.run_key, LAUNCHER_TAG: "in_process"}
-        tags |= {RECOMPUTE_TAG: "true"} if recompute else {}
-        run = job.execute_in_process(
-            run_config=console_logging(log_level),
-            instance=instance,
-            partition_key=request.partition_key,
-            resources=resources,
-            tags=tags,
-            raise_on_error=False,
-        )
-        if not run.success:
-            failures = [e for e in run.all_events if e.is_step_failure] or [None]
-            end_attempt(engine, run.run_id, "failed", failure_reason(failures[0]))
-        steps = step_seconds(instance, run, job)
-        outcomes.append(
-            JobOutcome(request.partition_key, run.success, run.run_id, steps, run_seconds(instance, run.run_id))
-        )
-    return outcomes
+        return tags | ({RECOMPUTE_TAG: "true"} if recompute else {})
+
+    config = console_logging(log_level)
+    if executor_name() == "in_process" or not requests:
+        outcomes = []
+        for request in requests:
+            run = job.execute_in_process(
+                run_config=config,
+                instance=instance,
+                partition_key=request.partition_key,
+                resources=resources,
+                tags=tags_of(request),
+                raise_on_error=False,
+            )
+            outcomes.append(outcome(request, run.run_id, run.success))
+        return outcomes
+    # Beyond this process the runs share the workers, all at once, each waiting on its steps from a
+    # process of its own, as the daemon's run workers do (Dagster's run set-up is not thread-safe).
+    with multiprocessing.get_context("spawn").Pool(len(requests), initializer=die_with_parent) as pool:
+        started = [pool.apply_async(execute_elsewhere, (r.partition_key, tags_of(r), config)) for r in requests]
+        return [outcome(request, *run.get()) for request, run in zip(requests, started, strict=True)]
+
+
+def die_with_parent() -> None:
+    """A run's process gets SIGTERM when `awq-release run` dies (Linux), so none is left behind."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def execute_elsewhere(partition_key: str, tags: dict, run_config: dict) -> tuple[str, bool]:
+    """One run of the release job under an executor that runs its steps elsewhere (the job rebuilt
+    there from its module): (run id, success)."""
+    recon = dg.reconstructable(release_job_definition)
+    with dg.DagsterInstance.get() as instance:
+        tags = tags | {"dagster/partition": partition_key}
+        result = dg.execute_job(recon, instance, run_config=run_config, tags=tags, raise_on_error=False)
+        return result.run_id, result.success
 
 
 def why_not_started(assets: DemoAssets) -> str:

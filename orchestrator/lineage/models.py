@@ -90,6 +90,23 @@ class ReleaseAttempt(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class StepPlacement(Base):
+    """Where one step of a run ran: the host, the worker (a Celery worker's name, or "in-process")
+    and the device; when it started and ended, and how (success | failure)."""
+
+    __tablename__ = "step_placements"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)  # the Dagster run
+    step: Mapped[str] = mapped_column(String(64))
+    checkpoint: Mapped[str | None] = mapped_column(String(255))  # the run's partition
+    host: Mapped[str] = mapped_column(String(255))
+    worker: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class QuantizationRun(Base):
     __tablename__ = "quantization_runs"
     id: Mapped[int] = mapped_column(primary_key=True)

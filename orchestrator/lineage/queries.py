@@ -25,6 +25,7 @@ from orchestrator.lineage.models import (
     ReleaseAttempt,
     ReleaseEvent,
     RunPolicy,
+    StepPlacement,
     ValidationMetric,
     ValidationStage,
     utcnow,
@@ -96,6 +97,18 @@ def running_attempts(engine: Engine) -> list[str]:
     """Run ids of attempts recorded as started and never as ended."""
     with session_scope(engine) as session:
         return list(session.scalars(select(ReleaseAttempt.run_id).where(ReleaseAttempt.status == "running")))
+
+
+def record_placement(engine: Engine, run_id: str, step: str, checkpoint: str | None, **where) -> int:
+    """Where a step ran (orchestrator.distributed.worker.placement) and how it ended."""
+    with session_scope(engine) as session:
+        return _insert(session, StepPlacement(run_id=run_id, step=step, checkpoint=checkpoint, **where))
+
+
+def placements(session: Session, run_id: str) -> list[StepPlacement]:
+    """The run's steps in the order they ended."""
+    query = select(StepPlacement).where(StepPlacement.run_id == run_id).order_by(StepPlacement.id)
+    return list(session.scalars(query))
 
 
 def note_content(engine: Engine, run_id: str, content_hash: str) -> None:

@@ -48,6 +48,7 @@ from orchestrator.pipeline.metadata import (
     calibration_metadata,
     checkpoint_metadata,
     not_run,
+    placement_metadata,
     power_check_metadata,
     quantization_metadata,
     release_metadata,
@@ -55,7 +56,7 @@ from orchestrator.pipeline.metadata import (
     stage_plot,
 )
 from orchestrator.pipeline.partitions import CHECKPOINTS, SOURCE_TAG
-from orchestrator.pipeline.placement import GPU_POOL, gpu_op_tags, load_op_tags, staging_of
+from orchestrator.pipeline.placement import GPU_POOL, gpu_op_tags, load_op_tags, load_pool, staging_of
 from orchestrator.pipeline.resources import LineageDatabase, Platform, ScoringEngines
 from orchestrator.release import plots
 from orchestrator.release.hashing import content_hash, file_hash, stat_signature
@@ -118,6 +119,7 @@ def checkpoint(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase
 ) -> dg.MaterializeResult[CheckpointRecord]:
     """Verify, merge (LoRA), hash, size and register a dropped checkpoint: the start of an attempt."""
+    context.add_asset_metadata(placement_metadata())
     key, engine, run_id = context.partition_key, lineage.engine(), context.run_id
     folder = source_folder(platform, key)
     source = context.run.tags.get(SOURCE_TAG) or stat_signature(folder)  # launched by hand: the folder now
@@ -143,6 +145,7 @@ def calibration_set(
     context: dg.AssetExecutionContext, platform: Platform, lineage: LineageDatabase, checkpoint: CheckpointRecord
 ) -> dg.MaterializeResult[CalibrationRecord]:
     """N windows of L tokens from the policy's domain texts, saved as token ids."""
+    context.add_asset_metadata(placement_metadata())
     settings = policy_of(context, platform, lineage).policy.calibration
     tokenizer = load_tokenizer(checkpoint.model_dir)
     ids = build_calibration(tokenizer, list(settings.texts), settings.n_samples, settings.seqlen)  # (N, L)
@@ -166,6 +169,7 @@ def awq_model(
     """AWQ INT4 checkpoint of the registered model, in the AutoAWQ GEMM layout vLLM serves. A model
     finished before from the same inputs (awq_core.address) whose files still hash as recorded is
     reused, never made again: a retry after a crash in a later step starts past quantization."""
+    context.add_asset_metadata(placement_metadata())
     key, snapshot, engine = context.partition_key, policy_of(context, platform, lineage), lineage.engine()
     policy = snapshot.policy
     config = policy.quantization
@@ -228,17 +232,18 @@ def write_report(result: StageResult, path: Path) -> Path:
 
 
 def validation_asset(
-    stage: str, op_tags: dict[str, str], after: list[dg.AssetsDefinition] | None = None
+    stage: str, op_tags: dict[str, str], pool: str | None = GPU_POOL, after: list[dg.AssetsDefinition] | None = None
 ) -> dg.AssetsDefinition:
-    """One validation stage as an asset that emits its blocking gate; `after`: stages whose gates must
-    pass first (a failed blocking gate skips it)."""
+    """One validation stage as an asset that emits its blocking gate; `pool`: the concurrency pool it
+    holds a slot of while it runs (None: none); `after`: stages whose gates must pass first (a failed
+    blocking gate skips it)."""
     name = f"{stage}_validation"
 
     @dg.asset(
         name=name,
         partitions_def=CHECKPOINTS,
         group_name=GROUP,
-        pool=GPU_POOL,
+        pool=pool,
         op_tags=op_tags,
         deps=after,
         check_specs=[gate_spec(stage, name)],
@@ -251,6 +256,7 @@ def validation_asset(
         scoring: ScoringEngines,
         awq_model: CandidateRecord,
     ) -> dg.MaterializeResult:
+        context.add_asset_metadata(placement_metadata())
         key, policy = context.partition_key, policy_of(context, platform, lineage).policy
         # The load stage starts the engine arguments the release will ship, on the target GPU nodes where
         # it stages them on the cluster; its server logs go beside the reports.
@@ -306,6 +312,7 @@ def power_check(
     gates have caught anything? Runs after they passed, where the policy's validation.power_check.run
     says. Its table is reused from the newest check at the same address (validation.power): the same
     validation and quantization settings on a fine-tune of the same base model."""
+    context.add_asset_metadata(placement_metadata())
     key, policy, engine = context.partition_key, policy_of(context, platform, lineage).policy, lineage.engine()
     if not policy.validation.power_check.run:
         record = PowerCheckRecord(awq_model.id, (), 0, 0)
@@ -343,6 +350,7 @@ def release(
 ) -> dg.MaterializeResult:
     """Promote the candidate into the registry, only if the latest result of every gate passed. Its
     model card carries the power check's table, and says so where the gates caught no damage."""
+    context.add_asset_metadata(placement_metadata())
     key, snapshot = context.partition_key, policy_of(context, platform, lineage)
     model, engine = model_name(snapshot.policy, key), lineage.engine()
     blocking = blocking_stages(awq_model, {record.stage: record for record in validations.values()})
@@ -376,7 +384,7 @@ def release_assets(placement: ReleasePolicy) -> list[dg.AssetsDefinition]:
     quality = [validation_asset(stage, gpu_tags) for stage in STAGES if stage != "load"]
     # The load test holds the serving hardware (a GPU in production) for minutes: spent only on a
     # candidate whose quality gates passed; it asks for GPUs only where it starts its own server.
-    load = validation_asset("load", load_op_tags(placement), after=quality)
+    load = validation_asset("load", load_op_tags(placement), load_pool(placement), after=quality)
     return [
         checkpoint,
         calibration_set,

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from awq_core import QuantReport
+from orchestrator.distributed.placement import placement
 from orchestrator.release import plots
 from orchestrator.release.ingest import Ingested
 from orchestrator.release.promotion import Promotion
@@ -24,6 +25,11 @@ def not_run(why: str) -> dict:
 def did_not_run(metadata: dict) -> bool:
     status = metadata.get("status")
     return str(getattr(status, "value", status or "")).startswith(NOT_RUN)
+
+
+def placement_metadata() -> dict:
+    """Where the calling step runs: its host, worker and device, as its lineage row records them."""
+    return {"placement": dg.MetadataValue.json(placement())}
 
 
 def _mib(size_bytes: int) -> float:

@@ -1,9 +1,11 @@
-"""Where the release job's steps run: in the run's own process here, a pod per step on Kubernetes.
+"""Where the release job's steps run: in the run's own process here, a Celery task on the worker of
+its queue across machines, a pod per step on Kubernetes.
 
-The executor is an install choice (AWQ_RELEASE_EXECUTOR=k8s, with the `k8s` extra), never a code
-change. The GPU steps (quantization, model evaluation) carry `dagster-k8s/config` op tags built from
-the release policy's `target_gpu`; the `k8s_job_executor` reads them, the in-process executor
-ignores them. The policy is read when the code location loads: after editing `target_gpu`, reload it.
+The executor is an install choice (AWQ_RELEASE_EXECUTOR=celery with the `celery` extra, or k8s with
+the `k8s` extra), never a code change. The GPU steps (quantization, model evaluation) go to the `gpu`
+Celery queue and carry `dagster-k8s/config` op tags built from the release policy's `target_gpu`; the
+other steps go to the `cpu` queue. Each executor reads its own tags and ignores the others'. The
+policy is read when the code location loads: after editing `target_gpu`, reload it.
 """
 
 import dataclasses
@@ -19,6 +21,7 @@ from orchestrator.release.policy import ReleasePolicy, TargetGPU
 
 GPU_POOL = "gpu"  # the accelerator's steps: one at a time locally, one per GPU node on Kubernetes (its limit)
 K8S_CONFIG_TAG = "dagster-k8s/config"
+CELERY_QUEUE_TAG = "dagster-celery/queue"  # a step untagged so goes to the `cpu` queue
 # The cluster autoscaler moves pods off nodes it scales down; a GPU step evicted mid-run loses its work.
 NO_EVICTION = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
 
@@ -45,7 +48,7 @@ def gpu_step_config(gpu: TargetGPU, gpus: int = 1) -> dict:
 
 
 def gpu_op_tags(gpu: TargetGPU, gpus: int = 1) -> dict[str, str]:
-    return {K8S_CONFIG_TAG: json.dumps(gpu_step_config(gpu, gpus))}
+    return {K8S_CONFIG_TAG: json.dumps(gpu_step_config(gpu, gpus)), CELERY_QUEUE_TAG: GPU_POOL}
 
 
 def staging_of(policy: ReleasePolicy) -> Staging | None:
@@ -54,13 +57,22 @@ def staging_of(policy: ReleasePolicy) -> Staging | None:
     return staging and dataclasses.replace(staging, nodes=gpu_nodes(policy.target_gpu))
 
 
+def drives_remote_servers(policy: ReleasePolicy) -> bool:
+    """Whether the load stage drives servers that run elsewhere (load.staging or load.endpoint)."""
+    return bool(policy.validation.load.staging or policy.validation.load.endpoint)
+
+
+def load_pool(policy: ReleasePolicy) -> str | None:
+    """The load stage holds a gpu slot only where it starts its own server on this machine's GPU."""
+    return None if drives_remote_servers(policy) else GPU_POOL
+
+
 def load_op_tags(policy: ReleasePolicy) -> dict[str, str]:
     """The load stage starts vLLM in its own pod, on the policy's serving.tensor_parallel_size GPUs,
     unless the servers run elsewhere: as staging Deployments (load.staging) or already started
     (load.endpoint). Those hold the GPUs instead, and the stage's pod needs none."""
-    load = policy.validation.load
-    if load.staging or load.endpoint:
-        return {}
+    if drives_remote_servers(policy):
+        return {CELERY_QUEUE_TAG: "cpu"}
     return gpu_op_tags(policy.target_gpu, policy.serving.tensor_parallel_size)
 
 
@@ -71,6 +83,14 @@ def executor() -> dg.ExecutorDefinition:
         raise ValidationError(f"AWQ_RELEASE_EXECUTOR={choice!r}: choose one of {', '.join(EXECUTORS)}.")
     if choice == "in_process":
         return dg.in_process_executor
+    if choice == "celery":
+        try:
+            from orchestrator.distributed.executor import celery_executor
+        except ImportError as e:
+            raise ValidationError(
+                "AWQ_RELEASE_EXECUTOR=celery needs dagster-celery: install the project with its `celery` extra."
+            ) from e
+        return celery_executor
     try:
         from dagster_k8s import k8s_job_executor
     except ImportError as e:

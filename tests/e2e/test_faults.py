@@ -27,7 +27,7 @@ from deploy.engine import Serving
 from deploy.registry import current_version, versions_on_disk
 from orchestrator.lineage import queries as lineage
 from orchestrator.lineage import session_scope, upgrade
-from orchestrator.lineage.models import CalibrationSet, Checkpoint, QuantizationRun, ValidationStage
+from orchestrator.lineage.models import CalibrationSet, Checkpoint, QuantizationRun, ReleaseAttempt, ValidationStage
 from orchestrator.pipeline.assets import calibration_set, checkpoint
 from orchestrator.pipeline.attempts import settle_attempts
 from orchestrator.pipeline.partitions import CHECKPOINTS
@@ -35,7 +35,7 @@ from orchestrator.pipeline.resources import LineageDatabase, ScoringEngines
 from orchestrator.release.policy import ReleasePolicy
 from orchestrator.release.promotion import promote, reconcile
 from orchestrator.release.snapshots import PolicySnapshot
-from tests.conftest import CLI, make_tiny_model, platform_under, postgres_cluster, tiny_policy
+from tests.conftest import CLI, RELEASE_ASSETS, make_tiny_model, platform_under, postgres_cluster, tiny_policy
 from tests.fake_openai import FakeOpenAI
 from validation import STAGES
 
@@ -124,6 +124,12 @@ def test_killed_quantization_is_retried_and_resumes(platform_home, calib_file):
     history = subprocess.run([CLI, "history"], capture_output=True, text=True, env=env).stdout
     statuses = [line.split()[2] for line in history.splitlines() if line.split()[1:2] == ["tiny"]]
     assert statuses == ["killed", "released"], history
+    # Where each step of the released run ran: every one in the run's own process, on this CPU.
+    with session_scope(upgrade(f"sqlite:///{home / 'lineage.db'}")) as session:
+        released = session.scalars(select(ReleaseAttempt).where(ReleaseAttempt.status == "released")).one()
+        rows = lineage.placements(session, released.run_id)
+    assert {r.step for r in rows} == RELEASE_ASSETS and len(rows) == len(RELEASE_ASSETS)
+    assert {(r.worker, r.device, r.status) for r in rows} == {("in-process", "cpu", "success")}
 
 
 def test_a_run_killed_after_quantization_is_retried_without_quantizing_again(platform_home, calib_file):

@@ -32,7 +32,14 @@ from deploy.cluster import PERMISSIONS, Staging, pod_failure, pod_progress, serv
 from deploy.engine import Serving, engine_args
 from deploy.staging import SharedVolume
 from orchestrator.cli.main import main
-from orchestrator.pipeline.placement import executor, gpu_nodes, load_op_tags, staging_of
+from orchestrator.pipeline.placement import (
+    CELERY_QUEUE_TAG,
+    executor,
+    gpu_nodes,
+    load_op_tags,
+    load_pool,
+    staging_of,
+)
 from orchestrator.release.policy import ReleasePolicy, TargetGPU, Toleration, parse_policy
 from tests.conftest import make_tiny_model
 from tests.fake_kubernetes import FakeKubernetes
@@ -149,9 +156,9 @@ def test_staging_servers_run_on_the_policys_gpu_nodes_and_the_load_stage_pod_nee
     policy = parse_policy(yaml.safe_dump({"target_gpu": TARGET_GPU, "validation": {"load": {"staging": STAGING}}}), "p")
     staging = staging_of(policy)
     assert staging.nodes == gpu_nodes(policy.target_gpu) and staging.volume == SharedVolume(claim="models")
-    assert load_op_tags(policy) == {}
+    assert load_op_tags(policy) == {CELERY_QUEUE_TAG: "cpu"} and load_pool(policy) is None  # no GPU, no pool slot
     endpoint_policy = ReleasePolicy(validation=ValidationSettings(load=LoadSettings(endpoint="http://staging:8000")))
-    assert load_op_tags(endpoint_policy) == {} and staging_of(endpoint_policy) is None
+    assert load_op_tags(endpoint_policy) == {CELERY_QUEUE_TAG: "cpu"} and staging_of(endpoint_policy) is None
     with pytest.raises(ValidationError, match=r"load\.staging\.volume: unknown keys \['size'\]"):
         parse_policy(yaml.safe_dump({"validation": {"load": {"staging": {"volume": {"size": "1Gi"}}}}}), "p")
     both = LoadSettings(endpoint="http://staging:8000", staging=staging, prompt_texts=(tmp_path / "p.txt",))
@@ -334,7 +341,7 @@ def test_a_toleration_that_kubernetes_would_refuse_is_refused_in_the_policy(tmp_
 
 def test_an_unknown_executor_is_refused_by_name(monkeypatch):
     monkeypatch.setenv("AWQ_RELEASE_EXECUTOR", "slurm")
-    with pytest.raises(ValidationError, match=r"AWQ_RELEASE_EXECUTOR='slurm': choose one of in_process, k8s"):
+    with pytest.raises(ValidationError, match=r"AWQ_RELEASE_EXECUTOR='slurm': choose one of in_process, celery, k8s"):
         executor()
 
 
