@@ -28,7 +28,13 @@ def run_tier(tier: str) -> dict:
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary)}
     print(f"{tier}: {seconds:.0f} s, {summary}", flush=True)
-    return {"seconds": seconds, "exit_code": result.returncode, "counts": counts}
+    return {"seconds": seconds, "exit_code": result.returncode, "counts": counts, "slowest": slowest(result.stdout)}
+
+
+def slowest(output: str) -> list[dict]:
+    """pytest's --durations lines (the suite's addopts): where a tier's time goes."""
+    lines = re.findall(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", output, re.MULTILINE)
+    return [{"seconds": float(s), "phase": phase, "test": test} for s, phase, test in lines]
 
 
 def main() -> None:
