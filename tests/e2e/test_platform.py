@@ -28,6 +28,7 @@ from orchestrator.pipeline.assets import release_assets
 from orchestrator.pipeline.partitions import CHECKPOINTS
 from orchestrator.pipeline.resources import LineageDatabase, Platform, ScoringEngines
 from orchestrator.release.policy import ReleasePolicy
+from tests.fake_openai import FakeOpenAI
 
 
 def policy(demo, work, quantization: dict) -> dict:
@@ -295,10 +296,12 @@ def test_a_release_validated_through_vllm_is_promoted(tmp_path, demo):
     the release's engine arguments, and the release records that its gates judged the served numerics."""
     (tmp_path / "work").mkdir()
     served = policy(demo, tmp_path / "work", {})
-    served["validation"] |= {"engine": "vllm", "power_check": {"run": False}}
-    (tmp_path / "served.yaml").write_text(yaml.safe_dump(served))
     shutil.copytree(demo.model_dir, tmp_path / "checkpoints" / "demo-bot")
-    with dg.instance_for_test() as instance:
+    # The load stage against an endpoint: its own vLLM server is the other platform test's.
+    with FakeOpenAI() as endpoint, dg.instance_for_test() as instance:
+        load = served["validation"]["load"] | {"endpoint": endpoint.base_url}
+        served["validation"] |= {"engine": "vllm", "power_check": {"run": False}, "load": load}
+        (tmp_path / "served.yaml").write_text(yaml.safe_dump(served))
         result = materialize(tmp_path, "demo-bot", "served", instance)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     release_dir = tmp_path / "registry" / "demo-bot" / "releases" / "v0001"
