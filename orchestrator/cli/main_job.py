@@ -159,7 +159,10 @@ def tick_and_run(
     # process of its own, as the daemon's run workers do (Dagster's run set-up is not thread-safe).
     with multiprocessing.get_context("spawn").Pool(len(requests), initializer=die_with_parent) as pool:
         started = [pool.apply_async(execute_elsewhere, (r.partition_key, tags_of(r), config)) for r in requests]
-        return [outcome(request, *run.get()) for request, run in zip(requests, started, strict=True)]
+        ended = [run.get() for run in started]
+        pool.close()
+        pool.join()  # each process exits by itself: leaving the block would SIGTERM them mid-exit
+    return [outcome(request, *run) for request, run in zip(requests, ended, strict=True)]
 
 
 def die_with_parent() -> None:
