@@ -208,6 +208,10 @@ def run_lock(path: Path) -> Iterator[None]:
 def run_platform(log_level: str = "INFO", recompute: bool = False) -> list[JobOutcome]:
     """One pass of the platform over its watched folder, in this process: what the daemon would
     start, after marking runs an earlier pass left unfinished (it was killed) as failed."""
+    if executor_name() == "celery":
+        from orchestrator.distributed.worker import require_broker
+
+        require_broker()
     home = platform_home()
     os.environ["DAGSTER_HOME"] = str(prepare_home(home))
     with run_lock(home / "run.lock"), dg.DagsterInstance.get() as instance:

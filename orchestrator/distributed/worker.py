@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 import celery
+import redis
 from dagster._grpc.types import ExecuteStepArgs
 from dagster._serdes import unpack_value
 from dagster_celery.config import DEFAULT_CONFIG
@@ -19,6 +20,7 @@ from dagster_celery.make_app import make_app_with_task_routes
 from dagster_celery.tasks import create_task
 from kombu import Exchange, Queue
 
+from awq_release.errors import ReleaseError
 from orchestrator import environment
 from orchestrator.distributed import claims
 
@@ -68,9 +70,22 @@ def worker_app() -> celery.Celery:
     return app
 
 
+def require_broker() -> None:
+    """One clear error where Redis cannot be reached, before a worker or a run waits on it."""
+    url = environment.broker_url()
+    try:
+        claims.client(url).ping()
+    except redis.RedisError as e:
+        raise ReleaseError(
+            f"The Celery broker at {url} is unreachable ({e}): start Redis there (docs/scale-out.md) "
+            "or point AWQ_RELEASE_BROKER_URL at it."
+        ) from e
+
+
 def start_worker(queues: list[str], concurrency: int, name: str | None) -> None:
     """Serve the queues until stopped (SIGTERM: finish the current step; a second SIGTERM or SIGKILL:
     stop now, and the step goes to another worker)."""
+    require_broker()
     node = f"{name or 'awq-' + '-'.join(queues)}@{socket.gethostname()}"
     argv = ["worker", "-Q", ",".join(queues), "-c", str(concurrency), "-n", node, "--loglevel", "INFO"]
     worker_app().worker_main([*argv, "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle"])

@@ -152,3 +152,19 @@ def test_a_finished_step_whose_result_redis_lost_fails_clearly(clock):
     assert step.ready()
     with pytest.raises(StepLost, match="finished on gpu-2@host, but Redis lost its result"):
         step.get()
+
+
+@pytest.mark.parametrize("command", [["worker", "--queues", "gpu"], ["run", "--no-demo"]])
+def test_an_unreachable_broker_is_one_clear_error_before_anything_waits_on_it(command, tmp_path, monkeypatch, capsys):
+    import orchestrator.cli.main_job  # noqa: F401  the job binds its executor when imported: in process here
+    from deploy.server import free_port
+    from orchestrator.cli.main import main
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    monkeypatch.setenv("AWQ_RELEASE_EXECUTOR", "celery")
+    monkeypatch.setenv("AWQ_RELEASE_BROKER_URL", url)
+    monkeypatch.setenv("AWQ_RELEASE_HOME", str(tmp_path / "home"))
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: The Celery broker at {url} is unreachable") and "Traceback" not in err
+    assert not (tmp_path / "home").exists()  # nothing written before the check
