@@ -10,9 +10,6 @@ ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
 ARG ENGINE=cpu
-# torch 2.13.0 from PyPI is a CUDA build; the CPU image takes PyTorch's CPU wheel instead, from
-# PyTorch's index or a mirror of it (e.g. "--find-links http://mirror/torch/ --trusted-host mirror").
-ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/cpu"
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -26,8 +23,19 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --
         gcc g++ libnuma1 git && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/awq-release
+# The dependencies first, from pyproject.toml alone (the project's packages are not copied yet), so
+# a change of code rebuilds only the last layers.
 COPY pyproject.toml README.md ./
 COPY scripts/install.sh scripts/
+# torch 2.13.0 from PyPI is a CUDA build; the CPU image takes PyTorch's CPU wheel instead, from
+# PyTorch's index or a mirror of it (e.g. "--find-links http://mirror/torch/ --trusted-host mirror").
+# Declared here, not above: a build argument is part of the cache key of every RUN after it.
+ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/cpu"
+RUN python -m venv .venv \
+    && if [ "$ENGINE" = cpu ]; then .venv/bin/pip install torch==2.13.0 $TORCH_SOURCE; fi \
+    && AWQ_RELEASE_EDITABLE=0 bash scripts/install.sh \
+    && mkdir -p "$DAGSTER_HOME" /data
+
 COPY awq_release awq_release
 COPY awq_core awq_core
 COPY kernels kernels
@@ -35,11 +43,7 @@ COPY validation validation
 COPY deploy deploy
 COPY orchestrator orchestrator
 COPY workspace.yaml ./
-
-RUN python -m venv .venv \
-    && if [ "$ENGINE" = cpu ]; then .venv/bin/pip install torch==2.13.0 $TORCH_SOURCE; fi \
-    && AWQ_RELEASE_EDITABLE=0 bash scripts/install.sh \
-    && mkdir -p "$DAGSTER_HOME" /data
+RUN .venv/bin/pip install -q --no-deps . && rm -rf build
 
 # The code server's port, as deploy/kubernetes/values.yaml gives the chart.
 EXPOSE 3030

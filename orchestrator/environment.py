@@ -3,13 +3,16 @@
 AWQ_RELEASE_HOME (./.platform) holds the defaults of the others: checkpoints/ (watched),
 registry/, work/, policy.yaml and lineage.db. A cluster sets each one where its volumes and
 database are; AWQ_RELEASE_EXECUTOR=celery (steps as Celery tasks on the Redis broker at
-AWQ_RELEASE_BROKER_URL) or k8s (a pod per step) for steps beyond this process.
+AWQ_RELEASE_BROKER_URL), docker (a container of AWQ_RELEASE_IMAGE per step) or k8s (a pod per
+step) for steps beyond this process.
 """
 
 import os
 from pathlib import Path
 
-EXECUTORS = ("in_process", "celery", "k8s")
+EXECUTORS = ("in_process", "celery", "docker", "k8s")
+# Set in each docker executor step container, never by hand: the machine the container runs on.
+STEP_CONTAINER_HOST = "AWQ_RELEASE_HOST"
 
 
 def platform_home() -> Path:
@@ -40,7 +43,7 @@ def database_url() -> str:
 
 
 def executor_name() -> str:
-    """in_process (default), celery or k8s ($AWQ_RELEASE_EXECUTOR); placement checks the choice."""
+    """in_process (default), celery, docker or k8s ($AWQ_RELEASE_EXECUTOR); placement checks the choice."""
     return os.environ.get("AWQ_RELEASE_EXECUTOR", "in_process")
 
 
@@ -58,3 +61,19 @@ def heartbeat_s() -> float:
     """Seconds between a Celery step's heartbeats; a step silent for three of them lost its worker
     ($AWQ_RELEASE_HEARTBEAT_S)."""
     return float(os.environ.get("AWQ_RELEASE_HEARTBEAT_S", "10"))
+
+
+def docker_image() -> str:
+    """The image each step container of the docker executor runs ($AWQ_RELEASE_IMAGE)."""
+    return os.environ.get("AWQ_RELEASE_IMAGE", "awq-release:cpu")
+
+
+def docker_volumes() -> list[Path]:
+    """Host folders mounted read-only into every step container besides the platform's own: where
+    the policy's texts and tasks live ($AWQ_RELEASE_DOCKER_VOLUMES, separated by ':')."""
+    return [Path(p) for p in os.environ.get("AWQ_RELEASE_DOCKER_VOLUMES", "").split(os.pathsep) if p]
+
+
+def docker_gpus() -> str:
+    """ "all": every step container gets the host's GPUs ($AWQ_RELEASE_DOCKER_GPUS; default none)."""
+    return os.environ.get("AWQ_RELEASE_DOCKER_GPUS", "none")

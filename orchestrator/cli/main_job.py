@@ -181,6 +181,11 @@ def execute_elsewhere(partition_key: str, tags: dict, run_config: dict) -> tuple
     with dg.DagsterInstance.get() as instance:
         tags = tags | {"dagster/partition": partition_key}
         result = dg.execute_job(recon, instance, run_config=run_config, tags=tags, raise_on_error=False)
+        if executor_name() == "docker":
+            from orchestrator.distributed.containers import remove_step_containers
+
+            steps = [stats.step_key for stats in instance.get_run_step_stats(result.run_id)]
+            remove_step_containers(result.run_id, steps)
         return result.run_id, result.success
 
 
@@ -212,6 +217,10 @@ def run_platform(log_level: str = "INFO", recompute: bool = False) -> list[JobOu
         from orchestrator.distributed.worker import require_broker
 
         require_broker()
+    if executor_name() == "docker":
+        from orchestrator.distributed.containers import require_engine
+
+        require_engine()
     home = platform_home()
     os.environ["DAGSTER_HOME"] = str(prepare_home(home))
     with run_lock(home / "run.lock"), dg.DagsterInstance.get() as instance:

