@@ -200,7 +200,7 @@ def test_power_check_shows_which_stage_catches_which_damage(demo, demo_quantized
 
 @pytest.mark.vllm
 def test_load_stage_gates_on_the_sla(demo, demo_quantized, policy, tmp_path):
-    """On the compressed-tensors checkpoint (rtn/): vLLM serves that format too (AWQ: test_demo_model)."""
+    """On the compressed-tensors checkpoint (rtn/): vLLM serves that format too (AWQ: test_platform)."""
     impossible = policy | {"load": policy["load"] | {"sla": {"ttft_p90_s": 0.0001}}}
     code, report, stderr = validate(demo.model_dir, demo_quantized / "rtn", ["load"], impossible, tmp_path)
     stage = report["stages"]["load"]

@@ -1,5 +1,6 @@
 """Both release formats from the same search: the same integers, and the same logits in our loader,
-in transformers (compressed-tensors; AutoAWQ GEMM through gptqmodel) and in vLLM (test_demo_model)."""
+in transformers (compressed-tensors; AutoAWQ GEMM through gptqmodel) and in vLLM (tests/e2e/test_platform.py,
+test_validation_demo)."""
 
 import json
 import os
