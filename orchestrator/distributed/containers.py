@@ -48,9 +48,20 @@ def volumes() -> dict[str, dict[str, str]]:
 
 
 def forwarded_environment() -> list[str]:
-    """The platform's settings as this process has them, and the host's name for the placement rows."""
-    names = sorted(k for k in os.environ if k.startswith("AWQ_RELEASE_") or k in ("DAGSTER_HOME", "HF_HUB_OFFLINE"))
-    return [*names, f"{environment.STEP_CONTAINER_HOST}={socket.gethostname()}"]
+    """The platform's settings as this process resolved them (the image's own defaults, and a home
+    relative to this process's folder, mean nothing inside), the rest of its AWQ_RELEASE_* settings
+    by name, and the host's name for the placement rows."""
+    resolved = {
+        "AWQ_RELEASE_HOME": environment.platform_home(),
+        "AWQ_RELEASE_CHECKPOINTS": environment.checkpoints_dir().resolve(),
+        "AWQ_RELEASE_REGISTRY": environment.registry_dir().resolve(),
+        "AWQ_RELEASE_WORK": environment.work_dir().resolve(),
+        "AWQ_RELEASE_POLICY": environment.policy_path().resolve(),
+        "AWQ_RELEASE_DATABASE_URL": environment.database_url(),
+        environment.STEP_CONTAINER_HOST: socket.gethostname(),
+    }
+    named = sorted(k for k in os.environ if k.startswith("AWQ_RELEASE_") or k in ("DAGSTER_HOME", "HF_HUB_OFFLINE"))
+    return [f"{k}={v}" for k, v in resolved.items()] + [k for k in named if k not in resolved]
 
 
 def gpu_requests() -> list[dict]:

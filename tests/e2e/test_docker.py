@@ -49,20 +49,20 @@ def image(engine) -> str:
 def test_each_step_runs_in_a_container_of_its_own_and_the_release_is_promoted(
     engine, image, tmp_path, calib_file, task_files, tokenizer_dir
 ):
-    home = tmp_path / "home"
+    home = tmp_path / ".platform"  # the default home, relative to where `awq-release run` is started
     make_tiny_model(home / "checkpoints" / "tiny", tokenizer_dir)
     with FakeOpenAI() as endpoint:  # on the host's loopback: the containers share its network
         policy = tiny_policy(calib_file, task_files["world_capitals"], endpoint.base_url)
         policy["validation"]["power_check"] = {"run": False}
         (home / "policy.yaml").write_text(yaml.safe_dump(policy))
-        env = os.environ | {
-            "AWQ_RELEASE_HOME": str(home),
+        env = {k: v for k, v in os.environ.items() if k != "AWQ_RELEASE_HOME"} | {
             "AWQ_RELEASE_EXECUTOR": "docker",
             "AWQ_RELEASE_IMAGE": image,
             "AWQ_RELEASE_DOCKER_VOLUMES": f"{calib_file.parent}:{task_files['world_capitals'].parent}",
             "HF_HUB_OFFLINE": "1",
         }
-        run = subprocess.run([CLI, "run", "--no-demo"], env=env, capture_output=True, text=True, timeout=900)
+        command = [CLI, "run", "--no-demo"]
+        run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (home / "registry" / "tiny-bot" / "releases" / "v0001" / "manifest.json").is_file()
 

@@ -27,9 +27,13 @@ def test_step_containers_mount_the_platform_once_and_the_checkpoints_read_only(t
 def test_step_containers_get_the_platform_settings_and_the_machine_name(monkeypatch):
     monkeypatch.setenv("AWQ_RELEASE_HOME", "/srv/platform")
     monkeypatch.setenv("DAGSTER_HOME", "/srv/platform/dagster_home")
+    monkeypatch.setenv("AWQ_RELEASE_HEARTBEAT_S", "3")
+    monkeypatch.delenv("AWQ_RELEASE_CHECKPOINTS", raising=False)
     forwarded = containers.forwarded_environment()
-    assert {"AWQ_RELEASE_HOME", "DAGSTER_HOME"} <= set(forwarded)  # by name: the values of this process
-    assert f"AWQ_RELEASE_HOST={socket.gethostname()}" in forwarded
+    # resolved here, where the image's own defaults would otherwise apply inside
+    assert {"AWQ_RELEASE_HOME=/srv/platform", "AWQ_RELEASE_CHECKPOINTS=/srv/platform/checkpoints"} <= set(forwarded)
+    assert {"DAGSTER_HOME", "AWQ_RELEASE_HEARTBEAT_S"} <= set(forwarded)  # by name: this process's values
+    assert f"AWQ_RELEASE_HOST={socket.gethostname()}" in forwarded and "AWQ_RELEASE_HOME" not in forwarded
     assert containers.gpu_requests() == []
     monkeypatch.setenv("AWQ_RELEASE_DOCKER_GPUS", "all")
     assert containers.gpu_requests() == [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
