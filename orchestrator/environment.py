@@ -75,5 +75,6 @@ def docker_volumes() -> list[Path]:
 
 
 def docker_gpus() -> str:
-    """ "all": every step container gets the host's GPUs ($AWQ_RELEASE_DOCKER_GPUS; default none)."""
+    """Whether each docker executor step container gets the host's GPUs: "all", or "none" (the
+    default) ($AWQ_RELEASE_DOCKER_GPUS)."""
     return os.environ.get("AWQ_RELEASE_DOCKER_GPUS", "none")

@@ -28,7 +28,8 @@ def shared_folders() -> tuple[list[Path], list[Path]]:
     read-only: no step writes into a team's checkpoint."""
     writable = [environment.platform_home(), environment.registry_dir(), environment.work_dir()]
     writable.append(environment.policy_path().parent)
-    writable.append(Path(os.environ.get("DAGSTER_HOME", environment.platform_home() / "dagster")))
+    if "DAGSTER_HOME" in os.environ:  # otherwise `awq-release run` keeps it in the home (prepare_home)
+        writable.append(Path(os.environ["DAGSTER_HOME"]))
     if (url := environment.database_url()).startswith("sqlite:///"):
         writable.append(Path(url.removeprefix("sqlite:///")).parent)
     readable = [environment.checkpoints_dir()] + environment.docker_volumes()
