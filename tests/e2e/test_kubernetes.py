@@ -340,7 +340,8 @@ def test_a_toleration_that_kubernetes_would_refuse_is_refused_in_the_policy(tmp_
 
 def test_an_unknown_executor_is_refused_by_name(monkeypatch):
     monkeypatch.setenv("AWQ_RELEASE_EXECUTOR", "slurm")
-    with pytest.raises(ValidationError, match=r"AWQ_RELEASE_EXECUTOR='slurm': choose one of in_process, celery, k8s"):
+    refused = r"AWQ_RELEASE_EXECUTOR='slurm': choose one of in_process, celery, docker, k8s"
+    with pytest.raises(ValidationError, match=refused):
         executor()
 
 
