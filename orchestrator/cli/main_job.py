@@ -24,6 +24,7 @@ from orchestrator.lineage.queries import attempt_statuses, end_attempt
 from orchestrator.pipeline.assets import RECOMPUTE_TAG
 from orchestrator.pipeline.attempts import LAUNCHER_TAG, failure_reason, next_attempt, reap_killed_runs, settle_attempts
 from orchestrator.pipeline.metadata import did_not_run
+from orchestrator.pipeline.placement import require_executor_reachable
 from orchestrator.pipeline.resources import default_resources
 from orchestrator.release.hashing import stat_signature
 from orchestrator.release.policy import max_attempts_in
@@ -213,14 +214,7 @@ def run_lock(path: Path) -> Iterator[None]:
 def run_platform(log_level: str = "INFO", recompute: bool = False) -> list[JobOutcome]:
     """One pass of the platform over its watched folder, in this process: what the daemon would
     start, after marking runs an earlier pass left unfinished (it was killed) as failed."""
-    if executor_name() == "celery":
-        from orchestrator.distributed.worker import require_broker
-
-        require_broker()
-    if executor_name() == "docker":
-        from orchestrator.distributed.containers import require_engine
-
-        require_engine()
+    require_executor_reachable()
     home = platform_home()
     os.environ["DAGSTER_HOME"] = str(prepare_home(home))
     with run_lock(home / "run.lock"), dg.DagsterInstance.get() as instance:

@@ -76,6 +76,20 @@ def load_op_tags(policy: ReleasePolicy) -> dict[str, str]:
     return gpu_op_tags(policy.target_gpu, policy.serving.tensor_parallel_size)
 
 
+def require_executor_reachable() -> None:
+    """One clear error before a run, where the chosen executor's service does not answer: the Celery
+    broker, or the Docker engine and its image."""
+    choice = executor_name()
+    if choice == "celery":
+        from orchestrator.distributed.worker import require_broker
+
+        require_broker()
+    elif choice == "docker":
+        from orchestrator.distributed.containers import require_engine
+
+        require_engine()
+
+
 def executor() -> dg.ExecutorDefinition:
     """In process by default: the steps share one import of torch and the model stacks."""
     choice = executor_name()
